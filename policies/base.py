@@ -1,0 +1,78 @@
+"""What the trainer needs from an editing policy, and what a rollout carries."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from policies.sde import StepOutput
+from rewards.base import RewardInput
+
+
+@dataclass
+class PromptBatch:
+    """P editing prompts: a source image and an instruction each."""
+
+    sources: torch.Tensor  # [P, 3, H, W] in [0, 1]
+    instructions: list[str]
+    keys: list[str]  # identity of (image, instruction): samples of one key form one group
+    metadata: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+
+@dataclass
+class Rollout:
+    """N = P x G edited samples with their whole denoising trajectory.
+
+    Index convention: step ``j`` goes from ``latents[:, j]`` at ``sigmas[j]`` to ``latents[:, j + 1]``.
+    """
+
+    latents: torch.Tensor  # [N, T + 1, ...] fp32 trajectory
+    log_probs: torch.Tensor  # [N, T] fp32 log-prob of each recorded transition (0 on ODE steps)
+    sigmas: torch.Tensor  # [T + 1]
+    timesteps: torch.Tensor  # [T] what the transformer was given at each step
+    sde_mask: torch.Tensor  # [T] bool: steps sampled with noise (the only ones that can be trained)
+    images: torch.Tensor  # [N, 3, H, W] decoded edits in [0, 1]
+    sources: torch.Tensor  # [N, 3, H, W]
+    instructions: list[str]
+    group_ids: torch.Tensor  # [N] long
+    prompt_index: torch.Tensor  # [N] long: row of `cond` for each sample
+    cond: Any  # policy-specific conditioning, one row per prompt (computed once per group)
+    metadata: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return self.log_probs.shape[1]
+
+    def as_reward_input(self) -> RewardInput:
+        return RewardInput(self.images, self.sources, self.instructions, self.group_ids, self.metadata)
+
+
+class EditPolicy(Protocol):
+    """The policy role in the loop: sample with log-probs, recompute them, and give a reference."""
+
+    def sample(self, batch: PromptBatch, group_size: int, generator: torch.Generator,
+               sde_window_start: int = 0) -> Rollout: ...
+
+    def step_logprob(self, rollout: Rollout, sample_idx: torch.Tensor, step: int) -> StepOutput: ...
+
+    def predict_velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any,
+                         prompt_index: torch.Tensor) -> torch.Tensor: ...
+
+    def reference(self) -> AbstractContextManager: ...
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def save_lora(self, directory: str) -> None: ...

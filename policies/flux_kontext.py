@@ -1,0 +1,252 @@
+"""FLUX.1 Kontext as an RL policy: diffusers' pipeline parts, a peft LoRA, and fp32 SDE steps with log-probs.
+
+The sampler is the pipeline's own denoising loop unrolled (encode prompt, encode the source with the VAE,
+pack latents, concatenate the source tokens after the target tokens, slice the prediction back), with the
+Euler step swapped for a step kernel from `policies.sde` that also returns the transition's log-prob.
+Rollout and training call the same `_transition`, so recomputed log-probs match the recorded ones.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
+from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+from policies.base import PromptBatch, Rollout
+from policies.sde import KERNELS, StepOutput, ode_step, sde_window
+from rlkit.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class KontextCondition:
+    """Everything that is the same for every sample of a group: computed once per prompt."""
+
+    prompt_embeds: torch.Tensor  # [P, S, D] T5
+    pooled: torch.Tensor  # [P, D'] CLIP pooled
+    text_ids: torch.Tensor  # [S, 3]
+    image_latents: torch.Tensor  # [P, L_src, C] packed source latents (the extra Kontext tokens)
+    img_ids: torch.Tensor  # [L + L_src, 3] target ids then source ids (first axis = 1)
+    latent_hw: tuple[int, int]  # unpacked latent height, width
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"policy.device is '{name}' but CUDA is not available; use policy.device=cpu")
+    return torch.device(name)
+
+
+class FluxKontextPolicy:
+    def __init__(self, pipe: FluxKontextPipeline, cfg, sampler_cfg, device: torch.device | str = "cpu"):
+        self.cfg, self.sampler_cfg = cfg, sampler_cfg
+        self.device = torch.device(device)
+        self.dtype = DTYPES[cfg.dtype]
+        self.pipe = pipe
+        pipe.set_progress_bar_config(disable=True)
+        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
+            module.requires_grad_(False)
+            module.eval()  # no dropout: rollout and training forwards must be the same function
+        pipe.transformer.to(self.device, self.dtype)
+        pipe.vae.to(self.device)
+        pipe.text_encoder.to(self.device)
+        pipe.text_encoder_2.to(self.device)
+        self.transformer = pipe.transformer
+        lora = cfg.lora
+        self.transformer.add_adapter(LoraConfig(
+            r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.target_modules),
+            init_lora_weights=True if str(lora.init).lower() == "true" else lora.init,
+        ))
+        # LoRA weights train in fp32 even when the base is bf16 (optimizer precision); forward casts.
+        for p in self.trainable_parameters():
+            p.data = p.data.float()
+        if cfg.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        self.kernel = KERNELS[sampler_cfg.kernel]
+        self.resolution = cfg.resolution
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(cls, cfg, sampler_cfg, device) -> "FluxKontextPolicy":
+        """Load from a local folder or the local hub cache; never downloads."""
+        try:
+            pipe = FluxKontextPipeline.from_pretrained(
+                cfg.pretrained, torch_dtype=DTYPES[cfg.dtype], local_files_only=True
+            )
+        except (OSError, ValueError, EnvironmentError) as err:
+            raise UserError(
+                f"policy.pretrained '{cfg.pretrained}' is not a local folder nor in the local hub cache "
+                f"({type(err).__name__}). Download it first, e.g. `hf download {cfg.pretrained}` (FLUX.1 "
+                f"Kontext [dev] needs its license accepted on the hub), or set policy.pretrained to a local "
+                f"folder with the diffusers layout."
+            ) from None
+        return cls(pipe, cfg, sampler_cfg, device)
+
+    # ----------------------------------------------------------------- conditioning
+    @torch.no_grad()
+    def encode(self, sources: torch.Tensor, instructions: list[str]) -> KontextCondition:
+        """Text and source-image encodings for P prompts (one row per prompt, shared by its group)."""
+        pipe = self.pipe
+        prompt_embeds, pooled, text_ids = pipe.encode_prompt(
+            prompt=instructions, prompt_2=None, device=self.device,
+            max_sequence_length=self.cfg.max_sequence_length,
+        )
+        vae_dtype = pipe.vae.dtype
+        image = sources.to(self.device, vae_dtype) * 2 - 1
+        src = pipe._encode_vae_image(image, generator=None)  # argmax of the posterior: deterministic
+        P, C, h, w = src.shape
+        image_latents = pipe._pack_latents(src, P, C, h, w)
+        image_ids = pipe._prepare_latent_image_ids(P, h // 2, w // 2, self.device, self.dtype)
+        image_ids[..., 0] = 1  # Kontext: source tokens are offset on the first position axis
+        latent_ids = pipe._prepare_latent_image_ids(P, h // 2, w // 2, self.device, self.dtype)
+        return KontextCondition(
+            prompt_embeds=prompt_embeds.to(self.dtype), pooled=pooled.to(self.dtype),
+            text_ids=text_ids.to(self.dtype), image_latents=image_latents.to(self.dtype),
+            img_ids=torch.cat([latent_ids, image_ids], dim=0), latent_hw=(h, w),
+        )
+
+    def schedule(self, image_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's shifted sigma schedule: sigmas [T + 1] (ending at 0) and timesteps [T]."""
+        n = self.sampler_cfg.num_steps
+        sched = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
+        c = sched.config
+        mu = calculate_shift(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu, device="cpu")
+        return sched.sigmas.float(), sched.timesteps.float()
+
+    # ----------------------------------------------------------------- model calls
+    def predict_velocity(self, x: torch.Tensor, timestep: torch.Tensor, cond: KontextCondition,
+                         prompt_index: torch.Tensor) -> torch.Tensor:
+        """Velocity for packed target latents ``x`` [N, L, C] (fp32 out). ``timestep`` is t/1000 = sigma."""
+        n, length = x.shape[0], x.shape[1]
+        idx = prompt_index.to(self.device)
+        hidden = torch.cat([x.to(self.device, self.dtype), cond.image_latents[idx]], dim=1)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full((n,), self.cfg.guidance_scale, device=self.device, dtype=torch.float32)
+        out = self.transformer(
+            hidden_states=hidden,
+            timestep=timestep.to(self.device, self.dtype).expand(n) if timestep.ndim == 0 else timestep.to(
+                self.device, self.dtype),
+            guidance=guidance,
+            pooled_projections=cond.pooled[idx],
+            encoder_hidden_states=cond.prompt_embeds[idx],
+            txt_ids=cond.text_ids,
+            img_ids=cond.img_ids,
+            return_dict=False,
+        )[0]
+        return out[:, :length].float()  # drop the source tokens' predictions
+
+    def _transition(self, x, step: int, rollout_meta: dict, cond, prompt_index, *, noise=None,
+                    prev_sample=None) -> StepOutput:
+        """One denoising step from ``x`` at ``sigmas[step]``: the one code path for rollout and training."""
+        sigmas, timesteps, sde_mask = rollout_meta["sigmas"], rollout_meta["timesteps"], rollout_meta["sde_mask"]
+        v = self.predict_velocity(x, timesteps[step] / 1000, cond, prompt_index)
+        kernel = self.kernel if bool(sde_mask[step]) else ode_step
+        return kernel(
+            x.to(self.device), v, float(sigmas[step]), float(sigmas[step + 1]), self.sampler_cfg.noise_level,
+            sigma_max=float(sigmas[1]), noise=noise, prev_sample=prev_sample,
+        )
+
+    # ----------------------------------------------------------------- rollout
+    @torch.no_grad()
+    def sample(self, batch: PromptBatch, group_size: int, generator: torch.Generator,
+               sde_window_start: int = 0, initial_noise: torch.Tensor | None = None) -> Rollout:
+        """G edits per prompt with their trajectories and log-probs. Noise comes from ``generator`` (CPU)."""
+        cond = self.encode(batch.sources, batch.instructions)
+        P, G = len(batch), group_size
+        N = P * G
+        prompt_index = torch.arange(P).repeat_interleave(G)
+        h, w = cond.latent_hw
+        C = self.transformer.config.in_channels // 4
+        if initial_noise is None:
+            initial_noise = torch.randn((N, C, h, w), generator=generator, dtype=torch.float32)
+        x = self.pipe._pack_latents(initial_noise.float(), N, C, h, w).to(self.device)
+        sigmas, timesteps = self.schedule(x.shape[1])
+        T = len(timesteps)
+        window = sde_window(T, self.sampler_cfg.sde_window, sde_window_start)
+        noisy = self.sampler_cfg.noise_level > 0
+        meta = {"sigmas": sigmas, "timesteps": timesteps,
+                "sde_mask": torch.tensor([noisy and m for m in window])}
+
+        chunk = self.sampler_cfg.batch_size or N
+        traj, logps = [x.float().cpu()], []
+        for step in range(T):
+            noise = None
+            if meta["sde_mask"][step]:
+                noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+            outs = [
+                self._transition(x[i : i + chunk], step, meta, cond, prompt_index[i : i + chunk],
+                                 noise=None if noise is None else noise[i : i + chunk])
+                for i in range(0, N, chunk)
+            ]
+            x = torch.cat([o.prev_sample for o in outs])
+            logps.append(torch.cat([o.log_prob for o in outs]).cpu())
+            traj.append(x.cpu())
+        images = self.decode(x)
+        group_of_key = {k: i for i, k in enumerate(dict.fromkeys(batch.keys))}
+        group_ids = torch.tensor([group_of_key[batch.keys[p]] for p in prompt_index.tolist()])
+        return Rollout(
+            latents=torch.stack(traj, dim=1), log_probs=torch.stack(logps, dim=1), sigmas=sigmas,
+            timesteps=timesteps, sde_mask=meta["sde_mask"], images=images,
+            sources=batch.sources[prompt_index].cpu(),
+            instructions=[batch.instructions[p] for p in prompt_index.tolist()],
+            group_ids=group_ids, prompt_index=prompt_index, cond=cond,
+            metadata=[dict(batch.metadata[p]) if batch.metadata else {} for p in prompt_index.tolist()],
+        )
+
+    @torch.no_grad()
+    def decode(self, packed: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        lat = self.pipe._unpack_latents(packed, self.resolution, self.resolution, self.pipe.vae_scale_factor)
+        lat = lat / vae.config.scaling_factor + vae.config.shift_factor
+        image = vae.decode(lat.to(self.device, vae.dtype), return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1).cpu()
+
+    # ----------------------------------------------------------------- training-side calls
+    def step_logprob(self, rollout: Rollout, sample_idx: torch.Tensor, step: int) -> StepOutput:
+        """Log-prob of the recorded transition ``step`` for ``sample_idx`` under the current weights."""
+        meta = {"sigmas": rollout.sigmas, "timesteps": rollout.timesteps, "sde_mask": rollout.sde_mask}
+        return self._transition(
+            rollout.latents[sample_idx, step].to(self.device), step, meta, rollout.cond,
+            rollout.prompt_index[sample_idx], prev_sample=rollout.latents[sample_idx, step + 1].to(self.device),
+        )
+
+    @contextmanager
+    def reference(self):
+        """The reference policy: the same transformer with the LoRA adapter disabled."""
+        self.transformer.disable_adapters()
+        try:
+            yield self
+        finally:
+            self.transformer.enable_adapters()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.transformer.named_parameters() if "lora_" in n]
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.transformer).items()}
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        result = set_peft_model_state_dict(self.transformer, state)
+        unexpected = getattr(result, "unexpected_keys", None) or []
+        if unexpected:
+            raise UserError(f"checkpoint adapter has keys this policy lacks, e.g. '{unexpected[0]}' "
+                            f"(another model or LoRA target set?)")
+        for p in self.trainable_parameters():  # peft may cast loaded weights to the base dtype
+            p.data = p.data.float()
+
+    def save_lora(self, directory: str) -> None:
+        """Write the adapter in the diffusers format (`pytorch_lora_weights.safetensors`)."""
+        FluxKontextPipeline.save_lora_weights(
+            directory, transformer_lora_layers=get_peft_model_state_dict(self.transformer), safe_serialization=True,
+        )

@@ -1,0 +1,1 @@
+"""Packaged recipes (YAML). `rlkit run NAME` finds them by file stem."""

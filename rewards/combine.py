@@ -1,0 +1,66 @@
+"""A weighted sum of reward plugins that checks every plugin's output before anything trains on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rewards.base import RewardInput, RewardOutput
+from rlkit.errors import RewardError
+
+
+@dataclass
+class CombinedReward:
+    total: torch.Tensor  # [B] weighted sum
+    per_reward: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] raw scores
+    outputs: dict[str, RewardOutput] = field(default_factory=dict)
+
+
+class RewardSet:
+    """Calls each named reward, validates its output (type, shape, finite), returns the weighted sum."""
+
+    def __init__(self, rewards: list[tuple[str, float, object]]):
+        if not rewards:
+            raise ValueError("RewardSet needs at least one reward")
+        names = [n for n, _, _ in rewards]
+        if len(set(names)) != len(names):
+            # two entries with one name (e.g. two target colours): key them name, name#2, ...
+            seen: dict[str, int] = {}
+            keyed = []
+            for n, w, r in rewards:
+                seen[n] = seen.get(n, 0) + 1
+                keyed.append((n if seen[n] == 1 else f"{n}#{seen[n]}", w, r))
+            rewards = keyed
+        self.rewards = rewards
+
+    def __call__(self, batch: RewardInput) -> CombinedReward:
+        n = len(batch)
+        total = torch.zeros(n, dtype=torch.float32)
+        out = CombinedReward(total)
+        for name, weight, fn in self.rewards:
+            try:
+                result = fn(batch)
+            except Exception as err:  # a plugin bug must name the plugin, not crash anonymously
+                raise RewardError(name, f"raised {type(err).__name__}: {err}") from err
+            scores = self._check(name, result, n)
+            out.per_reward[name] = scores
+            out.outputs[name] = result
+            total = total + weight * scores
+        out.total = total
+        return out
+
+    @staticmethod
+    def _check(name: str, result: object, n: int) -> torch.Tensor:
+        if not isinstance(result, RewardOutput):
+            raise RewardError(name, f"returned {type(result).__name__}, expected rewards.RewardOutput")
+        scores = result.scores
+        if not isinstance(scores, torch.Tensor):
+            raise RewardError(name, f"scores is {type(scores).__name__}, expected a torch.Tensor of shape [{n}]")
+        if tuple(scores.shape) != (n,):
+            raise RewardError(name, f"scores has shape {tuple(scores.shape)}, expected ({n},)")
+        scores = scores.detach().float().cpu()
+        bad = ~torch.isfinite(scores)
+        if bad.any():
+            raise RewardError(name, f"returned {int(bad.sum())} non-finite score(s) (NaN/inf) out of {n}")
+        return scores

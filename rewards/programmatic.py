@@ -1,0 +1,41 @@
+"""Cheap rewards computed from pixels: they need no model, so CPU runs and tests can learn against them."""
+
+from __future__ import annotations
+
+import torch
+
+from rewards.base import Reward, RewardInput, RewardOutput
+
+
+class SourceConsistency(Reward):
+    """How much of the source survives the edit: 1 - mean absolute pixel difference (in [0, 1])."""
+
+    def __init__(self) -> None:
+        pass
+
+    def __call__(self, batch: RewardInput) -> RewardOutput:
+        diff = (batch.edited - batch.source).abs().mean(dim=(1, 2, 3))
+        return RewardOutput(scores=1.0 - diff, details={"l1": diff})
+
+
+class TargetColor(Reward):
+    """Pushes the edit towards a colour: 1 - mean distance of each pixel to `color` (RGB in [0, 1]).
+
+    `region` limits the score to the centre fraction of the image (1.0 = whole image).
+    """
+
+    def __init__(self, color: tuple[float, float, float] | list[float] = (1.0, 0.0, 0.0), region: float = 1.0):
+        if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
+            raise ValueError(f"color must be 3 values in [0, 1], got {color!r}")
+        if not 0.0 < region <= 1.0:
+            raise ValueError(f"region must be in (0, 1], got {region}")
+        self.color = torch.tensor(list(color), dtype=torch.float32).view(1, 3, 1, 1)
+        self.region = region
+
+    def __call__(self, batch: RewardInput) -> RewardOutput:
+        img = batch.edited.float()
+        h, w = img.shape[-2:]
+        dh, dw = int(h * (1 - self.region) / 2), int(w * (1 - self.region) / 2)
+        img = img[..., dh : h - dh, dw : w - dw]
+        dist = (img - self.color.to(img.device)).abs().mean(dim=1)  # [B, h, w], in [0, 1]
+        return RewardOutput(scores=1.0 - dist.mean(dim=(1, 2)))

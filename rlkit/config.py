@@ -1,0 +1,247 @@
+"""Recipe schema and loading: YAML + `key=value` overrides, validated against typed dataclasses.
+
+Every recipe key is declared here once, with its type and default. OmegaConf enforces the schema; this module
+turns its exceptions into one-line `UserError`s that name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from rlkit.errors import UserError
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 64
+    alpha: float = 128.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                                 "to_add_out"]
+    )
+    init: str = "gaussian"  # peft init_lora_weights: gaussian | true (kaiming A, zero B)
+
+
+@dataclass
+class PolicyConfig:
+    name: str = "flux_kontext"  # flux_kontext | flux_kontext_tiny
+    pretrained: Optional[str] = None  # local folder or hub id (read from the local hub cache only)
+    dtype: str = "bfloat16"  # transformer dtype; step math and log-probs are always fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resolution: int = 512  # source and edit are resized (centre crop) to resolution x resolution
+    guidance_scale: float = 2.5  # FLUX Kontext [dev] is guidance-distilled: an embedding, no true CFG
+    max_sequence_length: int = 512
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    seed: int = 0  # weights seed for the tiny builder
+
+
+@dataclass
+class SamplerConfig:
+    num_steps: int = 10
+    kernel: str = "flow_sde"  # flow_sde | dance_sde | cps
+    noise_level: float = 0.7
+    sde_window: Optional[int] = None  # MixGRPO: SDE only on this many steps, sliding each train step
+    batch_size: int = 0  # transformer batch in the rollout; 0 = the whole step's samples at once
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "grpo"  # grpo | dpo
+    group_size: int = 12
+    std_scope: str = "group"  # group | global: which std normalises advantages
+    adv_clip: float = 5.0
+    clip_range_low: float = 1e-4
+    clip_range_high: float = 1e-4
+    kl_coef: float = 0.01  # KL to the reference (adapter disabled), on the transition mean
+    timestep_fraction: float = 0.6  # random subset of SDE steps trained per sample
+    inner_epochs: int = 1
+    micro_batch: int = 4  # samples per forward/backward in the update
+    beta: float = 2000.0  # online DPO (Diffusion-DPO) temperature
+
+
+@dataclass
+class RewardSpec:
+    name: str = "???"
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    source: str = "jsonl"  # jsonl | folder | hf
+    path: str = "???"  # manifest file, image folder, or dataset name / saved dataset folder
+    instructions: list[str] = field(default_factory=list)  # folder: instructions applied to every image
+    split: str = "train"  # hf
+    image_column: str = "image"  # hf
+    instruction_column: str = "instruction"  # hf
+    shuffle: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 500
+    prompts_per_step: int = 2
+    save_every: int = 50
+    keep_last: int = 3
+    log_every: int = 1
+    grid_every: int = 25  # PNG grid (source | group samples) every N steps; 0 = never
+
+
+@dataclass
+class Recipe:
+    output_dir: str = "runs/rlkit"
+    seed: int = 0
+    resume: str = "auto"  # auto | never | PATH to a checkpoint
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rewards: list[RewardSpec] = field(default_factory=list)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "policy.name": ("flux_kontext", "flux_kontext_tiny"),
+    "policy.dtype": ("float32", "bfloat16", "float16"),
+    "sampler.kernel": ("flow_sde", "dance_sde", "cps"),
+    "algorithm.name": ("grpo", "dpo"),
+    "algorithm.std_scope": ("group", "global"),
+    "data.source": ("jsonl", "folder", "hf"),
+}
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys += _all_keys(node._get_node(k), full + ".")
+    return keys
+
+
+def _suggest(bad_key: str) -> str:
+    schema = OmegaConf.structured(Recipe)
+    valid = _all_keys(schema) + [f"rewards.{k}" for k in ("name", "weight", "kwargs")]
+    close = difflib.get_close_matches(bad_key, valid, n=1, cutoff=0.6)
+    if not close:  # a typo in the last part only: compare leaf names under the same parent
+        parent, _, leaf = bad_key.rpartition(".")
+        siblings = [k.rpartition(".")[2] for k in valid if k.rpartition(".")[0] == parent]
+        leaf_close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.5)
+        close = [f"{parent}.{leaf_close[0]}" if parent else leaf_close[0]] if leaf_close else []
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _key_of(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or ""
+    return str(key)
+
+
+def _user_error(err: OmegaConfBaseException, where: str) -> UserError:
+    key = _key_of(err)
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
+        # strip list indices for the suggestion: rewards[0].wieght -> rewards.wieght
+        plain = key.replace("[", ".").replace("]", "").replace("..", ".")
+        plain = ".".join(p for p in plain.split(".") if not p.isdigit())
+        return UserError(f"{where}: unknown key '{key}'{_suggest(plain)}")
+    if isinstance(err, ValidationError):
+        msg = str(err).splitlines()[0]
+        return UserError(f"{where}: wrong type for '{key}': {msg}")
+    return UserError(f"{where}: {str(err).splitlines()[0]}")
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """Recipes shipped in the `recipes` package, by name (file stem)."""
+    root = resources.files("recipes")
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_recipe_path(recipe: str) -> Path:
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    named = packaged_recipes()
+    stem = Path(recipe).stem if recipe.endswith(".yaml") else recipe
+    if stem in named and (not path.parent.parts or path.parent.name == "recipes"):
+        return named[stem]
+    close = difflib.get_close_matches(stem, list(named), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f"; packaged recipes: {', '.join(sorted(named))}"
+    raise UserError(f"recipe not found: '{recipe}'{hint}")
+
+
+def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """Load a recipe file (or packaged recipe name), apply dotlist overrides, validate. Raises UserError."""
+    path = resolve_recipe_path(str(recipe))
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as err:  # YAML syntax errors
+        raise UserError(f"{path}: cannot parse YAML: {str(err).splitlines()[0]}") from None
+    return build_config(raw, overrides or [], where=str(path))
+
+
+def build_config(raw: DictConfig | dict, overrides: list[str], where: str) -> DictConfig:
+    schema = OmegaConf.structured(Recipe)
+    try:
+        cfg = OmegaConf.merge(schema, raw)
+    except OmegaConfBaseException as err:
+        raise _user_error(err, where) from None
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not key=value")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise _user_error(err, f"override '{item}'") from None
+    check_values(cfg, where)
+    return cfg
+
+
+def check_values(cfg: DictConfig, where: str) -> None:
+    """Checks the schema cannot express: choices, ranges, required keys, reward specs."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise UserError(f"{where}: '{key}' is '{value}', expected one of: {', '.join(choices)}")
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        raise UserError(f"{where}: required key '{sorted(missing)[0]}' is not set")
+    if not isinstance(cfg.rewards, ListConfig) or len(cfg.rewards) == 0:
+        raise UserError(f"{where}: 'rewards' must list at least one reward, e.g. rewards=[{{name: target_color}}]")
+    positive = ["train.steps", "train.prompts_per_step", "algorithm.group_size", "sampler.num_steps",
+                "policy.resolution", "algorithm.micro_batch", "algorithm.inner_epochs"]
+    for key in positive:
+        if OmegaConf.select(cfg, key) <= 0:
+            raise UserError(f"{where}: '{key}' must be > 0")
+    if cfg.algorithm.group_size < 2:
+        raise UserError(f"{where}: 'algorithm.group_size' must be >= 2 (advantages compare samples of a group)")
+    if not 0 < cfg.algorithm.timestep_fraction <= 1:
+        raise UserError(f"{where}: 'algorithm.timestep_fraction' must be in (0, 1]")
+    if cfg.sampler.noise_level < 0:
+        raise UserError(f"{where}: 'sampler.noise_level' must be >= 0")
+    if cfg.policy.resolution % 16:
+        raise UserError(f"{where}: 'policy.resolution' must be a multiple of 16 (VAE x patch size)")
+    if cfg.policy.name == "flux_kontext" and not cfg.policy.pretrained:
+        raise UserError(f"{where}: 'policy.pretrained' must name a local folder or hub id for flux_kontext")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

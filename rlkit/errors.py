@@ -1,0 +1,19 @@
+"""Errors a user can act on. The CLI prints them as one line and exits with their code, no traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user (recipe, data, paths). Exit status 2."""
+
+    exit_code = 2
+
+
+class RewardError(Exception):
+    """A reward plugin raised or returned unusable scores. The step is not applied. Exit status 1."""
+
+    exit_code = 1
+
+    def __init__(self, reward_name: str, message: str):
+        super().__init__(f"reward '{reward_name}': {message}")
+        self.reward_name = reward_name

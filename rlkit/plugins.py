@@ -1,0 +1,72 @@
+"""Reward plugins: discovered through the `rlkit.rewards` entry-point group, imported only when named."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from rlkit.errors import UserError
+
+GROUP = "rlkit.rewards"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    target: str  # "module:attr"
+    distribution: str
+    version: str
+
+
+def _entry_points() -> list[tuple[metadata.EntryPoint, str, str]]:
+    found = []
+    for dist in metadata.distributions():
+        dist_name = dist.metadata["Name"] or "?"
+        for ep in dist.entry_points:
+            if ep.group == GROUP:
+                found.append((ep, dist_name, dist.version))
+    return found
+
+
+def list_rewards() -> dict[str, PluginInfo]:
+    """Every installed reward plugin by name. Two distributions claiming one name is an error naming both."""
+    plugins: dict[str, PluginInfo] = {}
+    for ep, dist, version in _entry_points():
+        info = PluginInfo(ep.name, ep.value, dist, version)
+        seen = plugins.get(ep.name)
+        if seen is not None and seen.distribution != dist:
+            raise UserError(
+                f"reward '{ep.name}' is registered twice: by '{seen.distribution}' ({seen.target}) and by "
+                f"'{dist}' ({ep.value}); uninstall one of them"
+            )
+        plugins[ep.name] = info
+    return plugins
+
+
+def load_reward_class(name: str) -> Any:
+    plugins = list_rewards()
+    if name not in plugins:
+        close = difflib.get_close_matches(name, list(plugins), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; installed: {', '.join(sorted(plugins))}"
+        raise UserError(f"unknown reward '{name}'{hint}")
+    info = plugins[name]
+    module, _, attr = info.target.partition(":")
+    try:
+        obj = __import__(module, fromlist=["_"])
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as err:
+        raise UserError(f"reward '{name}' ({info.target}, from {info.distribution}) failed to import: {err}") from None
+    return obj
+
+
+def build_reward(name: str, kwargs: dict[str, Any]) -> Any:
+    cls = load_reward_class(name)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise UserError(f"reward '{name}': bad kwargs {sorted(kwargs)}: {err}") from None
+    except ValueError as err:
+        raise UserError(f"reward '{name}': {err}") from None
