@@ -55,7 +55,9 @@ class FluxKontextPolicy:
         for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
             module.requires_grad_(False)
             module.eval()  # no dropout: rollout and training forwards must be the same function
-        pipe.transformer.to(self.device, self.dtype)
+        if pipe.transformer.dtype != self.dtype:
+            pipe.transformer.to(dtype=self.dtype)
+        pipe.transformer.to(self.device)
         pipe.vae.to(self.device)
         pipe.text_encoder.to(self.device)
         pipe.text_encoder_2.to(self.device)
@@ -135,8 +137,7 @@ class FluxKontextPolicy:
             guidance = torch.full((n,), self.cfg.guidance_scale, device=self.device, dtype=torch.float32)
         out = self.transformer(
             hidden_states=hidden,
-            timestep=timestep.to(self.device, self.dtype).expand(n) if timestep.ndim == 0 else timestep.to(
-                self.device, self.dtype),
+            timestep=timestep.to(self.device, self.dtype).expand(n),
             guidance=guidance,
             pooled_projections=cond.pooled[idx],
             encoder_hidden_states=cond.prompt_embeds[idx],
@@ -146,14 +147,21 @@ class FluxKontextPolicy:
         )[0]
         return out[:, :length].float()  # drop the source tokens' predictions
 
-    def _transition(self, x, step: int, rollout_meta: dict, cond, prompt_index, *, noise=None,
+    def _transition(self, x, steps: torch.Tensor, meta: dict, cond, prompt_index, *, noise=None,
                     prev_sample=None) -> StepOutput:
-        """One denoising step from ``x`` at ``sigmas[step]``: the one code path for rollout and training."""
-        sigmas, timesteps, sde_mask = rollout_meta["sigmas"], rollout_meta["timesteps"], rollout_meta["sde_mask"]
-        v = self.predict_velocity(x, timesteps[step] / 1000, cond, prompt_index)
-        kernel = self.kernel if bool(sde_mask[step]) else ode_step
+        """Denoising step ``steps[i]`` for each sample ``x[i]``: the one code path for rollout and training.
+
+        Samples may sit at different steps (training draws timesteps per sample); all must be SDE steps or
+        all ODE steps, since the kernel is chosen per call.
+        """
+        sigmas, timesteps, sde_mask = meta["sigmas"], meta["timesteps"], meta["sde_mask"]
+        noisy = sde_mask[steps]
+        if bool(noisy.any()) != bool(noisy.all()):
+            raise ValueError("a transition batch mixes SDE and ODE steps")
+        v = self.predict_velocity(x, timesteps[steps] / 1000, cond, prompt_index)
+        kernel = self.kernel if bool(noisy[0]) else ode_step
         return kernel(
-            x.to(self.device), v, float(sigmas[step]), float(sigmas[step + 1]), self.sampler_cfg.noise_level,
+            x.to(self.device), v, sigmas[steps], sigmas[steps + 1], self.sampler_cfg.noise_level,
             sigma_max=float(sigmas[1]), noise=noise, prev_sample=prev_sample,
         )
 
@@ -184,8 +192,9 @@ class FluxKontextPolicy:
             noise = None
             if meta["sde_mask"][step]:
                 noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+            steps = torch.full((N,), step, dtype=torch.long)
             outs = [
-                self._transition(x[i : i + chunk], step, meta, cond, prompt_index[i : i + chunk],
+                self._transition(x[i : i + chunk], steps[i : i + chunk], meta, cond, prompt_index[i : i + chunk],
                                  noise=None if noise is None else noise[i : i + chunk])
                 for i in range(0, N, chunk)
             ]
@@ -213,12 +222,14 @@ class FluxKontextPolicy:
         return (image.float() / 2 + 0.5).clamp(0, 1).cpu()
 
     # ----------------------------------------------------------------- training-side calls
-    def step_logprob(self, rollout: Rollout, sample_idx: torch.Tensor, step: int) -> StepOutput:
-        """Log-prob of the recorded transition ``step`` for ``sample_idx`` under the current weights."""
+    def step_logprob(self, rollout: Rollout, sample_idx: torch.Tensor, steps: torch.Tensor | int) -> StepOutput:
+        """Log-prob of the recorded transitions ``steps`` (one per sample, or one for all) of ``sample_idx``
+        under the current weights."""
+        steps = torch.as_tensor(steps, dtype=torch.long).expand(len(sample_idx))
         meta = {"sigmas": rollout.sigmas, "timesteps": rollout.timesteps, "sde_mask": rollout.sde_mask}
         return self._transition(
-            rollout.latents[sample_idx, step].to(self.device), step, meta, rollout.cond,
-            rollout.prompt_index[sample_idx], prev_sample=rollout.latents[sample_idx, step + 1].to(self.device),
+            rollout.latents[sample_idx, steps].to(self.device), steps, meta, rollout.cond,
+            rollout.prompt_index[sample_idx], prev_sample=rollout.latents[sample_idx, steps + 1].to(self.device),
         )
 
     @contextmanager

@@ -195,7 +195,15 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictC
         raw = OmegaConf.load(path)
     except Exception as err:  # YAML syntax errors
         raise UserError(f"{path}: cannot parse YAML: {str(err).splitlines()[0]}") from None
-    return build_config(raw, overrides or [], where=str(path))
+    cfg = build_config(raw, overrides or [], where=str(path))
+    # data paths in a recipe are relative to the recipe file (unless they exist from the working dir); store
+    # them absolute so config.yaml in the run directory resumes from anywhere
+    data_path = Path(cfg.data.path)
+    if cfg.data.source in ("jsonl", "folder") and not data_path.is_absolute() and not data_path.exists():
+        beside = path.parent / data_path
+        if beside.exists():
+            cfg.data.path = str(beside.resolve())
+    return cfg
 
 
 def build_config(raw: DictConfig | dict, overrides: list[str], where: str) -> DictConfig:

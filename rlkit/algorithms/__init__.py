@@ -1,0 +1,14 @@
+"""Policy-update algorithms, selected by `algorithm.name`."""
+
+from rlkit.algorithms.advantages import group_advantages
+from rlkit.algorithms.dpo import OnlineDPO, best_worst_pairs
+from rlkit.algorithms.grpo import GRPO
+
+ALGORITHMS = {"grpo": GRPO, "dpo": OnlineDPO}
+
+
+def build_algorithm(cfg, max_grad_norm: float):
+    return ALGORITHMS[cfg.name](cfg, max_grad_norm)
+
+
+__all__ = ["ALGORITHMS", "GRPO", "OnlineDPO", "best_worst_pairs", "build_algorithm", "group_advantages"]

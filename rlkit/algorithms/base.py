@@ -1,0 +1,32 @@
+"""The algorithm role in the loop: turn rewards into advantages, then update the policy from a rollout."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from policies.base import EditPolicy, Rollout
+
+
+class Algorithm(Protocol):
+    def advantages(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, dict]: ...
+
+    def update(self, policy: EditPolicy, rollout: Rollout, advantages: torch.Tensor,
+               optimizer: torch.optim.Optimizer, lr_scheduler, generator: torch.Generator) -> dict: ...
+
+
+def optimizer_step(params: list[torch.nn.Parameter], optimizer, lr_scheduler, max_grad_norm: float) -> float:
+    """Clip, step, zero. Returns the pre-clip gradient norm. Refuses to apply non-finite gradients."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    if not torch.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise FloatingPointError(f"non-finite gradient norm ({grad_norm.item()}); the update was not applied")
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def chunks(index: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return [index[i : i + size] for i in range(0, len(index), size)]

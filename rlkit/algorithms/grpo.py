@@ -1,0 +1,69 @@
+"""GRPO for flow-matching editors (Flow-GRPO): clipped importance ratio per trained timestep, KL to the
+reference on the transition mean, a random subset of SDE timesteps per sample."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlkit.algorithms.advantages import group_advantages
+from rlkit.algorithms.base import chunks, optimizer_step
+
+
+class GRPO:
+    def __init__(self, cfg, max_grad_norm: float):
+        self.cfg, self.max_grad_norm = cfg, max_grad_norm
+
+    def advantages(self, rewards, group_ids):
+        adv, zero_std_frac = group_advantages(rewards, group_ids, self.cfg.std_scope, self.cfg.adv_clip)
+        return adv, {"zero_std_frac": zero_std_frac}
+
+    def train_steps(self, rollout, generator: torch.Generator) -> torch.Tensor:
+        """[N, k] timesteps to train per sample: a random subset of the rollout's SDE steps."""
+        sde_steps = torch.nonzero(rollout.sde_mask).flatten()
+        if len(sde_steps) == 0:
+            raise ValueError("the rollout has no SDE steps (sampler.noise_level is 0?): nothing to train")
+        k = max(1, math.ceil(self.cfg.timestep_fraction * len(sde_steps) - 1e-9))
+        picks = [sde_steps[torch.randperm(len(sde_steps), generator=generator)[:k]] for _ in range(len(rollout))]
+        return torch.stack(picks)
+
+    def update(self, policy, rollout, advantages, optimizer, lr_scheduler, generator) -> dict:
+        cfg = self.cfg
+        params = policy.trainable_parameters()
+        old_logp = rollout.log_probs
+        stats: dict[str, list[float]] = {k: [] for k in ("loss", "ratio_mean", "clipfrac", "approx_kl", "kl_ref",
+                                                          "grad_norm")}
+        for _ in range(cfg.inner_epochs):
+            steps = self.train_steps(rollout, generator)  # [N, k]
+            order = torch.randperm(len(rollout), generator=generator)
+            for idx in chunks(order, cfg.micro_batch):
+                k = steps.shape[1]
+                for j in range(k):
+                    t = steps[idx, j]
+                    out = policy.step_logprob(rollout, idx, t)
+                    log_ratio = out.log_prob - old_logp[idx, t].to(out.log_prob.device)
+                    ratio = torch.exp(log_ratio)
+                    adv = advantages[idx].to(ratio.device)
+                    clipped = torch.clamp(ratio, 1 - cfg.clip_range_low, 1 + cfg.clip_range_high)
+                    pg_loss = torch.maximum(-adv * ratio, -adv * clipped).mean()
+                    kl = torch.zeros((), device=ratio.device)
+                    if cfg.kl_coef > 0:
+                        with torch.no_grad(), policy.reference():
+                            ref = policy.step_logprob(rollout, idx, t)
+                        dims = tuple(range(1, out.mean.ndim))
+                        kl = (((out.mean - ref.mean) ** 2).mean(dim=dims) / (2 * out.std**2)).mean()
+                    loss = pg_loss + cfg.kl_coef * kl
+                    (loss / k).backward()
+                    with torch.no_grad():
+                        stats["loss"].append(loss.item())
+                        stats["ratio_mean"].append(ratio.mean().item())
+                        stats["clipfrac"].append(
+                            ((ratio < 1 - cfg.clip_range_low) | (ratio > 1 + cfg.clip_range_high)).float().mean().item()
+                        )
+                        stats["approx_kl"].append(0.5 * (log_ratio**2).mean().item())
+                        stats["kl_ref"].append(float(kl))
+                stats["grad_norm"].append(optimizer_step(params, optimizer, lr_scheduler, self.max_grad_norm))
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out["ratio_max_dev"] = 0.0 if not stats["ratio_mean"] else max(abs(r - 1) for r in stats["ratio_mean"])
+        return out

@@ -1,0 +1,190 @@
+"""Editing prompts: (source image, instruction) pairs from a JSONL manifest, an image folder, or HF datasets.
+
+`PromptStream` hands out batches in a seeded shuffled order and remembers its position, so a resumed run
+continues with exactly the prompts the uninterrupted run would have seen.
+
+Images: converted to RGB (grayscale expanded; RGBA composited over white), centre-cropped to a square,
+resized to `policy.resolution`, returned as float tensors in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from policies.base import PromptBatch
+from rlkit.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+MAX_PIXELS = 64_000_000  # refuse decompression bombs with a clear message instead of PIL's warning
+
+
+@dataclass
+class EditItem:
+    image: Any  # a Path, or a PIL image (HF datasets)
+    instruction: str
+    key: str  # identity of (image, instruction)
+    metadata: dict = field(default_factory=dict)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def image_to_tensor(img: Image.Image, resolution: int) -> torch.Tensor:
+    """Centre-crop to a square, resize, return [3, R, R] in [0, 1]."""
+    img = to_rgb(img)
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def load_image(path: Path, resolution: int) -> torch.Tensor:
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise UserError(f"image too large ({img.width}x{img.height} > {MAX_PIXELS} pixels): {path}")
+            img.load()
+            return image_to_tensor(img, resolution)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise UserError(f"cannot read image {path}: {err}") from None
+
+
+def _check_instruction(text: Any, where: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise UserError(f"{where}: empty or missing instruction")
+    return text.strip()
+
+
+def read_jsonl(path: Path) -> list[EditItem]:
+    """Manifest lines: {"image": path relative to the file, "instruction": text, ...extra kept as metadata}."""
+    if not path.is_file():
+        raise UserError(f"data.path: manifest not found: {path}")
+    items = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or "image" not in row:
+            raise UserError(f"{path}:{lineno}: expected an object with 'image' and 'instruction'")
+        text = _check_instruction(row.get("instruction"), f"{path}:{lineno}")
+        image = (path.parent / row["image"]).resolve()
+        meta = {k: v for k, v in row.items() if k not in ("image", "instruction")}
+        items.append(EditItem(image, text, f"{image}\n{text}", meta))
+    return items
+
+
+def read_folder(path: Path, instructions: list[str]) -> list[EditItem]:
+    """Every image in a folder; its instruction from `NAME.txt` beside it, else each of `instructions`."""
+    if not path.is_dir():
+        raise UserError(f"data.path: image folder not found: {path}")
+    items = []
+    for image in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        sidecar = image.with_suffix(".txt")
+        texts = [sidecar.read_text()] if sidecar.is_file() else list(instructions)
+        if not texts:
+            raise UserError(f"{image}: no instruction (add {sidecar.name} or set data.instructions)")
+        for text in texts:
+            text = _check_instruction(text, str(sidecar if sidecar.is_file() else "data.instructions"))
+            items.append(EditItem(image.resolve(), text, f"{image.resolve()}\n{text}"))
+    return items
+
+
+def read_hf(cfg) -> list[EditItem]:
+    import datasets
+
+    try:
+        local = Path(cfg.path)
+        if local.is_dir() and (local / "dataset_info.json").exists() or (local / "state.json").exists():
+            ds = datasets.load_from_disk(str(local))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[cfg.split]
+        else:
+            ds = datasets.load_dataset(cfg.path, split=cfg.split)
+    except Exception as err:
+        raise UserError(f"data.path: cannot load dataset '{cfg.path}': {str(err).splitlines()[0]}") from None
+    for col in (cfg.image_column, cfg.instruction_column):
+        if col not in ds.column_names:
+            raise UserError(f"dataset '{cfg.path}' has no column '{col}' (columns: {', '.join(ds.column_names)})")
+    items = []
+    for i, row in enumerate(ds):
+        text = _check_instruction(row[cfg.instruction_column], f"dataset row {i}")
+        items.append(EditItem(row[cfg.image_column], text, f"{cfg.path}#{i}\n{text}"))
+    return items
+
+
+def read_items(cfg) -> list[EditItem]:
+    path = Path(cfg.path)
+    if cfg.source == "jsonl":
+        items = read_jsonl(path)
+    elif cfg.source == "folder":
+        items = read_folder(path, list(cfg.instructions))
+    else:
+        items = read_hf(cfg)
+    if not items:
+        raise UserError(f"data.path: no (image, instruction) pairs in {cfg.path}")
+    return items
+
+
+class PromptStream:
+    """Endless, seeded, resumable stream of prompt batches. Order is a permutation per epoch."""
+
+    def __init__(self, items: list[EditItem], resolution: int, seed: int, shuffle: bool = True):
+        self.items, self.resolution, self.seed, self.shuffle = items, resolution, seed, shuffle
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.items)))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.items), generator=g).tolist()
+
+    def _load(self, item: EditItem) -> torch.Tensor:
+        if isinstance(item.image, Path):
+            return load_image(item.image, self.resolution)
+        if isinstance(item.image, Image.Image):
+            return image_to_tensor(item.image, self.resolution)
+        raise UserError(f"unsupported image value for '{item.instruction}': {type(item.image).__name__}")
+
+    def next_batch(self, n: int) -> PromptBatch:
+        chosen = []
+        for _ in range(n):
+            if self.position >= len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+            chosen.append(self.items[self._order[self.position]])
+            self.position += 1
+        return PromptBatch(
+            sources=torch.stack([self._load(it) for it in chosen]),
+            instructions=[it.instruction for it in chosen],
+            keys=[it.key for it in chosen],
+            metadata=[dict(it.metadata) for it in chosen],
+        )
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "num_items": len(self.items)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_items"] != len(self.items):
+            raise UserError(f"the dataset changed since the checkpoint ({state['num_items']} items then, "
+                            f"{len(self.items)} now); exact resume needs the same data")
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._permutation(self.epoch)

@@ -1,0 +1,207 @@
+"""The single controller: builds each role from the recipe and runs the loop of DESIGN.md."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from policies import build_policy
+from policies.flux_kontext import resolve_device
+from rewards.combine import RewardSet
+from rlkit import checkpoint as ckpt
+from rlkit.algorithms import build_algorithm
+from rlkit.config import to_yaml
+from rlkit.data import PromptStream, read_items
+from rlkit.errors import UserError
+from rlkit.logs import RunLogger, save_grid
+from rlkit.plugins import build_reward
+from rlkit.stability import StabilityTracker
+
+# Changing these between a checkpoint and its resume would load weights into another model.
+INCOMPATIBLE = ("policy.name", "policy.pretrained", "policy.seed", "policy.lora.rank", "policy.lora.alpha",
+                "policy.lora.target_modules", "policy.resolution")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_rewards(specs) -> RewardSet:
+    return RewardSet([(s.name, float(s.weight), build_reward(s.name, dict(s.kwargs))) for s in specs])
+
+
+def config_differences(old: DictConfig, new: DictConfig) -> list[tuple[str, object, object]]:
+    a = OmegaConf.to_container(old, resolve=True)
+    b = OmegaConf.to_container(new, resolve=True)
+    diffs: list[tuple[str, object, object]] = []
+
+    def walk(x, y, prefix):
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
+                walk(x.get(k), y.get(k), f"{prefix}{k}.")
+        elif x != y:
+            diffs.append((prefix.rstrip("."), x, y))
+
+    walk(a, b, "")
+    return diffs
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, progress: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.output_dir)
+        self._prepare_run_dir()
+        resume_from = self._find_resume_checkpoint()
+        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg.policy.device)
+        items = read_items(cfg.data)  # data errors surface before any model is built
+        self.rewards = build_rewards(cfg.rewards)
+        self.policy = build_policy(cfg.policy, cfg.sampler, self.device)
+        self.algorithm = build_algorithm(cfg.algorithm, cfg.optim.max_grad_norm)
+        self.prompts = PromptStream(items, cfg.policy.resolution, cfg.seed, cfg.data.shuffle)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=o.lr, betas=tuple(o.betas),
+                                           eps=o.eps, weight_decay=o.weight_decay)
+        warmup = max(o.warmup_steps, 0)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0)
+        self.generators = {"rollout": torch.Generator().manual_seed(cfg.seed),
+                           "train": torch.Generator().manual_seed(cfg.seed + 1)}
+        self.stability = StabilityTracker()
+        self.step = 0
+        if resume_from is not None:
+            self._restore(resume_from)
+        self.progress = progress
+        self._stop_requested = False
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self) -> Path:
+        cfg, train = self.cfg, self.cfg.train
+        if self.step >= train.steps:
+            print(f"run in {self.run_dir} already finished at step {self.step} (train.steps={train.steps})")
+            if not (self.run_dir / "final").exists():
+                self._save_final()
+            return self.run_dir
+        logger = RunLogger(self.run_dir, train.steps, self.step, progress=self.progress)
+        previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for step in range(self.step, train.steps):
+                t0 = time.perf_counter()
+                batch = self.prompts.next_batch(train.prompts_per_step)
+                rollout = self.policy.sample(batch, cfg.algorithm.group_size, self.generators["rollout"],
+                                             sde_window_start=step)
+                t1 = time.perf_counter()
+                reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
+                t2 = time.perf_counter()
+                adv, adv_info = self.algorithm.advantages(reward.total, rollout.group_ids)
+                metrics = self.algorithm.update(self.policy, rollout, adv, self.optimizer, self.lr_scheduler,
+                                                self.generators["train"])
+                t3 = time.perf_counter()
+                metrics.update(self.stability.observe(step, reward, rollout))
+                self.step = step + 1
+                logger.log({
+                    "step": self.step, "reward_mean": float(reward.total.mean()),
+                    "reward_std": float(reward.total.std(unbiased=False)), **adv_info, **metrics,
+                    "lr": self.lr_scheduler.get_last_lr()[0],
+                    "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_train_s": t3 - t2,
+                })
+                if train.grid_every and (self.step % train.grid_every == 0 or self.step == 1):
+                    save_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png", rollout.sources,
+                              rollout.images, cfg.algorithm.group_size)
+                if self._stop_requested:
+                    self.save_checkpoint()
+                    print(f"stopped by signal after step {self.step}; resume with: rlkit resume {self.run_dir}")
+                    return self.run_dir
+                if train.save_every and self.step % train.save_every == 0:
+                    self.save_checkpoint()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            logger.close()
+        if self.step % max(train.save_every, 1) != 0 or not train.save_every:
+            self.save_checkpoint()
+        self._save_final()
+        return self.run_dir
+
+    def _request_stop(self, signum, frame) -> None:
+        # finish the current step, checkpoint, exit; a second signal exits at once
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        print(f"\nsignal {signum}: finishing step {self.step + 1}, then saving a checkpoint")
+
+    # ----------------------------------------------------------------- run directory and checkpoints
+    def _prepare_run_dir(self) -> None:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / ".rlkit-write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as err:
+            raise UserError(f"output_dir '{self.run_dir}' is not writable: {err.strerror}") from None
+
+    def _find_resume_checkpoint(self) -> Path | None:
+        mode = str(self.cfg.resume)
+        saved_cfg = self.run_dir / "config.yaml"
+        if mode == "never":
+            if ckpt.find_checkpoints(self.run_dir):
+                raise UserError(f"output_dir '{self.run_dir}' already holds checkpoints and resume=never; "
+                                f"choose another output_dir or use resume=auto")
+            chosen = None
+        elif mode == "auto":
+            found = ckpt.newest_valid(self.run_dir, warn=lambda m: print(f"warning: {m}"))
+            chosen = found.path if found else None
+        else:
+            chosen = Path(mode)
+            if not chosen.is_dir():
+                raise UserError(f"resume: checkpoint folder not found: {chosen}")
+        if chosen is not None and saved_cfg.exists():
+            self._check_compatible(OmegaConf.load(saved_cfg))
+        saved_cfg.write_text(to_yaml(self.cfg))
+        return chosen
+
+    def _check_compatible(self, old: DictConfig) -> None:
+        diffs = [d for d in config_differences(old, self.cfg) if d[0] not in ("resume",)]
+        bad = [d for d in diffs if any(d[0] == k or d[0].startswith(k + ".") for k in INCOMPATIBLE)]
+        if bad:
+            key, was, now = bad[0]
+            raise UserError(f"cannot resume: '{key}' changed from {was!r} to {now!r}; the checkpoint holds "
+                            f"weights for the old setting (use a new output_dir to start over)")
+        if diffs:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
+            print(f"warning: resuming with changed settings: {listed}")
+
+    def save_checkpoint(self) -> Path:
+        state = {"data": self.prompts.state_dict(), "stability": self.stability.state_dict()}
+        optim = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}
+        return ckpt.save_checkpoint(self.run_dir, self.step, self.policy.adapter_state_dict(), optim,
+                                    self.generators, state, self.cfg.train.keep_last)
+
+    def _restore(self, path: Path) -> None:
+        parts = ckpt.load_checkpoint(path)
+        self.policy.load_adapter_state_dict(parts["adapter"])
+        self.optimizer.load_state_dict(parts["optimizer"]["optimizer"])
+        self.lr_scheduler.load_state_dict(parts["optimizer"]["lr_scheduler"])
+        state = parts["state"]
+        ckpt.restore_rng(parts["rng"], state["rng"], self.generators)
+        self.prompts.load_state_dict(state["data"])
+        self.stability.load_state_dict(state["stability"])
+        self.step = int(state["step"])
+        print(f"resumed from {path} at step {self.step}")
+
+    def _save_final(self) -> None:
+        final = self.run_dir / "final"
+        tmp = self.run_dir / ".tmp-final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.policy.save_lora(str(tmp))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny recipes and policies. No test reaches the network."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from policies.base import PromptBatch  # noqa: E402
+from rlkit.config import load_recipe  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_RECIPE = REPO / "recipes" / "tiny_edit.yaml"
+
+
+def tiny_config(tmp_path: Path, *overrides: str):
+    """The tiny recipe, shortened for tests, writing into tmp_path."""
+    base = [f"output_dir={tmp_path / 'run'}", "train.steps=2", "train.save_every=1", "train.grid_every=1",
+            "sampler.num_steps=4", "algorithm.group_size=3", "algorithm.micro_batch=6"]
+    return load_recipe(str(TINY_RECIPE), base + list(overrides))
+
+
+def make_policy(*overrides: str, tmp_path: Path | None = None):
+    from policies import build_policy
+
+    cfg = tiny_config(tmp_path or Path("/tmp/unused"), *overrides)
+    torch.manual_seed(0)
+    return build_policy(cfg.policy, cfg.sampler, torch.device("cpu")), cfg
+
+
+def prompt_batch(n: int = 2, seed: int = 0, keys: list[str] | None = None) -> PromptBatch:
+    g = torch.Generator().manual_seed(seed)
+    texts = ["make the square red", "remove the circle", "turn it blue", "add a star"][:n]
+    return PromptBatch(torch.rand(n, 3, 32, 32, generator=g), texts, keys or [f"img{i}\n{t}" for i, t in
+                                                                             enumerate(texts)])
+
+
+@pytest.fixture
+def tiny_policy():
+    policy, _ = make_policy()
+    return policy
