@@ -151,9 +151,29 @@ def _suggest(bad_key: str) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _schema_paths(cls: type = None, prefix: str = "") -> dict[type, str]:
+    """Dataclass type -> its dotted path in the recipe (list items such as RewardSpec map to the list key)."""
+    import dataclasses
+    import typing
+
+    cls = cls or Recipe
+    paths: dict[type, str] = {}
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        inner = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)] or [hint]
+        for t in inner:
+            if dataclasses.is_dataclass(t):
+                paths[t] = prefix + f.name
+                paths.update(_schema_paths(t, prefix + f.name + "."))
+    return paths
+
+
 def _key_of(err: OmegaConfBaseException) -> str:
-    key = getattr(err, "full_key", None) or getattr(err, "key", None) or ""
-    return str(key)
+    key = str(getattr(err, "full_key", None) or getattr(err, "key", None) or "")
+    owner = _schema_paths().get(getattr(err, "object_type", None))
+    if owner and not key.startswith(owner.split(".")[0]):
+        key = f"{owner}.{key}"  # errors inside list items lose their parent path
+    return key
 
 
 def _user_error(err: OmegaConfBaseException, where: str) -> UserError:

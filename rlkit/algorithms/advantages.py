@@ -22,7 +22,9 @@ def group_advantages(
         mask = group_ids == g
         r = rewards[mask]
         std = r.std(unbiased=False)
-        zero_std += int(std.item() == 0.0)
+        if std.item() == 0.0:  # all equal: no signal, and exactly 0 (not 0/eps noise)
+            zero_std += 1
+            continue
         scale = std if std_scope == "group" else global_std
         adv[mask] = (r - r.mean()) / (scale + eps)
     return adv.clamp(-clip, clip), zero_std / max(len(groups), 1)

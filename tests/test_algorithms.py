@@ -1,0 +1,90 @@
+"""Advantages, GRPO and online DPO updates on the tiny policy."""
+
+import pytest
+import torch
+
+from conftest import make_policy, prompt_batch
+from rlkit.algorithms import GRPO, OnlineDPO, best_worst_pairs, group_advantages
+
+
+def _optim(policy, lr):
+    opt = torch.optim.AdamW(policy.trainable_parameters(), lr=lr, weight_decay=0.0)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0, 5.0])
+    g = torch.tensor([0, 0, 1, 1, 2, 2])
+    adv, zero = group_advantages(r, g, "group", clip=5.0, eps=0.0)
+    assert adv.tolist() == [-1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert zero == pytest.approx(2 / 3)
+    adv_global, _ = group_advantages(r, g, "global", clip=5.0, eps=0.0)
+    assert adv_global[1].item() == pytest.approx(1.0 / r.std(unbiased=False).item())
+    clipped, _ = group_advantages(torch.tensor([0.0, 0.0, 0.0, 100.0]), torch.zeros(4, dtype=torch.long),
+                                  "group", clip=1.5)
+    assert clipped.max().item() == 1.5
+
+
+def test_best_worst_pairs_skip_flat_groups():
+    r = torch.tensor([0.1, 0.9, 0.5, 0.2, 0.2, 0.2])
+    w, lo = best_worst_pairs(r, torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert w.tolist() == [1] and lo.tolist() == [0]
+
+
+def test_grpo_first_update_has_ratio_one_and_no_clipping():
+    policy, cfg = make_policy("algorithm.micro_batch=2", "algorithm.inner_epochs=2")
+    rollout = policy.sample(prompt_batch(2), 3, torch.Generator().manual_seed(0))
+    opt, sched = _optim(policy, lr=0.0)  # weights do not move, so every ratio must stay exactly 1
+    algo = GRPO(cfg.algorithm, 1.0)
+    adv, _ = algo.advantages(torch.arange(6.0), rollout.group_ids)
+    m = algo.update(policy, rollout, adv, opt, sched, torch.Generator().manual_seed(0))
+    assert m["ratio_max_dev"] < 1e-6 and m["clipfrac"] == 0.0 and m["approx_kl"] < 1e-12
+
+
+def test_grpo_changes_every_lora_parameter():
+    """LoRA B starts at zero, so A gets no gradient on the first step: B moves after one step, A after two."""
+    policy, cfg = make_policy("algorithm.kl_coef=0.0")
+    algo = GRPO(cfg.algorithm, 1.0)
+    opt, sched = _optim(policy, lr=1e-3)
+    before = {n: p.detach().clone() for n, p in policy.transformer.named_parameters() if "lora_" in n}
+    for i in range(2):
+        rollout = policy.sample(prompt_batch(2), 3, torch.Generator().manual_seed(i))
+        adv, _ = algo.advantages(torch.randn(6, generator=torch.Generator().manual_seed(i)), rollout.group_ids)
+        algo.update(policy, rollout, adv, opt, sched, torch.Generator().manual_seed(i))
+        if i == 0:
+            for n, p in policy.transformer.named_parameters():
+                if "lora_B" in n:
+                    assert not torch.equal(p, before[n]), f"{n} did not change after one step"
+    unchanged = [n for n, p in policy.transformer.named_parameters() if "lora_" in n and torch.equal(p, before[n])]
+    assert not unchanged, unchanged
+    frozen = [n for n, p in policy.transformer.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert not frozen
+
+
+def test_grpo_raises_the_likelihood_of_good_samples():
+    policy, cfg = make_policy("algorithm.kl_coef=0.0", "algorithm.clip_range_low=0.2",
+                              "algorithm.clip_range_high=0.2", "algorithm.timestep_fraction=1.0")
+    rollout = policy.sample(prompt_batch(2), 3, torch.Generator().manual_seed(0))
+    algo = GRPO(cfg.algorithm, 10.0)
+    adv, _ = algo.advantages(torch.tensor([1.0, 0.0, 0.5, 0.2, 0.9, 0.0]), rollout.group_ids)
+    opt, sched = _optim(policy, lr=3e-3)
+    for i in range(5):
+        algo.update(policy, rollout, adv, opt, sched, torch.Generator().manual_seed(i))
+    with torch.no_grad():
+        new = torch.stack([policy.step_logprob(rollout, torch.arange(6), t).log_prob
+                           for t in range(rollout.num_steps)], dim=1)
+    gain = (new - rollout.log_probs).sum(dim=1)
+    assert (adv * gain).sum() > 0  # likelihood moved towards positive-advantage samples
+    assert gain[adv > 0].mean() > gain[adv < 0].mean()
+
+
+def test_online_dpo_lowers_its_loss_on_the_pairs():
+    policy, cfg = make_policy("algorithm.name=dpo", "algorithm.beta=500.0")
+    rollout = policy.sample(prompt_batch(2), 3, torch.Generator().manual_seed(0))
+    algo = OnlineDPO(cfg.algorithm, 10.0)
+    rewards, _ = algo.advantages(torch.tensor([1.0, 0.0, 0.5, 0.2, 0.9, 0.0]), rollout.group_ids)
+    opt, sched = _optim(policy, lr=3e-3)
+    losses = [algo.update(policy, rollout, rewards, opt, sched, torch.Generator().manual_seed(0))["loss"]
+              for _ in range(8)]  # same seed each time: same timesteps and noise, so losses compare
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at the start: -log(0.5)
+    assert losses[-1] < losses[0] - 0.05

@@ -1,0 +1,55 @@
+"""The command line contract: validate, typos exit 2 with one line naming the key, packaged recipes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, TINY_RECIPE
+from rlkit.cli import main
+from rlkit.config import packaged_recipes
+
+
+@pytest.mark.parametrize("name", sorted(packaged_recipes()))
+def test_every_packaged_recipe_validates(name, capsys):
+    assert main(["validate", name]) == 0
+    assert "ok:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("algorithm.group_sise=4", "did you mean 'algorithm.group_size'"),
+    ("trian.steps=3", "unknown key 'trian' (did you mean 'train'?)"),
+    ("train.stepz=3", "did you mean 'train.steps'"),
+    ("train.steps=abc", "wrong type for 'train.steps'"),
+    ("algorithm.name=ppo", "'algorithm.name' is 'ppo', expected one of: grpo, dpo"),
+    ("data.path=/nope/prompts.jsonl", "manifest not found: /nope/prompts.jsonl"),
+    ("rewards=[{name: targetcolor}]", "unknown reward 'targetcolor' (did you mean 'target_color'?)"),
+    ("rewards=[{name: target_color, wieght: 2}]", "did you mean 'rewards.weight'"),
+    ("algorithm.group_size=1", "must be >= 2"),
+])
+def test_recipe_errors_exit_2_with_one_clear_line(override, needle, capsys):
+    assert main(["validate", str(TINY_RECIPE), override]) == 2
+    err = capsys.readouterr().err
+    assert needle in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_typo_in_a_recipe_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY_RECIPE.read_text().replace("group_size:", "groupsize:"))
+    assert main(["validate", str(bad)]) == 2
+    assert "unknown key 'algorithm.groupsize'" in capsys.readouterr().err
+
+
+def test_unknown_recipe_name(capsys):
+    assert main(["validate", "tiny_edt"]) == 2
+    assert "did you mean 'tiny_edit'" in capsys.readouterr().err
+
+
+def test_console_script_runs_without_traceback():
+    out = subprocess.run([sys.executable, "-m", "rlkit", "run", str(TINY_RECIPE), "sampler.kernal=cps"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2
+    assert "did you mean 'sampler.kernel'" in out.stderr and "Traceback" not in out.stderr
+    help_out = subprocess.run([sys.executable, "-m", "rlkit", "--help"], capture_output=True, text=True)
+    assert help_out.returncode == 0 and "validate" in help_out.stdout and "rewards" in help_out.stdout

@@ -1,0 +1,152 @@
+"""Whole runs of the tiny recipe: the run directory contract, the diffusers LoRA, exact resume, plugins."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, TINY_RECIPE, tiny_config
+from rlkit.cli import main
+from rlkit.logs import REQUIRED_KEYS
+from rlkit.trainer import Trainer
+
+
+def _run(cfg):
+    return Trainer(cfg, progress=False).fit()
+
+
+def test_tiny_run_fills_the_run_directory(tmp_path):
+    run = _run(tiny_config(tmp_path, "train.steps=3", "train.save_every=2"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in REQUIRED_KEYS:
+        assert key in rows[0], key
+    assert (run / "config.yaml").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_000002", "step_000003"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000003"
+    assert (run / "final" / "pytorch_lora_weights.safetensors").is_file()
+    assert list((run / "samples").glob("step_*.png"))
+    assert list((run / "tensorboard").iterdir())
+
+
+def test_final_lora_loads_into_the_diffusers_kontext_pipeline(tmp_path):
+    run = _run(tiny_config(tmp_path, "train.steps=2", "optim.lr=0.05"))
+    from policies.tiny import tiny_kontext_pipeline
+
+    pipe = tiny_kontext_pipeline(seed=0)  # the same base weights the run trained on
+    kwargs = dict(image=torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), prompt="make it red",
+                  height=32, width=32, max_area=32 * 32, num_inference_steps=3, max_sequence_length=32,
+                  _auto_resize=False, output_type="latent")
+    base = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
+    pipe.load_lora_weights(str(run / "final"))
+    state = load_file(run / "final" / "pytorch_lora_weights.safetensors")
+    assert state and all(k.startswith("transformer.") for k in state)
+    edited = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert not torch.allclose(base, edited)  # the adapter is loaded and active
+
+
+def test_dpo_run(tmp_path):
+    run = _run(tiny_config(tmp_path, "algorithm.name=dpo"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["dpo_pairs"] == 2 and rows[-1]["ratio_mean"] is None and rows[-1]["loss"] > 0
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    straight = _run(tiny_config(tmp_path / "a", "train.steps=4", "train.save_every=2"))
+    cut = tiny_config(tmp_path / "b", "train.steps=2", "train.save_every=2")
+    _run(cut)
+    assert main(["resume", str(cut.output_dir), "train.steps=4"]) == 0
+    a = load_file(straight / "checkpoints" / "step_000004" / "adapter.safetensors")
+    b = load_file(tmp_path / "b" / "run" / "checkpoints" / "step_000004" / "adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_resuming_a_finished_run_says_so(tmp_path, capsys):
+    cfg = tiny_config(tmp_path)
+    _run(cfg)
+    assert main(["resume", cfg.output_dir]) == 0
+    assert "already finished at step 2" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- an outside reward plugin
+PLUGIN_PY = '''
+import torch
+from rewards import RewardInput, RewardOutput
+
+
+class RedJudge:
+    """Scores redness; returns NaN on call number `nan_at_call` (0 = never) to test mid-run failures."""
+
+    def __init__(self, nan_at_call: int = 0):
+        self.nan_at_call, self.calls = nan_at_call, 0
+
+    def __call__(self, batch: RewardInput) -> RewardOutput:
+        self.calls += 1
+        scores = batch.edited[:, 0].mean(dim=(1, 2)) - batch.edited[:, 1:].mean(dim=(1, 2, 3))
+        if self.calls == self.nan_at_call:
+            scores[0] = float("nan")
+        return RewardOutput(scores=scores)
+'''
+
+
+@pytest.fixture(scope="session")
+def plugin_env(tmp_path_factory):
+    """Build and pip-install (into a temporary target) a package registering the reward 'red_judge'."""
+    src = tmp_path_factory.mktemp("plugin_src")
+    (src / "red_judge_pkg").mkdir()
+    (src / "red_judge_pkg" / "__init__.py").write_text(PLUGIN_PY)
+    (src / "pyproject.toml").write_text(textwrap.dedent('''
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "red-judge"
+        version = "0.3.1"
+        [project.entry-points."rlkit.rewards"]
+        red_judge = "red_judge_pkg:RedJudge"
+        [tool.setuptools]
+        packages = ["red_judge_pkg"]
+    '''))
+    target = tmp_path_factory.mktemp("plugin_site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(src)], check=True, capture_output=True)
+    env = dict(os.environ, PYTHONPATH=str(target), HF_HUB_OFFLINE="1")
+    return env
+
+
+def _rlkit(env, *args):
+    return subprocess.run([sys.executable, "-m", "rlkit", *args], capture_output=True, text=True, env=env, cwd=REPO)
+
+
+def test_outside_plugin_is_listed_and_used_by_a_run(plugin_env, tmp_path):
+    listed = _rlkit(plugin_env, "rewards")
+    assert listed.returncode == 0
+    assert "red_judge" in listed.stdout and "red-judge" in listed.stdout and "0.3.1" in listed.stdout
+    out = _rlkit(plugin_env, "run", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}", "train.steps=1",
+                 "sampler.num_steps=3", "algorithm.group_size=2", "rewards=[{name: red_judge, weight: 1.0}]")
+    assert out.returncode == 0, out.stderr
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "reward/red_judge" in row
+
+
+def test_nan_reward_mid_run_stops_without_touching_the_checkpoint(plugin_env, tmp_path):
+    run = tmp_path / "run"
+    args = ["run", str(TINY_RECIPE), f"output_dir={run}", "train.steps=4", "train.save_every=2",
+            "sampler.num_steps=3", "algorithm.group_size=2",
+            "rewards=[{name: red_judge, weight: 1.0, kwargs: {nan_at_call: 3}}]"]
+    out = _rlkit(plugin_env, *args)
+    assert out.returncode == 1
+    assert "red_judge" in out.stderr and "non-finite" in out.stderr and "Traceback" not in out.stderr
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
+    assert ckpts == ["step_000002"]
+    assert not (run / "final").exists()
+    resumed = _rlkit(plugin_env, "resume", str(run), "rewards=[{name: red_judge, weight: 1.0}]")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and (run / "final").exists()
