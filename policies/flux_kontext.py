@@ -16,6 +16,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
 from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
 from peft import LoraConfig
+
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from policies.base import PromptBatch, Rollout
@@ -23,6 +24,18 @@ from policies.sde import KERNELS, StepOutput, ode_step, sde_window
 from rlkit.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def select_attention_backend(name: str) -> None:
+    """Process-wide SDPA backend choice. Global flags rather than a context manager, because gradient
+    checkpointing recomputes attention inside backward(), outside any context around the forward."""
+    if name == "default" or not torch.cuda.is_available():
+        return
+    allowed = {"auto": {"flash", "efficient", "math"}}.get(name, {name})
+    torch.backends.cuda.enable_flash_sdp("flash" in allowed)
+    torch.backends.cuda.enable_mem_efficient_sdp("efficient" in allowed)
+    torch.backends.cuda.enable_cudnn_sdp("cudnn" in allowed)
+    torch.backends.cuda.enable_math_sdp("math" in allowed or name == "auto")
 
 
 @dataclass
@@ -46,10 +59,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 class FluxKontextPolicy:
-    def __init__(self, pipe: FluxKontextPipeline, cfg, sampler_cfg, device: torch.device | str = "cpu"):
+    def __init__(self, pipe: FluxKontextPipeline, cfg, sampler_cfg, device: torch.device | str = "cpu",
+                 train_micro_batch: int = 0):
         self.cfg, self.sampler_cfg = cfg, sampler_cfg
+        # same transformer batch shape in rollout and training: the recomputed ratio is then exact in bf16
+        self.rollout_batch = sampler_cfg.batch_size or train_micro_batch
         self.device = torch.device(device)
         self.dtype = DTYPES[cfg.dtype]
+        if self.device.type == "cuda":
+            select_attention_backend(cfg.attention_backend)
         self.pipe = pipe
         pipe.set_progress_bar_config(disable=True)
         for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
@@ -77,7 +95,7 @@ class FluxKontextPolicy:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def from_pretrained(cls, cfg, sampler_cfg, device) -> "FluxKontextPolicy":
+    def from_pretrained(cls, cfg, sampler_cfg, device, train_micro_batch: int = 0) -> "FluxKontextPolicy":
         """Load from a local folder or the local hub cache; never downloads."""
         try:
             pipe = FluxKontextPipeline.from_pretrained(
@@ -90,7 +108,7 @@ class FluxKontextPolicy:
                 f"Kontext [dev] needs its license accepted on the hub), or set policy.pretrained to a local "
                 f"folder with the diffusers layout."
             ) from None
-        return cls(pipe, cfg, sampler_cfg, device)
+        return cls(pipe, cfg, sampler_cfg, device, train_micro_batch)
 
     # ----------------------------------------------------------------- conditioning
     @torch.no_grad()
@@ -186,7 +204,7 @@ class FluxKontextPolicy:
         meta = {"sigmas": sigmas, "timesteps": timesteps,
                 "sde_mask": torch.tensor([noisy and m for m in window])}
 
-        chunk = self.sampler_cfg.batch_size or N
+        chunk = self.rollout_batch or N
         traj, logps = [x.float().cpu()], []
         for step in range(T):
             noise = None

@@ -65,7 +65,7 @@ class Trainer:
         self.device = resolve_device(cfg.policy.device)
         items = read_items(cfg.data)  # data errors surface before any model is built
         self.rewards = build_rewards(cfg.rewards)
-        self.policy = build_policy(cfg.policy, cfg.sampler, self.device)
+        self.policy = build_policy(cfg.policy, cfg.sampler, self.device, cfg.algorithm.micro_batch)
         self.algorithm = build_algorithm(cfg.algorithm, cfg.optim.max_grad_norm)
         self.prompts = PromptStream(items, cfg.policy.resolution, cfg.seed, cfg.data.shuffle)
         o = cfg.optim

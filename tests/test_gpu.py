@@ -1,0 +1,37 @@
+"""CUDA checks (skipped without a GPU): bf16 transformer with fp32 step math, and a whole run on the GPU."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_policy, prompt_batch, tiny_config
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs CUDA", allow_module_level=True)
+
+
+def test_bf16_ratio_is_exact_when_rollout_and_training_batches_match():
+    from policies import build_policy
+
+    _, cfg = make_policy("policy.dtype=bfloat16", "policy.device=cuda")
+    policy = build_policy(cfg.policy, cfg.sampler, torch.device("cuda"), train_micro_batch=3)
+    rollout = policy.sample(prompt_batch(2), 3, torch.Generator().manual_seed(0))
+    assert rollout.latents.dtype == torch.float32 and rollout.log_probs.dtype == torch.float32
+    with torch.no_grad():
+        for step in range(rollout.num_steps):
+            for start in (0, 3):
+                idx = torch.arange(start, start + 3)
+                lp = policy.step_logprob(rollout, idx, step).log_prob.cpu()
+                assert torch.equal(lp, rollout.log_probs[idx, step])
+
+
+def test_tiny_run_on_cuda(tmp_path):
+    from rlkit.trainer import Trainer
+
+    cfg = tiny_config(tmp_path, "policy.device=cuda", "policy.dtype=bfloat16", "train.steps=2")
+    run = Trainer(cfg, progress=False).fit()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and abs(rows[0]["ratio_mean"] - 1) < 1e-6
+    assert (run / "final" / "pytorch_lora_weights.safetensors").is_file()
