@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from rlkit import __version__
-from rlkit.errors import RewardError, UserError
+from rlkit.errors import CheckpointError, RewardError, UserError
 
 
 def cmd_run(args) -> int:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, RewardError) as err:
+    except (UserError, RewardError, CheckpointError) as err:
         if os.environ.get("RLKIT_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)

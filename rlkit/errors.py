@@ -17,3 +17,9 @@ class RewardError(Exception):
     def __init__(self, reward_name: str, message: str):
         super().__init__(f"reward '{reward_name}': {message}")
         self.reward_name = reward_name
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be written (disk full, permissions). The previous checkpoint is intact. Exit 1."""
+
+    exit_code = 1

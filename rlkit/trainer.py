@@ -19,7 +19,7 @@ from rlkit import checkpoint as ckpt
 from rlkit.algorithms import build_algorithm
 from rlkit.config import to_yaml
 from rlkit.data import PromptStream, read_items
-from rlkit.errors import UserError
+from rlkit.errors import CheckpointError, UserError
 from rlkit.logs import RunLogger, save_grid
 from rlkit.plugins import build_reward
 from rlkit.stability import StabilityTracker
@@ -160,6 +160,8 @@ class Trainer:
         elif mode == "auto":
             found = ckpt.newest_valid(self.run_dir, warn=lambda m: print(f"warning: {m}"))
             chosen = found.path if found else None
+            if chosen is None and (self.run_dir / "metrics.jsonl").exists():
+                print(f"no valid checkpoint in {self.run_dir}: starting from step 0")
         else:
             chosen = Path(mode)
             if not chosen.is_dir():
@@ -183,8 +185,14 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         state = {"data": self.prompts.state_dict(), "stability": self.stability.state_dict()}
         optim = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}
-        return ckpt.save_checkpoint(self.run_dir, self.step, self.policy.adapter_state_dict(), optim,
-                                    self.generators, state, self.cfg.train.keep_last)
+        try:
+            return ckpt.save_checkpoint(self.run_dir, self.step, self.policy.adapter_state_dict(), optim,
+                                        self.generators, state, self.cfg.train.keep_last)
+        except OSError as err:
+            previous = ckpt.newest_valid(self.run_dir, warn=lambda m: None)
+            kept = f"{previous.path.name} is intact" if previous else "no earlier checkpoint exists"
+            raise CheckpointError(f"could not write the checkpoint for step {self.step} in {self.run_dir}: "
+                                  f"{err.strerror or err}; {kept}") from None
 
     def _restore(self, path: Path) -> None:
         parts = ckpt.load_checkpoint(path)
