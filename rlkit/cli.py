@@ -44,16 +44,14 @@ def cmd_resume(args) -> int:
 
 def cmd_validate(args) -> int:
     from rlkit.config import load_recipe
-    from rlkit.data import read_items
+    from rlkit.data import check_images_exist, read_items
     from rlkit.plugins import load_reward_class
 
     cfg = load_recipe(args.recipe, args.overrides)
     for spec in cfg.rewards:
         load_reward_class(spec.name)
     items = read_items(cfg.data)
-    missing = [it.image for it in items if isinstance(it.image, Path) and not it.image.is_file()]
-    if missing:
-        raise UserError(f"image not found: {missing[0]} ({len(missing)} missing in {cfg.data.path})")
+    check_images_exist(items, cfg.data.path)
     print(f"ok: {args.recipe} ({len(items)} prompts, rewards: {', '.join(s.name for s in cfg.rewards)}, "
           f"algorithm: {cfg.algorithm.name})")
     return 0

@@ -143,6 +143,13 @@ def read_items(cfg) -> list[EditItem]:
     return items
 
 
+def check_images_exist(items: list[EditItem], where: str) -> None:
+    """Fail at start-up, not at step 500, when a manifest names a file that is not there."""
+    missing = [it.image for it in items if isinstance(it.image, Path) and not it.image.is_file()]
+    if missing:
+        raise UserError(f"image not found: {missing[0]} ({len(missing)} of {len(items)} missing in {where})")
+
+
 class PromptStream:
     """Endless, seeded, resumable stream of prompt batches. Order is a permutation per epoch."""
 

@@ -18,7 +18,7 @@ from rewards.combine import RewardSet
 from rlkit import checkpoint as ckpt
 from rlkit.algorithms import build_algorithm
 from rlkit.config import to_yaml
-from rlkit.data import PromptStream, read_items
+from rlkit.data import PromptStream, check_images_exist, read_items
 from rlkit.errors import CheckpointError, UserError
 from rlkit.logs import RunLogger, save_grid
 from rlkit.plugins import build_reward
@@ -64,6 +64,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.policy.device)
         items = read_items(cfg.data)  # data errors surface before any model is built
+        check_images_exist(items, cfg.data.path)
         self.rewards = build_rewards(cfg.rewards)
         self.policy = build_policy(cfg.policy, cfg.sampler, self.device, cfg.algorithm.micro_batch)
         self.algorithm = build_algorithm(cfg.algorithm, cfg.optim.max_grad_norm)
@@ -183,7 +184,8 @@ class Trainer:
             print(f"warning: resuming with changed settings: {listed}")
 
     def save_checkpoint(self) -> Path:
-        state = {"data": self.prompts.state_dict(), "stability": self.stability.state_dict()}
+        state = {"data": self.prompts.state_dict(), "stability": self.stability.state_dict(),
+                 "config": OmegaConf.to_container(self.cfg, resolve=True)}
         optim = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}
         try:
             return ckpt.save_checkpoint(self.run_dir, self.step, self.policy.adapter_state_dict(), optim,

@@ -53,3 +53,14 @@ def test_console_script_runs_without_traceback():
     assert "did you mean 'sampler.kernel'" in out.stderr and "Traceback" not in out.stderr
     help_out = subprocess.run([sys.executable, "-m", "rlkit", "--help"], capture_output=True, text=True)
     assert help_out.returncode == 0 and "validate" in help_out.stdout and "rewards" in help_out.stdout
+
+
+def test_a_missing_image_is_found_before_training(tmp_path, capsys):
+    (tmp_path / "m.jsonl").write_text('{"image": "there.png", "instruction": "x"}\n'
+                                      '{"image": "gone.png", "instruction": "y"}\n')
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "there.png")
+    assert main(["run", str(TINY_RECIPE), f"data.path={tmp_path / 'm.jsonl'}", f"output_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert "image not found" in err and "gone.png" in err and "1 of 2 missing" in err
