@@ -145,9 +145,8 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _suggest(bad_key: str) -> str:
-    schema = OmegaConf.structured(Recipe)
-    valid = _all_keys(schema) + [f"rewards.{k}" for k in ("name", "weight", "kwargs")]
+def _suggest(bad_key: str, schema_cls: type) -> str:
+    valid = _all_keys(OmegaConf.structured(schema_cls)) + list(_list_item_keys(schema_cls))
     close = difflib.get_close_matches(bad_key, valid, n=1, cutoff=0.6)
     if not close:  # a typo in the last part only: compare leaf names under the same parent
         parent, _, leaf = bad_key.rpartition(".")
@@ -157,12 +156,18 @@ def _suggest(bad_key: str) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _schema_paths(cls: type = None, prefix: str = "") -> dict[type, str]:
+def _list_item_keys(schema_cls: type) -> list[str]:
+    """Keys inside list-of-dataclass fields (e.g. rewards.name), which the structured schema does not list."""
+    import dataclasses
+
+    return [f"{path}.{f.name}" for t, path in _schema_paths(schema_cls).items() for f in dataclasses.fields(t)]
+
+
+def _schema_paths(cls: type, prefix: str = "") -> dict[type, str]:
     """Dataclass type -> its dotted path in the recipe (list items such as RewardSpec map to the list key)."""
     import dataclasses
     import typing
 
-    cls = cls or Recipe
     paths: dict[type, str] = {}
     for f in dataclasses.fields(cls):
         hint = typing.get_type_hints(cls)[f.name]
@@ -174,21 +179,21 @@ def _schema_paths(cls: type = None, prefix: str = "") -> dict[type, str]:
     return paths
 
 
-def _key_of(err: OmegaConfBaseException) -> str:
+def _key_of(err: OmegaConfBaseException, schema_cls: type) -> str:
     key = str(getattr(err, "full_key", None) or getattr(err, "key", None) or "")
-    owner = _schema_paths().get(getattr(err, "object_type", None))
+    owner = _schema_paths(schema_cls).get(getattr(err, "object_type", None))
     if owner and not key.startswith(owner.split(".")[0]):
         key = f"{owner}.{key}"  # errors inside list items lose their parent path
     return key
 
 
-def _user_error(err: OmegaConfBaseException, where: str) -> UserError:
-    key = _key_of(err)
+def _user_error(err: OmegaConfBaseException, where: str, schema_cls: type) -> UserError:
+    key = _key_of(err, schema_cls)
     if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
         # strip list indices for the suggestion: rewards[0].wieght -> rewards.wieght
         plain = key.replace("[", ".").replace("]", "").replace("..", ".")
         plain = ".".join(p for p in plain.split(".") if not p.isdigit())
-        return UserError(f"{where}: unknown key '{key}'{_suggest(plain)}")
+        return UserError(f"{where}: unknown key '{key}'{_suggest(plain, schema_cls)}")
     if isinstance(err, ValidationError):
         msg = str(err).splitlines()[0]
         return UserError(f"{where}: wrong type for '{key}': {msg}")
@@ -214,14 +219,19 @@ def resolve_recipe_path(recipe: str) -> Path:
     raise UserError(f"recipe not found: '{recipe}'{hint}")
 
 
-def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    """Load a recipe file (or packaged recipe name), apply dotlist overrides, validate. Raises UserError."""
+def load_recipe(recipe: str | Path, overrides: list[str] | None = None, schema_cls: type = None,
+                check=None) -> DictConfig:
+    """Load a recipe file (or packaged recipe name), apply dotlist overrides, validate. Raises UserError.
+
+    ``schema_cls``/``check`` default to the RL recipe; other commands (train-reward) pass their own."""
     path = resolve_recipe_path(str(recipe))
     try:
         raw = OmegaConf.load(path)
     except Exception as err:  # YAML syntax errors
         raise UserError(f"{path}: cannot parse YAML: {str(err).splitlines()[0]}") from None
-    cfg = build_config(raw, overrides or [], where=str(path))
+    cfg = build_config(raw, overrides or [], where=str(path), schema_cls=schema_cls, check=check)
+    if "data" not in cfg or "source" not in cfg.data:
+        return cfg
     # data paths in a recipe are relative to the recipe file (unless they exist from the working dir); store
     # them absolute so config.yaml in the run directory resumes from anywhere
     data_path = Path(cfg.data.path)
@@ -232,20 +242,22 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictC
     return cfg
 
 
-def build_config(raw: DictConfig | dict, overrides: list[str], where: str) -> DictConfig:
-    schema = OmegaConf.structured(Recipe)
+def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schema_cls: type = None,
+                 check=None) -> DictConfig:
+    schema_cls = schema_cls or Recipe
+    check = check or check_values
     try:
-        cfg = OmegaConf.merge(schema, raw)
+        cfg = OmegaConf.merge(OmegaConf.structured(schema_cls), raw)
     except OmegaConfBaseException as err:
-        raise _user_error(err, where) from None
+        raise _user_error(err, where, schema_cls) from None
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}' is not key=value")
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as err:
-            raise _user_error(err, f"override '{item}'") from None
-    check_values(cfg, where)
+            raise _user_error(err, f"override '{item}'", schema_cls) from None
+    check(cfg, where)
     return cfg
 
 

@@ -1,0 +1,95 @@
+"""The JRM backbone: a transformers vision-language model plus its tokenizer and image processor.
+
+`tiny_backbone()` builds Qwen3-VL at toy size with a byte-level tokenizer generated here (no downloads);
+`load_backbone()` reads a real checkpoint (Qwen3-VL, Qwen2.5-VL) from a local folder or the hub cache.
+Either way the `<|Reward|>` token is added to the vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlkit.errors import UserError
+
+REWARD_TOKEN = "<|Reward|>"
+CHAT_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                 "<|video_pad|>"]
+
+
+@dataclass
+class Backbone:
+    model: PreTrainedModel  # a *ForConditionalGeneration VLM (has an LM head, for rationales and critiques)
+    tokenizer: PreTrainedTokenizerBase
+    image_processor: Any  # Qwen2VLImageProcessor-style: images -> pixel_values, image_grid_thw
+    kind: str  # "qwen3_vl" | "qwen2_5_vl"
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.model.config
+        return getattr(cfg, "text_config", cfg).hidden_size
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.image_processor.merge_size)
+
+
+def _qwen_tokenizer():
+    from transformers import Qwen2TokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {s: i for i, s in enumerate(bytes_to_unicode().values())}
+    for s in ["<|endoftext|>", *CHAT_SPECIALS, REWARD_TOKEN]:
+        vocab[s] = len(vocab)
+    return Qwen2TokenizerFast(vocab=vocab, merges=[], additional_special_tokens=[*CHAT_SPECIALS, REWARD_TOKEN],
+                              model_max_length=2048)
+
+
+def tiny_backbone(seed: int = 0, image_size: int = 32) -> Backbone:
+    """Qwen3-VL with 2 text layers (hidden 64) and a 2-block vision tower (patch 8): ~0.3M parameters."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    tok = _qwen_tokenizer()
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    cfg = Qwen3VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                                          "mrope_interleaved": True},
+                         pad_token_id=tok.pad_token_id),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+                           num_position_embeddings=64, deepstack_visual_indexes=[0]),
+        **ids,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(cfg)
+    processor = Qwen2VLImageProcessor(patch_size=8, merge_size=2, temporal_patch_size=2,
+                                      min_pixels=image_size * image_size, max_pixels=image_size * image_size)
+    return Backbone(model, tok, processor, "qwen3_vl")
+
+
+def load_backbone(path: str, dtype: torch.dtype = torch.bfloat16) -> Backbone:
+    """A Qwen3-VL / Qwen2.5-VL checkpoint from a local folder or the local hub cache (never downloads)."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except OSError:
+        raise UserError(f"backbone '{path}' is not a local folder nor in the local hub cache; download it first "
+                        f"(`hf download {path}`) or point backbone.pretrained to a folder") from None
+    kind = config.model_type
+    if kind not in ("qwen3_vl", "qwen2_5_vl"):
+        raise UserError(f"backbone '{path}' is a {kind}; JRM supports qwen3_vl and qwen2_5_vl")
+    if REWARD_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
+        model.resize_token_embeddings(len(tokenizer))
+    return Backbone(model, tokenizer, image_processor, kind)
