@@ -35,7 +35,12 @@ KONTEXT_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_
 def kontext_size_pipeline(device: torch.device):
     """Real-size transformer and VAE with random weights; text encoders shrunk to 1 layer at the real output
     widths (CLIP pooled 768, T5 4096) since their cost is once per group, not per step."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxKontextPipeline,
+        FluxTransformer2DModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from policies.tiny import tiny_clip_tokenizer, tiny_t5_tokenizer

@@ -16,7 +16,6 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
 from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
 from peft import LoraConfig
-
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from policies.base import PromptBatch, Rollout
@@ -95,13 +94,13 @@ class FluxKontextPolicy:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def from_pretrained(cls, cfg, sampler_cfg, device, train_micro_batch: int = 0) -> "FluxKontextPolicy":
+    def from_pretrained(cls, cfg, sampler_cfg, device, train_micro_batch: int = 0) -> FluxKontextPolicy:
         """Load from a local folder or the local hub cache; never downloads."""
         try:
             pipe = FluxKontextPipeline.from_pretrained(
                 cfg.pretrained, torch_dtype=DTYPES[cfg.dtype], local_files_only=True
             )
-        except (OSError, ValueError, EnvironmentError) as err:
+        except (OSError, ValueError) as err:
             raise UserError(
                 f"policy.pretrained '{cfg.pretrained}' is not a local folder nor in the local hub cache "
                 f"({type(err).__name__}). Download it first, e.g. `hf download {cfg.pretrained}` (FLUX.1 "

@@ -13,12 +13,12 @@ All math runs in fp32 whatever the model's dtype: practitioners report that bf16
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-__all__ = ["StepOutput", "flow_sde_step", "dance_sde_step", "cps_step", "ode_step", "KERNELS", "gaussian_logprob"]
+__all__ = ["KERNELS", "StepOutput", "cps_step", "dance_sde_step", "flow_sde_step", "gaussian_logprob", "ode_step"]
 
 
 @dataclass

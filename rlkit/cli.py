@@ -7,6 +7,7 @@ run with exit 1 and names the reward. Tracebacks are for bugs only (set RLKIT_DE
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -43,10 +44,23 @@ def cmd_resume(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from rlkit.config import load_recipe
+    from omegaconf import OmegaConf
+
+    from rlkit.config import load_recipe, resolve_recipe_path
     from rlkit.data import check_images_exist, read_items
     from rlkit.plugins import load_reward_class
 
+    raw = OmegaConf.load(resolve_recipe_path(args.recipe))
+    if "backbone" in raw:  # a reward-model recipe (rlkit train-reward)
+        from rewards.jrm.config import RewardRecipe, check_reward_recipe
+
+        cfg = load_recipe(args.recipe, args.overrides, schema_cls=RewardRecipe, check=check_reward_recipe)
+        for split in (cfg.data.train, cfg.data.eval):
+            if split not in (None, "synthetic") and not Path(split).is_file():
+                raise UserError(f"pairs file not found: {split}")
+        print(f"ok: {args.recipe} (reward recipe, backbone: {cfg.backbone.pretrained or cfg.backbone.name}, "
+              f"alpha {cfg.loss.alpha})")
+        return 0
     cfg = load_recipe(args.recipe, args.overrides)
     for spec in cfg.rewards:
         load_reward_class(spec.name)
@@ -68,6 +82,67 @@ def cmd_rewards(args) -> int:
         table.add_row(name, info.target, info.distribution, info.version)
     Console(width=160).print(table)
     return 0
+
+
+def cmd_train_reward(args) -> int:
+    from rewards.jrm.config import RewardRecipe, check_reward_recipe
+    from rewards.jrm.train import train_reward
+    from rlkit.config import load_recipe
+
+    cfg = load_recipe(args.recipe, args.overrides, schema_cls=RewardRecipe, check=check_reward_recipe)
+    out = train_reward(cfg)
+    print(f"done: {out / 'final'}")
+    return 0
+
+
+def cmd_eval_reward(args) -> int:
+    from rewards.jrm.evaluate import evaluate
+    from rewards.jrm.model import JRMModel
+
+    model = JRMModel.load(args.reward_dir, device="cuda" if _cuda() else "cpu")
+    report = evaluate(lambda s, e, t: model.score(s, e, t, args.batch_size)[0], args.data, args.format)
+    report.update(reward=str(args.reward_dir), data=str(args.data))
+    out = Path(args.output) if args.output else Path(args.reward_dir) / f"eval_{args.format}.json"
+    out.write_text(json.dumps(report, indent=1))
+    from rich.console import Console
+    from rich.table import Table
+
+    print(f"{args.format}: {args.data}")
+    table = Table("metric", "value")
+    for k, v in report.items():
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                table.add_row(f"{k}/{kk}", f"{vv:.4f}" if isinstance(vv, float) else str(vv))
+        elif k not in ("reward", "data"):
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console(width=120).print(table)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from PIL import Image
+
+    from rewards.jrm.model import JRMModel
+
+    model = JRMModel.load(args.reward_dir, device="cuda" if _cuda() else "cpu")
+    images = []
+    for p in (args.source, args.edited):
+        try:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        except OSError as err:
+            raise UserError(f"cannot read image {p}: {err}") from None
+    mu, sigma = model.score([images[0]], [images[1]], [args.instruction])
+    print(f"reward {mu.item():.4f} (sigma {sigma.item():.4f})")
+    print(model.explain(images[0], images[1], args.instruction, args.max_new_tokens))
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -93,6 +168,27 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rewards", help="list installed reward plugins")
     p.set_defaults(func=cmd_rewards)
+
+    p = sub.add_parser("train-reward", help="train a JRM reward model: rlkit train-reward RECIPE [key=value ...]")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_train_reward)
+
+    p = sub.add_parser("eval-reward", help="pairwise accuracy of a JRM reward on a benchmark file")
+    p.add_argument("reward_dir")
+    p.add_argument("data")
+    p.add_argument("--format", choices=["pairs", "mmrb2", "editreward-bench", "genai-bench"], default="pairs")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--output", default=None, help="JSON report path (default REWARD_DIR/eval_FORMAT.json)")
+    p.set_defaults(func=cmd_eval_reward)
+
+    p = sub.add_parser("explain", help="score one edit and generate the JRM critique")
+    p.add_argument("reward_dir")
+    p.add_argument("source")
+    p.add_argument("edited")
+    p.add_argument("instruction")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.set_defaults(func=cmd_explain)
     return parser
 
 

@@ -5,13 +5,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from policies.base import PromptBatch  # noqa: E402
-from rlkit.config import load_recipe  # noqa: E402
+from policies.base import PromptBatch
+from rlkit.config import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO / "recipes" / "tiny_edit.yaml"

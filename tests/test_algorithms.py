@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import make_policy, prompt_batch
+
 from rlkit.algorithms import GRPO, OnlineDPO, best_worst_pairs, group_advantages
 
 

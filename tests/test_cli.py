@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TINY_RECIPE
+
 from rlkit.cli import main
 from rlkit.config import packaged_recipes
 

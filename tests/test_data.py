@@ -61,9 +61,9 @@ def test_folder_with_sidecar_and_shared_instructions(tmp_path):
 def test_hf_dataset_from_disk(tmp_path):
     import datasets
 
+    features = datasets.Features({"img": datasets.Image(), "text": datasets.Value("string")})
     ds = datasets.Dataset.from_dict({"img": [Image.new("RGB", (20, 20), (0, 255, 0))] * 2,
-                                     "text": ["make it red", "make it blue"]},
-                                    features=datasets.Features({"img": datasets.Image(), "text": datasets.Value("string")}))
+                                     "text": ["make it red", "make it blue"]}, features=features)
     ds.save_to_disk(str(tmp_path / "ds"))
     items = read_items(_cfg(source="hf", path=str(tmp_path / "ds"), image_column="img", instruction_column="text"))
     batch = PromptStream(items, 16, seed=0, shuffle=False).next_batch(2)

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_policy, prompt_batch, tiny_config
 
 pytestmark = pytest.mark.gpu

@@ -1,7 +1,6 @@
 """The FLUX.1 Kontext policy on tiny random weights: log-prob consistency, the ODE limit, the reference."""
 
 import torch
-
 from conftest import make_policy, prompt_batch
 
 

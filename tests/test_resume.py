@@ -10,9 +10,9 @@ import time
 
 import pytest
 import torch
+from conftest import REPO, TINY_RECIPE, tiny_config
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_RECIPE, tiny_config
 from rlkit import checkpoint as ckpt
 from rlkit.cli import main
 from rlkit.errors import CheckpointError

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 import torch
+from conftest import REPO, TINY_RECIPE, tiny_config
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_RECIPE, tiny_config
 from rlkit.cli import main
 from rlkit.logs import REQUIRED_KEYS
 from rlkit.trainer import Trainer

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from policies.sde import KERNELS, cps_step, dance_sde_step, flow_sde_step, gaussian_logprob, ode_step, sde_window
+from policies.sde import (
+    KERNELS,
+    cps_step,
+    dance_sde_step,
+    flow_sde_step,
+    gaussian_logprob,
+    ode_step,
+    sde_window,
+)
 
 SDE_KERNELS = [flow_sde_step, dance_sde_step, cps_step]
 

@@ -1,0 +1,107 @@
+"""JRM scoring cost: one prefill per candidate vs decoding a 256-token critique, at Qwen3-VL-8B size.
+
+    python benchmarks/jrm_bench.py --size 8b --candidates 16 --image-size 448      # one H100
+    python benchmarks/jrm_bench.py --size tiny --candidates 4 --new-tokens 16      # CPU smoke
+
+Random weights (the cost does not depend on them); decoding is forced to the full length (min_new_tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from PIL import Image
+
+from rewards.jrm.backbone import Backbone, _qwen_tokenizer, tiny_backbone
+from rewards.jrm.model import JRMConfig, JRMModel
+
+
+def qwen3_vl_8b(device) -> Backbone:
+    """Qwen3-VL-8B-Instruct's architecture (public config.json values) with random bf16 weights."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    tok = _qwen_tokenizer()
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    cfg = Qwen3VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                          "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+                         pad_token_id=tok.pad_token_id),
+        vision_config=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=4096,
+                           num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24]),
+        tie_word_embeddings=False, **ids)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = Qwen3VLForConditionalGeneration(cfg)
+    finally:
+        torch.set_default_dtype(default)
+    processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
+    return Backbone(model.eval(), tok, processor, "qwen3_vl")
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", choices=["tiny", "8b"], default="tiny")
+    ap.add_argument("--candidates", type=int, default=16)
+    ap.add_argument("--image-size", type=int, default=448)
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone = qwen3_vl_8b(device) if args.size == "8b" else tiny_backbone(0, args.image_size)
+    backbone.image_processor.min_pixels = backbone.image_processor.max_pixels = args.image_size**2
+    model = JRMModel(backbone, JRMConfig(image_size=args.image_size)).to(device).eval()
+    n = args.candidates
+    src = [Image.new("RGB", (args.image_size, args.image_size), (90, 120, 200))] * n
+    edits = [Image.effect_noise((args.image_size, args.image_size), 40 + i).convert("RGB") for i in range(n)]
+    text = ["make the sky purple and keep the house"] * n
+    enc = model.encoder.encode(src, edits, text).to(device)
+    with torch.no_grad():
+        model(enc)  # warm-up
+        sync(device)
+        t = time.perf_counter()
+        model.score(src, edits, text, batch_size=n)  # preprocessing + one prefill
+        sync(device)
+        t_score = time.perf_counter() - t
+        t = time.perf_counter()
+        model(enc)
+        sync(device)
+        t_prefill = time.perf_counter() - t
+        end_id = backbone.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+                   eos_token_id=end_id, pad_token_id=backbone.tokenizer.pad_token_id)
+        t = time.perf_counter()
+        out = model.vlm.generate(**enc.tensors, **gen)
+        sync(device)
+        t_gen = time.perf_counter() - t
+    figures = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "size": args.size,
+        "candidates": n, "image_size": args.image_size, "prompt_tokens": int(enc.tensors["input_ids"].shape[1]),
+        "new_tokens": int(out.shape[1] - enc.tensors["input_ids"].shape[1]),
+        "score_s_with_preprocessing": t_score, "prefill_s": t_prefill, "generate_s": t_gen,
+        "generate_over_score": t_gen / t_score, "generate_over_prefill": t_gen / t_prefill,
+    }
+    if device.type == "cuda":
+        figures["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Recipe schema for `rlkit train-reward` (JRM). Loaded and validated by rlkit.config's loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlkit.errors import UserError
+
+
+@dataclass
+class JRMLoraConfig:
+    enabled: bool = False
+    rank: int = 64
+    alpha: float = 128.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "tiny"  # tiny (random Qwen3-VL at toy size) | pretrained
+    pretrained: str | None = None  # local folder or hub id (local hub cache only) of Qwen3-VL / Qwen2.5-VL
+    dtype: str = "bfloat16"
+    image_size: int = 448  # both images are resized to image_size x image_size
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    lora: JRMLoraConfig = field(default_factory=JRMLoraConfig)
+
+
+@dataclass
+class JRMLossConfig:
+    alpha: float = 0.7  # L = (1 - alpha) L_rank + alpha L_LM
+    rank_loss: str = "uncertain"  # uncertain (BT over N(mu_w - mu_l, s_w^2 + s_l^2)) | bt
+    mc_samples: int = 0  # 0 = probit approximation
+
+
+@dataclass
+class RewardDataConfig:
+    # pairs JSONL (prompt, path_src, path1 preferred, path2, rationale1, rationale2[, tie]), or "synthetic"
+    train: str = "???"
+    eval: str | None = None  # held-out pairs JSONL | synthetic | null
+    synthetic_pairs: int = 256
+    synthetic_eval_pairs: int = 64
+
+
+@dataclass
+class RewardTrainConfig:
+    epochs: float = 10.0
+    lr: float = 2e-6
+    batch_size: int = 4  # pairs per step per device (2 x batch_size sequences)
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int = 2
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class RewardRecipe:
+    output_dir: str = "runs/jrm"
+    seed: int = 0
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    loss: JRMLossConfig = field(default_factory=JRMLossConfig)
+    data: RewardDataConfig = field(default_factory=RewardDataConfig)
+    train: RewardTrainConfig = field(default_factory=RewardTrainConfig)
+
+
+def check_reward_recipe(cfg, where: str) -> None:
+    if cfg.backbone.name not in ("tiny", "pretrained"):
+        raise UserError(f"{where}: 'backbone.name' is '{cfg.backbone.name}', expected one of: tiny, pretrained")
+    if cfg.backbone.name == "pretrained" and not cfg.backbone.pretrained:
+        raise UserError(f"{where}: 'backbone.pretrained' must name a local folder or hub id")
+    if cfg.backbone.dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"{where}: 'backbone.dtype' must be float32, bfloat16 or float16")
+    if cfg.loss.rank_loss not in ("uncertain", "bt"):
+        raise UserError(f"{where}: 'loss.rank_loss' is '{cfg.loss.rank_loss}', expected one of: uncertain, bt")
+    if not 0 <= cfg.loss.alpha < 1:
+        raise UserError(f"{where}: 'loss.alpha' must be in [0, 1)")
+    if cfg.train.batch_size <= 0 or cfg.train.epochs <= 0:
+        raise UserError(f"{where}: 'train.batch_size' and 'train.epochs' must be > 0")

@@ -1,0 +1,101 @@
+"""Turn (source, edited, instruction[, rationale]) into the JRM token sequence.
+
+    <|im_start|>user
+    <|vision_start|>[source tokens]<|vision_end|><|vision_start|>[edited tokens]<|vision_end|>RUBRIC<|im_end|>
+    <|im_start|>assistant
+    <|Reward|>RATIONALE<|im_end|>
+
+The reward is read from the last hidden state at `<|Reward|>`; the rationale comes after it, so under causal
+attention the score cannot see the rationale: training (with rationale) and scoring (without) give the
+same number. Image placeholder tokens are expanded to the count the image processor's grid implies, as the
+Qwen-VL processors do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rewards.jrm.backbone import REWARD_TOKEN, Backbone
+
+RUBRIC = (
+    "You judge an image edit. The first image is the source, the second is the edited result. "
+    "Instruction: {instruction}\n"
+    "Judge how well the instruction is followed and whether everything else is preserved."
+)
+
+
+def to_pil(image, size: int) -> Image.Image:
+    """PIL image, or a [3, H, W] float tensor in [0, 1], to an RGB PIL image of size x size."""
+    if isinstance(image, torch.Tensor):
+        array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        image = Image.fromarray(array)
+    image = image.convert("RGB")
+    return image if image.size == (size, size) else image.resize((size, size), Image.BICUBIC)
+
+
+@dataclass
+class Encoded:
+    tensors: dict[str, torch.Tensor]  # model inputs: input_ids, attention_mask, mm_token_type_ids, pixel_values, ...
+    reward_pos: torch.Tensor  # [B] index of <|Reward|> in each row
+    labels: torch.Tensor | None  # [B, L] rationale token ids, -100 elsewhere (None without rationales)
+
+    def to(self, device) -> Encoded:
+        return Encoded({k: v.to(device) for k, v in self.tensors.items()}, self.reward_pos.to(device),
+                       None if self.labels is None else self.labels.to(device))
+
+
+class JRMEncoder:
+    def __init__(self, backbone: Backbone, image_size: int, rubric: str = RUBRIC):
+        self.tok, self.image_processor = backbone.tokenizer, backbone.image_processor
+        self.merge = backbone.merge_size
+        self.image_size, self.rubric = image_size, rubric
+        self.reward_id = self.tok.convert_tokens_to_ids(REWARD_TOKEN)
+        self.image_token_id = self.tok.convert_tokens_to_ids("<|image_pad|>")
+        self.end = "<|im_end|>"
+
+    def prefix(self, instruction: str, n_src: int, n_edit: int) -> str:
+        img = "<|vision_start|>{}<|vision_end|>"
+        return ("<|im_start|>user\n" + img.format("<|image_pad|>" * n_src) + img.format("<|image_pad|>" * n_edit)
+                + self.rubric.format(instruction=instruction) + f"{self.end}\n<|im_start|>assistant\n{REWARD_TOKEN}")
+
+    def encode(self, sources: list, edited: list, instructions: list[str],
+               rationales: list[str | None] | None = None) -> Encoded:
+        """Batch of B sequences. With ``rationales``, labels mark the rationale tokens (and the end token)."""
+        images = []
+        for s, e in zip(sources, edited):
+            images += [to_pil(s, self.image_size), to_pil(e, self.image_size)]
+        vision = self.image_processor(images=images, return_tensors="pt")
+        counts = (vision["image_grid_thw"].prod(dim=-1) // (self.merge**2)).tolist()
+        rows, label_rows, reward_pos = [], [], []
+        for i, instruction in enumerate(instructions):
+            ids = self.tok(self.prefix(instruction, counts[2 * i], counts[2 * i + 1]), add_special_tokens=False)
+            ids = list(ids["input_ids"])
+            reward_pos.append(len(ids) - 1)
+            labels = [-100] * len(ids)
+            if rationales is not None and rationales[i]:
+                tail = list(self.tok(rationales[i] + self.end, add_special_tokens=False)["input_ids"])
+                ids += tail
+                labels += tail
+            rows.append(ids)
+            label_rows.append(labels)
+        length = max(len(r) for r in rows)
+        pad = self.tok.pad_token_id
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), -100, dtype=torch.long)
+        for i, (r, lab) in enumerate(zip(rows, label_rows)):  # right padding: the reward position stays put
+            input_ids[i, : len(r)] = torch.tensor(r)
+            attention[i, : len(r)] = 1
+            labels[i, : len(lab)] = torch.tensor(lab)
+        tensors = {
+            "input_ids": input_ids, "attention_mask": attention,
+            "mm_token_type_ids": (input_ids == self.image_token_id).long(),
+            "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"],
+        }
+        has_rationale = rationales is not None and any(rationales)
+        assert all(input_ids[i, p] == self.reward_id for i, p in enumerate(reward_pos))
+        return Encoded(tensors, torch.tensor(reward_pos), labels if has_rationale else None)

@@ -1,0 +1,140 @@
+"""The JRM reward model: VLM backbone + an fp32 MLP head on the `<|Reward|>` token's last hidden state.
+
+One prefill gives the score (`mu`) and its uncertainty (`sigma`); the LM head stays available for the
+rationale loss in training and for critiques on demand (`explain`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rewards.jrm.backbone import Backbone
+from rewards.jrm.encoding import RUBRIC, Encoded, JRMEncoder
+from rlkit.errors import UserError
+
+
+@dataclass
+class JRMConfig:
+    kind: str = "qwen3_vl"
+    image_size: int = 32
+    head_dims: list[int] = field(default_factory=lambda: [1024, 16])
+    rubric: str = RUBRIC
+    format_version: int = 1
+
+
+class RewardHead(nn.Module):
+    """hidden -> 1024 -> 16 -> 2 (mu, log sigma), always fp32."""
+
+    def __init__(self, hidden: int, dims: list[int]):
+        super().__init__()
+        layers, width = [], hidden
+        for d in dims:
+            layers += [nn.Linear(width, d), nn.GELU()]
+            width = d
+        layers.append(nn.Linear(width, 2))
+        self.net = nn.Sequential(*layers).float()
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(h.float())
+        return out[..., 0], out[..., 1].clamp(-10, 5)
+
+
+@dataclass
+class JRMOutput:
+    mu: torch.Tensor  # [B] reward
+    log_sigma: torch.Tensor  # [B]
+    lm_loss: torch.Tensor | None  # mean token cross-entropy on the rationale (None without labels)
+
+
+class JRMModel(nn.Module):
+    def __init__(self, backbone: Backbone, config: JRMConfig):
+        super().__init__()
+        self.backbone, self.jrm_config = backbone, config
+        self.vlm = backbone.model  # registered as a submodule so optimizers and .to() see it
+        self.head = RewardHead(backbone.hidden_size, list(config.head_dims))
+        self.encoder = JRMEncoder(backbone, config.image_size, config.rubric)
+
+    @property
+    def causal_lm(self):
+        """The *ForConditionalGeneration model under any peft wrapper (LoRA layers are injected in place)."""
+        return self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.head.parameters()).device
+
+    def forward(self, batch: Encoded) -> JRMOutput:
+        inputs = batch.tensors
+        # the base model (no LM head): hidden states only, so scoring never projects onto the vocabulary
+        hidden = self.causal_lm.model(**inputs).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        mu, log_sigma = self.head(hidden[rows, batch.reward_pos])
+        lm_loss = None
+        if batch.labels is not None:
+            # next-token prediction on the rationale positions only: LM head on those rows, not the whole batch
+            targets = batch.labels[:, 1:]
+            mask = targets != -100
+            logits = self.causal_lm.get_output_embeddings()(hidden[:, :-1][mask])
+            lm_loss = F.cross_entropy(logits.float(), targets[mask])
+        return JRMOutput(mu, log_sigma, lm_loss)
+
+    @torch.no_grad()
+    def score(self, sources: list, edited: list, instructions: list[str], batch_size: int = 16):
+        """Rewards and sigmas for candidates, one prefill each, in batches. Returns (mu [B], sigma [B]) on CPU."""
+        mus, sigmas = [], []
+        for i in range(0, len(instructions), batch_size):
+            enc = self.encoder.encode(sources[i : i + batch_size], edited[i : i + batch_size],
+                                      instructions[i : i + batch_size]).to(self.device)
+            out = self(enc)
+            mus.append(out.mu.float().cpu())
+            sigmas.append(out.log_sigma.float().exp().cpu())
+        return torch.cat(mus), torch.cat(sigmas)
+
+    @torch.no_grad()
+    def explain(self, source, edited, instruction: str, max_new_tokens: int = 256) -> str:
+        """Generate the critique that follows `<|Reward|>` with the LM head."""
+        enc = self.encoder.encode([source], [edited], [instruction]).to(self.device)
+        end_id = self.backbone.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        out = self.causal_lm.generate(**enc.tensors, max_new_tokens=max_new_tokens, do_sample=False,
+                                eos_token_id=end_id, pad_token_id=self.backbone.tokenizer.pad_token_id)
+        new = out[0, enc.tensors["input_ids"].shape[1]:].tolist()
+        if end_id in new:
+            new = new[: new.index(end_id)]
+        return self.backbone.tokenizer.decode(new, skip_special_tokens=False).strip()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        (directory / "backbone").mkdir(parents=True, exist_ok=True)
+        vlm = self.vlm
+        if hasattr(vlm, "merge_and_unload"):  # a peft LoRA: write plain merged weights
+            vlm = vlm.merge_and_unload()
+        vlm.save_pretrained(directory / "backbone")
+        self.backbone.tokenizer.save_pretrained(directory / "backbone")
+        self.backbone.image_processor.save_pretrained(directory / "backbone")
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, directory / "head.safetensors")
+        (directory / "jrm.json").write_text(json.dumps(asdict(self.jrm_config), indent=1))
+
+    @classmethod
+    def load(cls, directory: str | Path, dtype: torch.dtype | None = None, device: str | None = None) -> JRMModel:
+        from rewards.jrm.backbone import load_backbone
+
+        directory = Path(directory)
+        if not (directory / "jrm.json").is_file():
+            raise UserError(f"{directory} is not a JRM reward directory (no jrm.json); train one with "
+                            f"`rlkit train-reward` and pass its final/ folder")
+        config = JRMConfig(**json.loads((directory / "jrm.json").read_text()))
+        backbone = load_backbone(str(directory / "backbone"), dtype=dtype or torch.float32)
+        model = cls(backbone, config)
+        model.head.load_state_dict(load_file(directory / "head.safetensors"))
+        model.eval()
+        if device:
+            model.to(device)
+        return model

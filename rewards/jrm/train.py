@@ -1,0 +1,190 @@
+"""`rlkit train-reward`: joint preference + rationale training of JRM on the transformers Trainer.
+
+The Trainer brings checkpoints, resume, logging, accelerate and mixed precision; JRM only supplies the loss
+(`compute_loss`) and the pair collator. The trained reward goes to OUTPUT/final/; with an eval split,
+OUTPUT/eval.json holds the held-out pairwise accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import Trainer, TrainingArguments
+
+from rewards.jrm.backbone import load_backbone, tiny_backbone
+from rewards.jrm.losses import bt_loss, joint_loss, uncertain_bt_loss
+from rewards.jrm.model import JRMConfig, JRMModel
+from rewards.jrm.synthetic import make_pairs
+from rlkit.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class Pair:
+    instruction: str
+    source: Path
+    chosen: Path
+    rejected: Path
+    rationale_chosen: str | None = None
+    rationale_rejected: str | None = None
+    tie: bool = False
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """EditReward-style pairs JSONL; image paths relative to the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"pairs file not found: {path}")
+    pairs = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pair = Pair(row["prompt"], path.parent / row["path_src"], path.parent / row["path1"],
+                        path.parent / row["path2"], row.get("rationale1"), row.get("rationale2"),
+                        bool(row.get("tie", False)))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise UserError(f"{path}:{lineno}: expected prompt, path_src, path1, path2 ({err})") from None
+        for p in (pair.source, pair.chosen, pair.rejected):
+            if not p.is_file():
+                raise UserError(f"{path}:{lineno}: image not found: {p}")
+        pairs.append(pair)
+    if not pairs:
+        raise UserError(f"{path}: no pairs")
+    return pairs
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except OSError as err:
+        raise UserError(f"cannot read image {path}: {err}") from None
+
+
+class PairCollator:
+    """Pairs -> one Encoded batch: the B chosen sequences, then the B rejected ones."""
+
+    def __init__(self, model: JRMModel, with_rationales: bool):
+        self.encoder, self.with_rationales = model.encoder, with_rationales
+
+    def __call__(self, pairs: list[Pair]) -> dict:
+        sources = [_open(p.source) for p in pairs] * 2
+        edited = [_open(p.chosen) for p in pairs] + [_open(p.rejected) for p in pairs]
+        instructions = [p.instruction for p in pairs] * 2
+        rationales = None
+        if self.with_rationales:
+            rationales = [p.rationale_chosen for p in pairs] + [p.rationale_rejected for p in pairs]
+        enc = self.encoder.encode(sources, edited, instructions, rationales)
+        return {"encoded": enc, "tie": torch.tensor([p.tie for p in pairs], dtype=torch.float32)}
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+class JRMTrainer(Trainer):
+    def __init__(self, *args, loss_cfg, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_cfg = loss_cfg
+        self._sums: dict[str, float] = defaultdict(float)
+        self._count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        enc = inputs["encoded"].to(self.args.device)
+        tie = inputs["tie"].to(self.args.device)
+        out = model(enc)
+        n = tie.shape[0]
+        mu_w, mu_l = out.mu[:n], out.mu[n:]
+        if self.loss_cfg.rank_loss == "uncertain":
+            rank = uncertain_bt_loss(mu_w, out.log_sigma[:n], mu_l, out.log_sigma[n:], tie, self.loss_cfg.mc_samples)
+        else:
+            rank = bt_loss(mu_w, mu_l, tie)
+        loss = joint_loss(rank, out.lm_loss, self.loss_cfg.alpha)
+        self._sums["rank_loss"] += rank.item()
+        self._sums["lm_loss"] += out.lm_loss.item() if out.lm_loss is not None else 0.0
+        self._sums["pair_acc"] += (mu_w > mu_l).float().mean().item()
+        self._count += 1
+        return (loss, out) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if self._count:
+            logs.update({k: v / self._count for k, v in self._sums.items()})
+            self._sums.clear()
+            self._count = 0
+        super().log(logs, *args, **kwargs)
+
+
+def build_model(cfg) -> JRMModel:
+    b = cfg.backbone
+    backbone = tiny_backbone(seed=b.seed, image_size=b.image_size) if b.name == "tiny" else load_backbone(
+        b.pretrained, dtype=DTYPES[b.dtype])
+    if b.name == "tiny" and b.dtype != "float32":
+        backbone.model.to(DTYPES[b.dtype])
+    if b.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        backbone.model = get_peft_model(backbone.model, LoraConfig(
+            r=b.lora.rank, lora_alpha=b.lora.alpha, target_modules=list(b.lora.target_modules)))
+    if b.gradient_checkpointing:
+        backbone.model.gradient_checkpointing_enable()
+    torch.manual_seed(b.seed)
+    return JRMModel(backbone, JRMConfig(kind=backbone.kind, image_size=b.image_size))
+
+
+def _resolve_data(cfg, out: Path) -> tuple[list[Pair], list[Pair] | None]:
+    d = cfg.data
+    if d.train == "synthetic":
+        train = read_pairs(make_pairs(out / "data" / "train", d.synthetic_pairs, cfg.seed))
+    else:
+        train = read_pairs(d.train)
+    if d.eval is None:
+        return train, None
+    if d.eval == "synthetic":
+        return train, read_pairs(make_pairs(out / "data" / "eval", d.synthetic_eval_pairs, cfg.seed + 10_000, "e"))
+    return train, read_pairs(d.eval)
+
+
+def pairwise_accuracy(model: JRMModel, pairs: list[Pair], batch_size: int = 16) -> float:
+    model.eval()
+    src = [_open(p.source) for p in pairs]
+    mu_w, _ = model.score(src, [_open(p.chosen) for p in pairs], [p.instruction for p in pairs], batch_size)
+    mu_l, _ = model.score(src, [_open(p.rejected) for p in pairs], [p.instruction for p in pairs], batch_size)
+    decided = [i for i, p in enumerate(pairs) if not p.tie]
+    return float((mu_w[decided] > mu_l[decided]).float().mean()) if decided else float("nan")
+
+
+def train_reward(cfg) -> Path:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    train_pairs, eval_pairs = _resolve_data(cfg, out)
+    model = build_model(cfg)
+    use_cpu = cfg.train.device == "cpu" or not torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"), num_train_epochs=cfg.train.epochs, learning_rate=cfg.train.lr,
+        per_device_train_batch_size=cfg.train.batch_size, gradient_accumulation_steps=cfg.train.grad_accum,
+        warmup_steps=cfg.train.warmup_ratio, weight_decay=cfg.train.weight_decay,
+        logging_steps=cfg.train.logging_steps, save_steps=cfg.train.save_steps,
+        save_total_limit=cfg.train.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
+        bf16=cfg.backbone.dtype == "bfloat16" and not use_cpu, use_cpu=use_cpu, remove_unused_columns=False,
+        dataloader_num_workers=0, report_to=["tensorboard"], eval_strategy="no",
+        disable_tqdm=False,
+    )
+    trainer = JRMTrainer(model=model, args=args, train_dataset=train_pairs,
+                         data_collator=PairCollator(model, with_rationales=cfg.loss.alpha > 0), loss_cfg=cfg.loss)
+    resume = any((out / "trainer").glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    history = [h for h in trainer.state.log_history if "rank_loss" in h]
+    (out / "train_log.json").write_text(json.dumps(history, indent=1))
+    model.save(out / "final")
+    if eval_pairs is not None:
+        acc = pairwise_accuracy(model, eval_pairs)
+        (out / "eval.json").write_text(json.dumps({"accuracy": acc, "n": len(eval_pairs)}, indent=1))
+        print(f"held-out pairwise accuracy: {acc:.3f} on {len(eval_pairs)} pairs")
+    return out
