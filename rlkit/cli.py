@@ -203,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, RewardError):
             print("the step was not applied; the last checkpoint is intact", file=sys.stderr)
         return err.exit_code
+    except FloatingPointError as err:  # non-finite gradients: nothing was saved from this step
+        print(f"error: {err}; the last checkpoint is intact (try a lower optim.lr or optim.max_grad_norm)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
