@@ -98,7 +98,7 @@ class FluxKontextPolicy:
         """Load from a local folder or the local hub cache; never downloads."""
         try:
             pipe = FluxKontextPipeline.from_pretrained(
-                cfg.pretrained, torch_dtype=DTYPES[cfg.dtype], local_files_only=True
+                cfg.pretrained, dtype=DTYPES[cfg.dtype], local_files_only=True
             )
         except (OSError, ValueError) as err:
             raise UserError(

@@ -64,3 +64,12 @@ def test_a_missing_image_is_found_before_training(tmp_path, capsys):
     assert main(["run", str(TINY_RECIPE), f"data.path={tmp_path / 'm.jsonl'}", f"output_dir={tmp_path / 'r'}"]) == 2
     err = capsys.readouterr().err
     assert "image not found" in err and "gone.png" in err and "1 of 2 missing" in err
+
+
+@pytest.mark.parametrize("pretrained", ["/nonexistent/FLUX.1-Kontext-dev", "someone/not-in-the-cache"])
+def test_missing_real_weights_say_what_to_do(tmp_path, capsys, pretrained, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    assert main(["run", "flux_edit", f"output_dir={tmp_path / 'r'}", "policy.device=cpu",
+                 f"policy.pretrained={pretrained}", "rewards=[{name: source_consistency}]"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a local folder nor in the local hub cache" in err and "download" in err.lower()
