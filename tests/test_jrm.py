@@ -153,3 +153,19 @@ def test_lora_training_saves_a_plain_merged_backbone(tmp_path):
     model = JRMModel.load(tmp_path / "final")
     src, edit = draw("square", COLOURS["red"]), draw("square", COLOURS["blue"])
     assert torch.isfinite(model.score([src], [edit], ["make the square blue"])[0]).all()
+
+
+def test_shared_source_is_encoded_once_with_the_same_scores():
+    model = JRMModel(tiny_backbone(0), JRMConfig(image_size=32)).eval()
+    src = draw("square", COLOURS["red"])
+    edits = [draw("square", COLOURS[c]) for c in ("blue", "green", "yellow")] + [src]
+    calls = []
+    visual = model.causal_lm.model.visual
+    hook = visual.register_forward_hook(lambda m, a, kw, out: calls.append(int(kw["grid_thw"].shape[0])),
+                                        with_kwargs=True)
+    with torch.no_grad():
+        plain = model(model.encoder.encode([src] * 4, edits, ["make the square blue"] * 4))
+        shared = model(model.encoder.encode([src] * 4, edits, ["make the square blue"] * 4, dedupe=True))
+    hook.remove()
+    assert calls == [8, 4]  # 4 sources + 4 edits, then 1 source + 3 new edits (the 4th edit is the source)
+    torch.testing.assert_close(shared.mu, plain.mu, rtol=0, atol=1e-5)

@@ -150,3 +150,14 @@ def test_nan_reward_mid_run_stops_without_touching_the_checkpoint(plugin_env, tm
     resumed = _rlkit(plugin_env, "resume", str(run), "rewards=[{name: red_judge, weight: 1.0}]")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and (run / "final").exists()
+
+
+def test_flux_kontext_loads_a_diffusers_folder(tmp_path):
+    """The real-model path (`policy.name=flux_kontext`) on a saved pipeline folder, offline."""
+    from policies.tiny import tiny_kontext_pipeline
+
+    tiny_kontext_pipeline(seed=0).save_pretrained(tmp_path / "kontext")
+    cfg = tiny_config(tmp_path, "policy.name=flux_kontext", f"policy.pretrained={tmp_path / 'kontext'}",
+                      "train.steps=1")
+    run = _run(cfg)
+    assert (run / "final" / "pytorch_lora_weights.safetensors").is_file()

@@ -13,6 +13,7 @@ Qwen-VL processors do.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,10 +43,17 @@ class Encoded:
     tensors: dict[str, torch.Tensor]  # model inputs: input_ids, attention_mask, mm_token_type_ids, pixel_values, ...
     reward_pos: torch.Tensor  # [B] index of <|Reward|> in each row
     labels: torch.Tensor | None  # [B, L] rationale token ids, -100 elsewhere (None without rationales)
+    # With deduplication, pixel_values holds each distinct image once (a group's shared source is encoded
+    # once); image_slots maps every image slot of the text to its row in unique_grid_thw.
+    image_slots: torch.Tensor | None = None
+    unique_grid_thw: torch.Tensor | None = None
 
     def to(self, device) -> Encoded:
+        def move(t):
+            return None if t is None else t.to(device)
+
         return Encoded({k: v.to(device) for k, v in self.tensors.items()}, self.reward_pos.to(device),
-                       None if self.labels is None else self.labels.to(device))
+                       move(self.labels), move(self.image_slots), move(self.unique_grid_thw))
 
 
 class JRMEncoder:
@@ -63,12 +71,23 @@ class JRMEncoder:
                 + self.rubric.format(instruction=instruction) + f"{self.end}\n<|im_start|>assistant\n{REWARD_TOKEN}")
 
     def encode(self, sources: list, edited: list, instructions: list[str],
-               rationales: list[str | None] | None = None) -> Encoded:
-        """Batch of B sequences. With ``rationales``, labels mark the rationale tokens (and the end token)."""
+               rationales: list[str | None] | None = None, dedupe: bool = False) -> Encoded:
+        """Batch of B sequences. With ``rationales``, labels mark the rationale tokens (and the end token).
+        With ``dedupe``, identical images (by content) go through the vision tower once."""
         images = []
         for s, e in zip(sources, edited):
             images += [to_pil(s, self.image_size), to_pil(e, self.image_size)]
-        vision = self.image_processor(images=images, return_tensors="pt")
+        slots, unique_grid = None, None
+        if dedupe:
+            keys = [hashlib.blake2b(im.tobytes(), digest_size=16).digest() for im in images]
+            row_of = {k: r for r, k in enumerate(dict.fromkeys(keys))}  # first appearance order
+            first_index = {k: keys.index(k) for k in row_of}
+            slots = torch.tensor([row_of[k] for k in keys])
+            unique = self.image_processor(images=[images[first_index[k]] for k in row_of], return_tensors="pt")
+            unique_grid = unique["image_grid_thw"]
+            vision = {"pixel_values": unique["pixel_values"], "image_grid_thw": unique_grid[slots]}
+        else:
+            vision = self.image_processor(images=images, return_tensors="pt")
         counts = (vision["image_grid_thw"].prod(dim=-1) // (self.merge**2)).tolist()
         rows, label_rows, reward_pos = [], [], []
         for i, instruction in enumerate(instructions):
@@ -98,4 +117,4 @@ class JRMEncoder:
         }
         has_rationale = rationales is not None and any(rationales)
         assert all(input_ids[i, p] == self.reward_id for i, p in enumerate(reward_pos))
-        return Encoded(tensors, torch.tensor(reward_pos), labels if has_rationale else None)
+        return Encoded(tensors, torch.tensor(reward_pos), labels if has_rationale else None, slots, unique_grid)

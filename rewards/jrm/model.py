@@ -60,6 +60,9 @@ class JRMModel(nn.Module):
         self.vlm = backbone.model  # registered as a submodule so optimizers and .to() see it
         self.head = RewardHead(backbone.hidden_size, list(config.head_dims))
         self.encoder = JRMEncoder(backbone, config.image_size, config.rubric)
+        # Qwen3-VL's forward takes precomputed vision features (mm_encoder_outputs): use them to encode a
+        # group's shared source image once instead of once per candidate
+        self.dedupe = backbone.kind == "qwen3_vl"
 
     @property
     def causal_lm(self):
@@ -71,7 +74,13 @@ class JRMModel(nn.Module):
         return next(self.head.parameters()).device
 
     def forward(self, batch: Encoded) -> JRMOutput:
-        inputs = batch.tensors
+        inputs = dict(batch.tensors)
+        if batch.image_slots is not None:  # shared images: vision tower once per distinct image
+            feats = self.causal_lm.model.get_image_features(inputs.pop("pixel_values"), batch.unique_grid_thw)
+            slots = batch.image_slots.tolist()
+            feats.pooler_output = tuple(feats.pooler_output[i] for i in slots)
+            feats.deepstack_features = [tuple(layer[i] for i in slots) for layer in feats.deepstack_features]
+            inputs["mm_encoder_outputs"] = {"image": feats}
         # the base model (no LM head): hidden states only, so scoring never projects onto the vocabulary
         hidden = self.causal_lm.model(**inputs).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
@@ -91,7 +100,7 @@ class JRMModel(nn.Module):
         mus, sigmas = [], []
         for i in range(0, len(instructions), batch_size):
             enc = self.encoder.encode(sources[i : i + batch_size], edited[i : i + batch_size],
-                                      instructions[i : i + batch_size]).to(self.device)
+                                      instructions[i : i + batch_size], dedupe=self.dedupe).to(self.device)
             out = self(enc)
             mus.append(out.mu.float().cpu())
             sigmas.append(out.log_sigma.float().exp().cpu())

@@ -74,7 +74,7 @@ class PairCollator:
     """Pairs -> one Encoded batch: the B chosen sequences, then the B rejected ones."""
 
     def __init__(self, model: JRMModel, with_rationales: bool):
-        self.encoder, self.with_rationales = model.encoder, with_rationales
+        self.encoder, self.with_rationales, self.dedupe = model.encoder, with_rationales, model.dedupe
 
     def __call__(self, pairs: list[Pair]) -> dict:
         sources = [_open(p.source) for p in pairs] * 2
@@ -83,7 +83,7 @@ class PairCollator:
         rationales = None
         if self.with_rationales:
             rationales = [p.rationale_chosen for p in pairs] + [p.rationale_rejected for p in pairs]
-        enc = self.encoder.encode(sources, edited, instructions, rationales)
+        enc = self.encoder.encode(sources, edited, instructions, rationales, dedupe=self.dedupe)
         return {"encoded": enc, "tie": torch.tensor([p.tie for p in pairs], dtype=torch.float32)}
 
 
