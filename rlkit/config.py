@@ -77,6 +77,7 @@ class RewardSpec:
     name: str = "???"
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    log_as: str | None = None  # eval rewards: also log the held-out mean under this key (e.g. gt_heldout)
 
 
 @dataclass
@@ -111,6 +112,18 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Held-out evaluation with fixed noise: before training (step 0) and every `every` steps."""
+
+    every: int = 0  # 0 = no evaluation
+    data: DataConfig | None = None  # held-out prompts; None = the training data
+    max_prompts: int = 16
+    samples_per_prompt: int = 2
+    rewards: list[RewardSpec] = field(default_factory=list)  # gold rewards; empty = the training rewards
+    seed: int = 1234  # the fixed noise: the same for every evaluation
+
+
+@dataclass
 class Recipe:
     output_dir: str = "runs/rlkit"
     seed: int = 0
@@ -122,6 +135,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 CHOICES = {
@@ -160,35 +174,41 @@ def _list_item_keys(schema_cls: type) -> list[str]:
     """Keys inside list-of-dataclass fields (e.g. rewards.name), which the structured schema does not list."""
     import dataclasses
 
-    return [f"{path}.{f.name}" for t, path in _schema_paths(schema_cls).items() for f in dataclasses.fields(t)]
+    return [f"{path}.{f.name}" for t, paths in _schema_paths(schema_cls).items() for path in paths
+            for f in dataclasses.fields(t)]
 
 
-def _schema_paths(cls: type, prefix: str = "") -> dict[type, str]:
-    """Dataclass type -> its dotted path in the recipe (list items such as RewardSpec map to the list key)."""
+def _schema_paths(cls: type, prefix: str = "") -> dict[type, list[str]]:
+    """Dataclass type -> its dotted paths in the recipe (list items such as RewardSpec map to the list key;
+    RewardSpec sits under both `rewards` and `eval.rewards`)."""
     import dataclasses
     import typing
 
-    paths: dict[type, str] = {}
+    paths: dict[type, list[str]] = {}
     for f in dataclasses.fields(cls):
         hint = typing.get_type_hints(cls)[f.name]
         inner = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)] or [hint]
         for t in inner:
             if dataclasses.is_dataclass(t):
-                paths[t] = prefix + f.name
-                paths.update(_schema_paths(t, prefix + f.name + "."))
+                paths.setdefault(t, []).append(prefix + f.name)
+                for sub_t, sub_paths in _schema_paths(t, prefix + f.name + ".").items():
+                    paths.setdefault(sub_t, []).extend(sub_paths)
     return paths
 
 
-def _key_of(err: OmegaConfBaseException, schema_cls: type) -> str:
+def _key_of(err: OmegaConfBaseException, schema_cls: type, hint: str = "") -> str:
+    """The dotted key an OmegaConf error is about. Errors inside list items lose their parent path; ``hint``
+    (the override's key) picks the right parent when a type sits under several."""
     key = str(getattr(err, "full_key", None) or getattr(err, "key", None) or "")
-    owner = _schema_paths(schema_cls).get(getattr(err, "object_type", None))
-    if owner and not key.startswith(owner.split(".")[0]):
-        key = f"{owner}.{key}"  # errors inside list items lose their parent path
+    owners = _schema_paths(schema_cls).get(getattr(err, "object_type", None), [])
+    if owners and not any(key.startswith(o.split(".")[0]) for o in owners):
+        owner = next((o for o in owners if hint.startswith(o)), min(owners, key=len))
+        key = f"{owner}.{key}"
     return key
 
 
-def _user_error(err: OmegaConfBaseException, where: str, schema_cls: type) -> UserError:
-    key = _key_of(err, schema_cls)
+def _user_error(err: OmegaConfBaseException, where: str, schema_cls: type, hint: str = "") -> UserError:
+    key = _key_of(err, schema_cls, hint)
     if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
         # strip list indices for the suggestion: rewards[0].wieght -> rewards.wieght
         plain = key.replace("[", ".").replace("]", "").replace("..", ".")
@@ -256,7 +276,7 @@ def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schem
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as err:
-            raise _user_error(err, f"override '{item}'", schema_cls) from None
+            raise _user_error(err, f"override '{item}'", schema_cls, item.split("=")[0]) from None
     check(cfg, where)
     return cfg
 

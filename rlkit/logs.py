@@ -61,7 +61,7 @@ class RunLogger:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(k, v, row["step"])
-        if self.progress is not None:
+        if self.progress is not None and row.get("time_train_s") is not None:
             step_s = row["time_rollout_s"] + row["time_reward_s"] + row["time_train_s"]
             self.progress.update(self.task, completed=row["step"], reward=f"{row['reward_mean']:.4f}",
                                  step_s=f"{step_s:.2f}")

@@ -70,3 +70,10 @@ def build_reward(name: str, kwargs: dict[str, Any]) -> Any:
         raise UserError(f"reward '{name}': bad kwargs {sorted(kwargs)}: {err}") from None
     except ValueError as err:
         raise UserError(f"reward '{name}': {err}") from None
+
+
+def build_rewards(specs):
+    """The weighted RewardSet for a recipe's `rewards` list (each plugin imported only here, when named)."""
+    from rewards.combine import RewardSet
+
+    return RewardSet([(s.name, float(s.weight), build_reward(s.name, dict(s.kwargs))) for s in specs])

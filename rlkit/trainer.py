@@ -14,14 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from policies import build_policy
 from policies.flux_kontext import resolve_device
-from rewards.combine import RewardSet
 from rlkit import checkpoint as ckpt
 from rlkit.algorithms import build_algorithm
 from rlkit.config import to_yaml
 from rlkit.data import PromptStream, check_images_exist, read_items
 from rlkit.errors import CheckpointError, UserError
-from rlkit.logs import RunLogger, save_grid
-from rlkit.plugins import build_reward
+from rlkit.evaluation import HeldoutEvaluator
+from rlkit.logs import REQUIRED_KEYS, RunLogger, save_grid
+from rlkit.plugins import build_rewards
 from rlkit.stability import StabilityTracker
 
 # Changing these between a checkpoint and its resume would load weights into another model.
@@ -33,10 +33,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_rewards(specs) -> RewardSet:
-    return RewardSet([(s.name, float(s.weight), build_reward(s.name, dict(s.kwargs))) for s in specs])
 
 
 def config_differences(old: DictConfig, new: DictConfig) -> list[tuple[str, object, object]]:
@@ -78,6 +74,7 @@ class Trainer:
         self.generators = {"rollout": torch.Generator().manual_seed(cfg.seed),
                            "train": torch.Generator().manual_seed(cfg.seed + 1)}
         self.stability = StabilityTracker()
+        self.evaluator = HeldoutEvaluator(cfg, self.rewards) if cfg.eval.every > 0 else None
         self.step = 0
         if resume_from is not None:
             self._restore(resume_from)
@@ -93,6 +90,8 @@ class Trainer:
                 self._save_final()
             return self.run_dir
         logger = RunLogger(self.run_dir, train.steps, self.step, progress=self.progress)
+        if self.evaluator is not None and self.step == 0:  # the starting policy, before any update
+            logger.log({"step": 0, **{k: None for k in REQUIRED_KEYS if k != "step"}, **self._evaluate()})
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             for step in range(self.step, train.steps):
@@ -109,6 +108,8 @@ class Trainer:
                 t3 = time.perf_counter()
                 metrics.update(self.stability.observe(step, reward, rollout))
                 self.step = step + 1
+                if self.evaluator is not None and self.step % cfg.eval.every == 0:
+                    metrics.update(self._evaluate())
                 logger.log({
                     "step": self.step, "reward_mean": float(reward.total.mean()),
                     "reward_std": float(reward.total.std(unbiased=False)), **adv_info, **metrics,
@@ -132,6 +133,12 @@ class Trainer:
             self.save_checkpoint()
         self._save_final()
         return self.run_dir
+
+    def _evaluate(self) -> dict:
+        figures, rollout = self.evaluator(self.policy)
+        save_grid(self.run_dir / "samples" / f"eval_step_{self.step:06d}.png", rollout.sources, rollout.images,
+                  self.cfg.eval.samples_per_prompt)
+        return figures
 
     def _request_stop(self, signum, frame) -> None:
         # finish the current step, checkpoint, exit; a second signal exits at once

@@ -1,0 +1,32 @@
+"""Held-out evaluation with fixed noise: the same prompts and the same initial noise every time, so the
+curve over steps shows the policy changing, not the sampling noise."""
+
+from __future__ import annotations
+
+import torch
+
+from rlkit.data import PromptStream, check_images_exist, read_items
+from rlkit.plugins import build_rewards
+
+
+class HeldoutEvaluator:
+    def __init__(self, cfg, train_rewards):
+        e = cfg.eval
+        data_cfg = e.data if e.data is not None else cfg.data
+        items = read_items(data_cfg)[: e.max_prompts]
+        check_images_exist(items, data_cfg.path)
+        self.batch = PromptStream(items, cfg.policy.resolution, seed=0, shuffle=False).next_batch(len(items))
+        self.rewards = build_rewards(e.rewards) if len(e.rewards) else train_rewards
+        self.log_as = {s.name: s.log_as for s in e.rewards if s.log_as}
+        self.samples, self.seed = e.samples_per_prompt, e.seed
+
+    @torch.no_grad()
+    def __call__(self, policy) -> tuple[dict, object]:
+        rollout = policy.sample(self.batch, self.samples, torch.Generator().manual_seed(self.seed))
+        reward = self.rewards(rollout.as_reward_input())
+        figures = {"eval/reward": float(reward.total.mean())}
+        for name, scores in reward.per_reward.items():
+            figures[f"eval/{name}"] = float(scores.mean())
+            if name in self.log_as:
+                figures[self.log_as[name]] = float(scores.mean())
+        return figures, rollout

@@ -1,0 +1,164 @@
+"""A procedural editing world with ground truth: shapes in colours on plain backgrounds.
+
+Every (source, instruction) has an exact target, so any edited image can be scored against the truth:
+- `follow`: how much of the required change was made inside the edit region (the pixels where source and
+  target differ): 1 - err(edit, target) / err(source, target) there, clipped to [0, 1]; doing nothing is 0.
+- `preserve`: how untouched everything else is: 1 - mean |edit - source| outside the region / 0.15, clipped.
+- `overall`: sqrt(follow * preserve), so an edit must both follow the instruction and keep the rest.
+Scenes are plain JSON (`Scene.to_json`) so they travel in manifests and reward metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 70), "blue": (50, 80, 220), "yellow": (230, 200, 40),
+           "purple": (150, 60, 190), "white": (240, 240, 240)}
+BACKGROUNDS = {"grey": (110, 110, 110), "black": (20, 20, 20), "teal": (30, 100, 110)}
+SHAPES = ("square", "circle", "triangle")
+CELLS = (0, 1, 2)  # a 3 x 3 grid of positions
+SIZES = {"small": 0.22, "large": 0.34}  # half-extent as a fraction of the canvas
+PLACES = {(0, 0): "top left", (1, 0): "top", (2, 0): "top right", (0, 1): "left", (1, 1): "centre",
+          (2, 1): "right", (0, 2): "bottom left", (1, 2): "bottom", (2, 2): "bottom right"}
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+OPERATIONS = ("recolour", "remove", "move", "add", "resize")
+PRESERVE_SCALE = 0.15
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    colour: str
+    x: int  # grid cell, 0..2
+    y: int
+    size: str = "small"
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass
+class Scene:
+    background: str
+    objects: list[Obj] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps({"background": self.background, "objects": [asdict(o) for o in self.objects]})
+
+    @classmethod
+    def from_json(cls, text: str | dict) -> Scene:
+        d = json.loads(text) if isinstance(text, str) else text
+        return cls(d["background"], [Obj(**o) for o in d["objects"]])
+
+
+def render(scene: Scene, size: int = 32) -> Image.Image:
+    img = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
+    d = ImageDraw.Draw(img)
+    cell = size / 3
+    for o in scene.objects:
+        cx, cy, r = (o.x + 0.5) * cell, (o.y + 0.5) * cell, SIZES[o.size] * size
+        box = (round(cx - r), round(cy - r), round(cx + r) - 1, round(cy + r) - 1)
+        fill = COLOURS[o.colour]
+        if o.shape == "square":
+            d.rectangle(box, fill=fill)
+        elif o.shape == "circle":
+            d.ellipse(box, fill=fill)
+        else:
+            d.polygon([(cx, box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill)
+    return img
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, 3).permute(
+        2, 0, 1).float() / 255
+
+
+# ------------------------------------------------------------------------------------------- scenes
+def random_scene(rng: random.Random, max_objects: int = 2) -> Scene:
+    n = rng.randint(1, max_objects)
+    cells = rng.sample([(x, y) for x in CELLS for y in CELLS], n)
+    objs, names = [], set()
+    for x, y in cells:
+        while True:
+            o = Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), x, y, rng.choice(list(SIZES)))
+            if o.name not in names:  # every object can be named unambiguously
+                break
+        names.add(o.name)
+        objs.append(o)
+    return Scene(rng.choice(list(BACKGROUNDS)), objs)
+
+
+def _free_cells(scene: Scene) -> list[tuple[int, int]]:
+    taken = {(o.x, o.y) for o in scene.objects}
+    return [(x, y) for x in CELLS for y in CELLS if (x, y) not in taken]
+
+
+def random_edit(scene: Scene, rng: random.Random, operations=OPERATIONS) -> tuple[str, Scene] | None:
+    """One instruction and the exact target scene, or None when `operations` has nothing valid here."""
+    options = list(operations)
+    rng.shuffle(options)
+    for op in options:
+        objs = list(scene.objects)
+        if op == "recolour" and objs:
+            o = rng.choice(objs)
+            names = {x.name for x in objs}
+            colours = [c for c in COLOURS if c != o.colour and f"{c} {o.shape}" not in names]
+            c = rng.choice(colours)
+            return f"make the {o.name} {c}", Scene(scene.background, [replace(x, colour=c) if x == o else x
+                                                                      for x in objs])
+        if op == "remove" and objs:
+            o = rng.choice(objs)
+            return f"remove the {o.name}", Scene(scene.background, [x for x in objs if x != o])
+        if op == "move" and objs:
+            o = rng.choice(objs)
+            free = set(_free_cells(scene))
+            moves = [(d, (o.x + dx, o.y + dy)) for d, (dx, dy) in DIRECTIONS.items() if (o.x + dx, o.y + dy) in free]
+            if moves:
+                d, (x, y) = rng.choice(moves)
+                return f"move the {o.name} {d}", Scene(scene.background, [replace(x_, x=x, y=y) if x_ == o else x_
+                                                                          for x_ in objs])
+        if op == "add" and _free_cells(scene):
+            x, y = rng.choice(_free_cells(scene))
+            names = {o.name for o in objs}
+            while True:
+                new = Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), x, y, "small")
+                if new.name not in names:
+                    break
+            return f"add a {new.name} at the {PLACES[(x, y)]}", Scene(scene.background, [*objs, new])
+        if op == "resize" and objs:
+            o = rng.choice(objs)
+            bigger = o.size == "small"
+            word = "bigger" if bigger else "smaller"
+            return f"make the {o.name} {word}", Scene(scene.background, [
+                replace(x, size="large" if bigger else "small") if x == o else x for x in objs])
+    return None
+
+
+# ------------------------------------------------------------------------------------------- ground truth
+def edit_region(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[H, W] bool: pixels the instruction requires to change, dilated by one pixel (edges may blur)."""
+    changed = (source - target).abs().amax(dim=0) > 1e-3
+    dilated = torch.nn.functional.max_pool2d(changed[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+    return dilated
+
+
+def gt_scores(edited: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Ground truth for one edit; tensors [3, H, W] in [0, 1] at the same size."""
+    region = edit_region(source, target)
+    outside = ~region
+    if region.any():
+        need = (source - target).abs()[:, region].mean()
+        miss = (edited - target).abs()[:, region].mean()
+        follow = float((1 - miss / need).clamp(0, 1))
+    else:
+        follow = 1.0
+    drift = float((edited - source).abs()[:, outside].mean()) if outside.any() else 0.0
+    preserve = max(0.0, 1 - drift / PRESERVE_SCALE)
+    return {"follow": follow, "preserve": preserve, "overall": math.sqrt(follow * preserve)}
