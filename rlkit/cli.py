@@ -62,8 +62,15 @@ def cmd_validate(args) -> int:
               f"alpha {cfg.loss.alpha})")
         return 0
     cfg = load_recipe(args.recipe, args.overrides)
-    for spec in cfg.rewards:
+    for spec in [*cfg.rewards, *cfg.eval.rewards]:
         load_reward_class(spec.name)
+    if cfg.sandbox.enabled:
+        from rlkit.sandbox.prepare import is_prepared
+
+        if not is_prepared(Path(cfg.sandbox.path), cfg.sandbox):
+            print(f"ok: {args.recipe} (the sandbox in {cfg.sandbox.path} is prepared on the first run; "
+                  f"data checked then)")
+            return 0
     items = read_items(cfg.data)
     check_images_exist(items, cfg.data.path)
     print(f"ok: {args.recipe} ({len(items)} prompts, rewards: {', '.join(s.name for s in cfg.rewards)}, "
@@ -81,6 +88,17 @@ def cmd_rewards(args) -> int:
     for name, info in sorted(list_rewards().items()):
         table.add_row(name, info.target, info.distribution, info.version)
     Console(width=160).print(table)
+    return 0
+
+
+def cmd_sandbox(args) -> int:
+    from rlkit.config import load_recipe
+    from rlkit.sandbox.prepare import prepare
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    if not cfg.sandbox.enabled:
+        raise UserError(f"{args.recipe} has no enabled 'sandbox' section")
+    prepare(Path(cfg.sandbox.path), cfg.sandbox)
     return 0
 
 
@@ -168,6 +186,12 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rewards", help="list installed reward plugins")
     p.set_defaults(func=cmd_rewards)
+
+    p = sub.add_parser("sandbox", help="sandbox tools: rlkit sandbox prepare [RECIPE] [key=value ...]")
+    p.add_argument("action", choices=["prepare"])
+    p.add_argument("recipe", nargs="?", default="sandbox_edit")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_sandbox)
 
     p = sub.add_parser("train-reward", help="train a JRM reward model: rlkit train-reward RECIPE [key=value ...]")
     p.add_argument("recipe")

@@ -7,6 +7,7 @@ turns its exceptions into one-line `UserError`s that name the key and suggest th
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -112,6 +113,24 @@ class TrainConfig:
 
 
 @dataclass
+class SandboxConfig:
+    """The embedded sandbox (rlkit.sandbox): when enabled, its editor, JRM and data are prepared into `path`
+    before the run (once; later runs reuse them). Recipes refer to them as ${sandbox.path}/editor etc."""
+
+    enabled: bool = False
+    path: str = "~/.cache/rlkit/sandbox/seed_0"
+    seed: int = 0
+    vae_steps: int = 400
+    editor_steps: int = 1500
+    editor_batch: int = 32
+    editor_lr: float = 1e-3
+    jrm_pairs: int = 384
+    jrm_epochs: int = 4
+    train_prompts: int = 512
+    heldout_prompts: int = 32
+
+
+@dataclass
 class EvalConfig:
     """Held-out evaluation with fixed noise: before training (step 0) and every `every` steps."""
 
@@ -136,6 +155,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
 
 CHOICES = {
@@ -250,6 +270,8 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None, schema_c
     except Exception as err:  # YAML syntax errors
         raise UserError(f"{path}: cannot parse YAML: {str(err).splitlines()[0]}") from None
     cfg = build_config(raw, overrides or [], where=str(path), schema_cls=schema_cls, check=check)
+    if "sandbox" in cfg:
+        cfg.sandbox.path = os.path.expanduser(cfg.sandbox.path)
     if "data" not in cfg or "source" not in cfg.data:
         return cfg
     # data paths in a recipe are relative to the recipe file (unless they exist from the working dir); store

@@ -59,6 +59,10 @@ class Trainer:
         resume_from = self._find_resume_checkpoint()
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.policy.device)
+        if cfg.sandbox.enabled:  # the embedded world: its editor, JRM and data, built once and cached
+            from rlkit.sandbox.prepare import prepare
+
+            prepare(Path(cfg.sandbox.path), cfg.sandbox)
         items = read_items(cfg.data)  # data errors surface before any model is built
         check_images_exist(items, cfg.data.path)
         self.rewards = build_rewards(cfg.rewards)

@@ -1,0 +1,184 @@
+"""`rlkit sandbox prepare`: the sandbox's small editor and its in-world JRM, seeded and reproducible.
+
+1. a small AutoencoderKL trained to reconstruct world images (32 px -> 16 x 16 x 4 latents);
+2. a small FLUX.1 Kontext transformer pre-trained by flow matching on (source, instruction) -> target, stopped
+   early on purpose: a mediocre editor that RL can improve;
+3. a tiny JRM trained with `rlkit train-reward` on in-world preference pairs with rationales.
+The editor is saved as a diffusers FluxKontextPipeline folder, so the sandbox recipe loads it like a real model
+(`policy.name: flux_kontext`, `policy.pretrained: <cache>/editor`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
+
+from policies.tiny import tiny_clip_tokenizer
+from rlkit.config import SandboxConfig as PrepareConfig  # noqa: F401  (the recipe's `sandbox` section)
+from rlkit.sandbox.data import sample_prompts, write_preference_pairs, write_prompts
+from rlkit.sandbox.world import BACKGROUNDS, COLOURS, DIRECTIONS, PLACES, SHAPES, random_scene, render, to_tensor
+
+SIZE = 32
+
+
+def world_t5_tokenizer() -> T5TokenizerFast:
+    """Word-level unigram vocabulary of the world's instructions (plus characters as a fallback)."""
+    words = {"make", "the", "remove", "move", "add", "a", "at", "bigger", "smaller", "and", "to"}
+    words |= set(COLOURS) | set(SHAPES) | set(DIRECTIONS) | set(BACKGROUNDS)
+    words |= {w for place in PLACES.values() for w in place.split()}
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -5.0)]
+    pieces += [("\u2581" + w, -1.0) for w in sorted(words)] + [(c, -6.0) for c in chars]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=64)
+
+
+def _images(n: int, rng: random.Random) -> torch.Tensor:
+    return torch.stack([to_tensor(render(random_scene(rng), SIZE)) for _ in range(n)])
+
+
+def train_vae(cfg: PrepareConfig, log=print) -> AutoencoderKL:
+    torch.manual_seed(cfg.seed)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        layers_per_block=1, norm_num_groups=8, sample_size=SIZE, mid_block_add_attention=False)
+    opt = torch.optim.AdamW(vae.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=cfg.vae_steps, pct_start=0.1)
+    rng = random.Random(cfg.seed)
+    for step in range(cfg.vae_steps):
+        x = _images(32, rng) * 2 - 1
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.mse_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == cfg.vae_steps - 1:
+            log(f"vae step {step}: mse {F.mse_loss(rec, x).item():.4f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():  # latent normalisation, as the real VAE's shift_factor / scaling_factor
+        lat = vae.encode(_images(128, rng) * 2 - 1).latent_dist.mode()
+    vae.register_to_config(shift_factor=float(lat.mean()), scaling_factor=float(1 / lat.std()))
+    return vae
+
+
+def build_pipeline(vae: AutoencoderKL, seed: int) -> FluxKontextPipeline:
+    torch.manual_seed(seed)
+    clip_tok, t5_tok = tiny_clip_tokenizer(), world_t5_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(clip_tok), hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=1,
+        projection_dim=32, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(t5_tok), d_model=64, d_kv=16, d_ff=128, num_layers=1, num_heads=4, pad_token_id=0,
+        eos_token_id=1, decoder_start_token_id=0))
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=32, num_attention_heads=4,
+        joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=[8, 12, 12])
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxKontextPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tok,
+                               text_encoder_2=text_encoder_2, tokenizer_2=t5_tok, transformer=transformer)
+
+
+def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print) -> None:
+    """Flow matching on exact (source, instruction) -> target pairs, with the Kontext conditioning."""
+    from omegaconf import OmegaConf
+
+    from policies.flux_kontext import FluxKontextPolicy
+    from rlkit.config import PolicyConfig, SamplerConfig
+
+    pcfg = OmegaConf.structured(PolicyConfig(name="flux_kontext", dtype="float32", device="cpu", resolution=SIZE,
+                                             max_sequence_length=24))
+    pcfg.lora.rank = 4  # the policy wraps the model with an adapter; pre-training trains the base weights
+    policy = FluxKontextPolicy(pipe, pcfg, OmegaConf.structured(SamplerConfig()), "cpu")
+    tr = pipe.transformer
+    tr.disable_adapters()
+    base = [p for n, p in tr.named_parameters() if "lora_" not in n]
+    for p in base:
+        p.requires_grad_(True)
+    tr.train()
+    opt = torch.optim.AdamW(base, lr=cfg.editor_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 100))
+    prompts = sample_prompts(cfg.train_prompts, cfg.seed + 1)
+    g = torch.Generator().manual_seed(cfg.seed)
+    vae = pipe.vae
+    # conditioning and target latents once for the whole training set; each step only indexes them
+    src = torch.stack([to_tensor(render(p[0], SIZE)) for p in prompts])
+    tgt = torch.stack([to_tensor(render(p[2], SIZE)) for p in prompts])
+    cond = policy.encode(src, [p[1] for p in prompts])
+    with torch.no_grad():
+        lat = (vae.encode(tgt * 2 - 1).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
+    n, c, h, w = lat.shape
+    targets = pipe._pack_latents(lat, n, c, h, w)
+    t0 = time.time()
+    for step in range(cfg.editor_steps):
+        idx = torch.randint(n, (cfg.editor_batch,), generator=g)
+        x0 = targets[idx]
+        b = len(idx)
+        noise = torch.randn(x0.shape, generator=g)
+        s = torch.sigmoid(torch.randn(b, generator=g)).view(-1, 1, 1)  # logit-normal timesteps
+        x_s = (1 - s) * x0 + s * noise
+        v = policy.predict_velocity(x_s, s.flatten(), cond, idx)
+        loss = F.mse_loss(v, noise - x0)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(base, 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == cfg.editor_steps - 1:
+            log(f"editor step {step}: flow-matching loss {loss.item():.4f} ({time.time() - t0:.0f} s)")
+    tr.eval()
+    tr.enable_adapters()
+    tr.delete_adapters("default")
+    for p in tr.parameters():
+        p.requires_grad_(False)
+
+
+def _settings(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(cfg) if not isinstance(cfg, PrepareConfig) else dict(vars(cfg))
+    return {k: v for k, v in d.items() if k not in ("enabled", "path")}
+
+
+def is_prepared(out: Path, cfg) -> bool:
+    done = out / "prepared.json"
+    return done.exists() and json.loads(done.read_text()).get("config") == _settings(cfg)
+
+
+def prepare(out: Path, cfg, log=print) -> Path:
+    """Build everything into `out` (data/, editor/, jrm/final); returns `out`. Skips it when already done with
+    the same settings. `cfg` is the recipe's `sandbox` section (rlkit.config.SandboxConfig)."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = out / "prepared.json"
+    if is_prepared(out, cfg):
+        log(f"sandbox already prepared in {out}")
+        return out
+    t0 = time.time()
+    write_prompts(out / "data" / "train", cfg.train_prompts, cfg.seed + 1)
+    write_prompts(out / "data" / "heldout", cfg.heldout_prompts, cfg.seed + 2)
+    vae = train_vae(cfg, log)
+    pipe = build_pipeline(vae, cfg.seed)
+    pretrain_editor(pipe, cfg, log)
+    pipe.save_pretrained(out / "editor")
+    from rewards.jrm.config import RewardRecipe, check_reward_recipe
+    from rewards.jrm.train import train_reward
+    from rlkit.config import load_recipe
+
+    pairs_train = write_preference_pairs(out / "data" / "pairs_train", cfg.jrm_pairs, cfg.seed + 3, SIZE)
+    pairs_eval = write_preference_pairs(out / "data" / "pairs_eval", 128, cfg.seed + 4, SIZE)
+    jrm_cfg = load_recipe("jrm_tiny", [f"output_dir={out / 'jrm'}", f"data.train={pairs_train}",
+                                       f"data.eval={pairs_eval}", f"train.epochs={cfg.jrm_epochs}",
+                                       f"seed={cfg.seed}"], schema_cls=RewardRecipe, check=check_reward_recipe)
+    train_reward(jrm_cfg)
+    done.write_text(json.dumps({"config": _settings(cfg), "seconds": time.time() - t0}, indent=1))
+    log(f"sandbox prepared in {out} ({time.time() - t0:.0f} s)")
+    return out
