@@ -59,7 +59,7 @@ def resolve_device(name: str) -> torch.device:
 
 class FluxKontextPolicy:
     def __init__(self, pipe: FluxKontextPipeline, cfg, sampler_cfg, device: torch.device | str = "cpu",
-                 train_micro_batch: int = 0):
+                 train_micro_batch: int = 0, with_adapter: bool = True):
         self.cfg, self.sampler_cfg = cfg, sampler_cfg
         # same transformer batch shape in rollout and training: the recomputed ratio is then exact in bf16
         self.rollout_batch = sampler_cfg.batch_size or train_micro_batch
@@ -80,10 +80,11 @@ class FluxKontextPolicy:
         pipe.text_encoder_2.to(self.device)
         self.transformer = pipe.transformer
         lora = cfg.lora
-        self.transformer.add_adapter(LoraConfig(
-            r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.target_modules),
-            init_lora_weights=True if str(lora.init).lower() == "true" else lora.init,
-        ))
+        if with_adapter:  # without: the base weights alone (the sandbox pre-trains them)
+            self.transformer.add_adapter(LoraConfig(
+                r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.target_modules),
+                init_lora_weights=True if str(lora.init).lower() == "true" else lora.init,
+            ))
         # LoRA weights train in fp32 even when the base is bf16 (optimizer precision); forward casts.
         for p in self.trainable_parameters():
             p.data = p.data.float()

@@ -120,12 +120,13 @@ class SandboxConfig:
     enabled: bool = False
     path: str = "~/.cache/rlkit/sandbox/seed_0"
     seed: int = 0
-    vae_steps: int = 400
+    vae_steps: int = 600
     editor_steps: int = 1500
     editor_batch: int = 32
     editor_lr: float = 1e-3
-    jrm_pairs: int = 384
-    jrm_epochs: int = 4
+    jrm_pairs: int = 384  # synthetic corruption pairs
+    jrm_editor_prompts: int = 256  # + pairs from the pre-trained editor's samples (best vs worst of 4)
+    jrm_epochs: int = 6
     train_prompts: int = 512
     heldout_prompts: int = 32
 

@@ -63,3 +63,26 @@ def test_preference_pairs_are_ordered_by_ground_truth_with_rationales(tmp_path):
         assert r["gt1"] >= r["gt2"] + 0.1
         assert r["rationale1"].startswith("[") and "Tiers: instruction" in r["rationale1"]
         assert (tmp_path / r["path1"]).is_file() and (tmp_path / r["path_src"]).is_file()
+
+
+def test_prepare_and_run_the_sandbox_end_to_end(tmp_path):
+    """`rlkit sandbox prepare` at toy budgets, then a sandbox run that logs gt_heldout before and after."""
+    from rlkit.cli import main
+
+    small = [f"sandbox.path={tmp_path / 'cache'}", "sandbox.vae_steps=2", "sandbox.editor_steps=2",
+             "sandbox.editor_batch=4", "sandbox.jrm_pairs=8", "sandbox.jrm_editor_prompts=8", "sandbox.jrm_epochs=1",
+             "sandbox.train_prompts=16", "sandbox.heldout_prompts=4"]
+    assert main(["sandbox", "prepare", "sandbox_edit", *small]) == 0
+    cache = tmp_path / "cache"
+    assert (cache / "editor" / "model_index.json").is_file() and (cache / "jrm" / "final" / "jrm.json").is_file()
+    from safetensors.torch import load_file
+
+    weights = load_file(next((cache / "editor" / "transformer").glob("*.safetensors")))
+    assert not any("lora_" in k or "base_layer" in k for k in weights)  # a plain diffusers transformer
+    run = tmp_path / "run"
+    assert main(["run", "sandbox_edit", *small, f"output_dir={run}", "train.steps=2", "eval.every=2",
+                 "algorithm.group_size=2", "train.prompts_per_step=2", "sampler.num_steps=3"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert 0 <= rows[0]["gt_heldout"] <= 1 and 0 <= rows[2]["gt_heldout"] <= 1 and "reward/jrm" in rows[1]
+    assert (run / "samples" / "eval_step_000000.png").is_file()

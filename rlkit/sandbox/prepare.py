@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
 from policies.tiny import tiny_clip_tokenizer
@@ -45,14 +46,14 @@ def _images(n: int, rng: random.Random) -> torch.Tensor:
 
 def train_vae(cfg: PrepareConfig, log=print) -> AutoencoderKL:
     torch.manual_seed(cfg.seed)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                         layers_per_block=1, norm_num_groups=8, sample_size=SIZE, mid_block_add_attention=False)
     opt = torch.optim.AdamW(vae.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=cfg.vae_steps, pct_start=0.1)
     rng = random.Random(cfg.seed)
     for step in range(cfg.vae_steps):
-        x = _images(32, rng) * 2 - 1
+        x = _images(16, rng) * 2 - 1
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         kl = post.kl().mean() / x[0].numel()
@@ -88,7 +89,7 @@ def build_pipeline(vae: AutoencoderKL, seed: int) -> FluxKontextPipeline:
                                text_encoder_2=text_encoder_2, tokenizer_2=t5_tok, transformer=transformer)
 
 
-def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print) -> None:
+def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
     """Flow matching on exact (source, instruction) -> target pairs, with the Kontext conditioning."""
     from omegaconf import OmegaConf
 
@@ -97,11 +98,9 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print) ->
 
     pcfg = OmegaConf.structured(PolicyConfig(name="flux_kontext", dtype="float32", device="cpu", resolution=SIZE,
                                              max_sequence_length=24))
-    pcfg.lora.rank = 4  # the policy wraps the model with an adapter; pre-training trains the base weights
-    policy = FluxKontextPolicy(pipe, pcfg, OmegaConf.structured(SamplerConfig()), "cpu")
+    policy = FluxKontextPolicy(pipe, pcfg, OmegaConf.structured(SamplerConfig(num_steps=8)), "cpu", with_adapter=False)
     tr = pipe.transformer
-    tr.disable_adapters()
-    base = [p for n, p in tr.named_parameters() if "lora_" not in n]
+    base = list(tr.parameters())
     for p in base:
         p.requires_grad_(True)
     tr.train()
@@ -136,10 +135,46 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print) ->
         if step % 100 == 0 or step == cfg.editor_steps - 1:
             log(f"editor step {step}: flow-matching loss {loss.item():.4f} ({time.time() - t0:.0f} s)")
     tr.eval()
-    tr.enable_adapters()
-    tr.delete_adapters("default")
     for p in tr.parameters():
         p.requires_grad_(False)
+    return policy
+
+
+@torch.no_grad()
+def write_editor_pairs(policy, out_dir: Path, n_prompts: int, seed: int, samples: int = 4,
+                       min_gap: float = 0.1) -> list[dict]:
+    """Preference pairs between the pre-trained editor's own samples, ranked by the ground truth: the
+    reward model then learns on the kind of images RL will show it, not only on synthetic corruptions."""
+    from policies.base import PromptBatch
+    from rlkit.sandbox.data import rationale, region_box
+    from rlkit.sandbox.world import gt_scores
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = sample_prompts(n_prompts, seed)
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for start in range(0, n_prompts, 8):
+        chunk = prompts[start : start + 8]
+        src = torch.stack([to_tensor(render(p[0], SIZE)) for p in chunk])
+        tgt = torch.stack([to_tensor(render(p[2], SIZE)) for p in chunk])
+        batch = PromptBatch(src, [p[1] for p in chunk], [str(start + i) for i in range(len(chunk))])
+        images = policy.sample(batch, samples, g).images.view(len(chunk), samples, 3, SIZE, SIZE)
+        for i, (scene, instruction, _) in enumerate(chunk):
+            scores = [gt_scores(images[i, k], src[i], tgt[i]) for k in range(samples)]
+            order = sorted(range(samples), key=lambda k: -scores[k]["overall"])
+            best, worst = order[0], order[-1]
+            if scores[best]["overall"] - scores[worst]["overall"] < min_gap:
+                continue
+            j = start + i
+            names = [f"ed{j:05d}_{k}.png" for k in ("src", "a", "b")]
+            for img, name in zip((src[i], images[i, best], images[i, worst]), names):
+                Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(out_dir / name)
+            box = region_box(src[i], tgt[i])
+            rows.append({"prompt": instruction, "path_src": names[0], "path1": names[1], "path2": names[2],
+                         "rationale1": rationale(instruction, box, scores[best]),
+                         "rationale2": rationale(instruction, box, scores[worst]),
+                         "gt1": scores[best]["overall"], "gt2": scores[worst]["overall"], "kinds": ["editor"] * 2})
+    return rows
 
 
 def _settings(cfg) -> dict:
@@ -167,13 +202,17 @@ def prepare(out: Path, cfg, log=print) -> Path:
     write_prompts(out / "data" / "heldout", cfg.heldout_prompts, cfg.seed + 2)
     vae = train_vae(cfg, log)
     pipe = build_pipeline(vae, cfg.seed)
-    pretrain_editor(pipe, cfg, log)
+    policy = pretrain_editor(pipe, cfg, log)
     pipe.save_pretrained(out / "editor")
     from rewards.jrm.config import RewardRecipe, check_reward_recipe
     from rewards.jrm.train import train_reward
     from rlkit.config import load_recipe
 
     pairs_train = write_preference_pairs(out / "data" / "pairs_train", cfg.jrm_pairs, cfg.seed + 3, SIZE)
+    editor_rows = write_editor_pairs(policy, out / "data" / "pairs_train", cfg.jrm_editor_prompts, cfg.seed + 5)
+    with open(pairs_train, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in editor_rows)
+    log(f"reward pairs: {cfg.jrm_pairs} synthetic + {len(editor_rows)} from the editor's own samples")
     pairs_eval = write_preference_pairs(out / "data" / "pairs_eval", 128, cfg.seed + 4, SIZE)
     jrm_cfg = load_recipe("jrm_tiny", [f"output_dir={out / 'jrm'}", f"data.train={pairs_train}",
                                        f"data.eval={pairs_eval}", f"train.epochs={cfg.jrm_epochs}",
