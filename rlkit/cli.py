@@ -139,18 +139,11 @@ def cmd_eval_reward(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from PIL import Image
-
     from rewards.jrm.model import JRMModel
+    from rlkit.data import open_rgb
 
     model = JRMModel.load(args.reward_dir, device="cuda" if _cuda() else "cpu")
-    images = []
-    for p in (args.source, args.edited):
-        try:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
-        except OSError as err:
-            raise UserError(f"cannot read image {p}: {err}") from None
+    images = [open_rgb(args.source), open_rgb(args.edited)]
     mu, sigma = model.score([images[0]], [images[1]], [args.instruction])
     print(f"reward {mu.item():.4f} (sigma {sigma.item():.4f})")
     print(model.explain(images[0], images[1], args.instruction, args.max_new_tokens))

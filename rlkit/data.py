@@ -51,7 +51,9 @@ def image_to_tensor(img: Image.Image, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def load_image(path: Path, resolution: int) -> torch.Tensor:
+def open_rgb(path: str | Path) -> Image.Image:
+    """An image file as RGB (see `to_rgb`); missing, unreadable or oversized files are a UserError naming it."""
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
     try:
@@ -59,9 +61,13 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
             if img.width * img.height > MAX_PIXELS:
                 raise UserError(f"image too large ({img.width}x{img.height} > {MAX_PIXELS} pixels): {path}")
             img.load()
-            return image_to_tensor(img, resolution)
+            return to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise UserError(f"cannot read image {path}: {err}") from None
+
+
+def load_image(path: Path, resolution: int) -> torch.Tensor:
+    return image_to_tensor(open_rgb(path), resolution)
 
 
 def _check_instruction(text: Any, where: str) -> str:

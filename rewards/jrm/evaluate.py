@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from rlkit.data import open_rgb
 from rlkit.errors import UserError
 
 ScoreFn = Callable[[list, list, list[str]], torch.Tensor]
@@ -43,12 +44,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _img(base: Path, rel: str) -> Image.Image:
-    p = base / rel
-    try:
-        with Image.open(p) as im:
-            return im.convert("RGB")
-    except OSError as err:
-        raise UserError(f"cannot read image {p}: {err}") from None
+    return open_rgb(base / rel)
 
 
 def _field(row: dict, key: str, path: Path, i: int):

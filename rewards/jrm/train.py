@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from transformers import Trainer, TrainingArguments
 
 from rewards.jrm.backbone import load_backbone, tiny_backbone
 from rewards.jrm.losses import bt_loss, joint_loss, uncertain_bt_loss
 from rewards.jrm.model import JRMConfig, JRMModel
 from rewards.jrm.synthetic import make_pairs
+from rlkit.data import open_rgb
 from rlkit.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,14 +62,6 @@ def read_pairs(path: str | Path) -> list[Pair]:
     return pairs
 
 
-def _open(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except OSError as err:
-        raise UserError(f"cannot read image {path}: {err}") from None
-
-
 class PairCollator:
     """Pairs -> one Encoded batch: the B chosen sequences, then the B rejected ones."""
 
@@ -77,8 +69,8 @@ class PairCollator:
         self.encoder, self.with_rationales, self.dedupe = model.encoder, with_rationales, model.dedupe
 
     def __call__(self, pairs: list[Pair]) -> dict:
-        sources = [_open(p.source) for p in pairs] * 2
-        edited = [_open(p.chosen) for p in pairs] + [_open(p.rejected) for p in pairs]
+        sources = [open_rgb(p.source) for p in pairs] * 2
+        edited = [open_rgb(p.chosen) for p in pairs] + [open_rgb(p.rejected) for p in pairs]
         instructions = [p.instruction for p in pairs] * 2
         rationales = None
         if self.with_rationales:
@@ -152,9 +144,9 @@ def _resolve_data(cfg, out: Path) -> tuple[list[Pair], list[Pair] | None]:
 
 def pairwise_accuracy(model: JRMModel, pairs: list[Pair], batch_size: int = 16) -> float:
     model.eval()
-    src = [_open(p.source) for p in pairs]
-    mu_w, _ = model.score(src, [_open(p.chosen) for p in pairs], [p.instruction for p in pairs], batch_size)
-    mu_l, _ = model.score(src, [_open(p.rejected) for p in pairs], [p.instruction for p in pairs], batch_size)
+    src = [open_rgb(p.source) for p in pairs]
+    mu_w, _ = model.score(src, [open_rgb(p.chosen) for p in pairs], [p.instruction for p in pairs], batch_size)
+    mu_l, _ = model.score(src, [open_rgb(p.rejected) for p in pairs], [p.instruction for p in pairs], batch_size)
     decided = [i for i, p in enumerate(pairs) if not p.tie]
     return float((mu_w[decided] > mu_l[decided]).float().mean()) if decided else float("nan")
 
