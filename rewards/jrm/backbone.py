@@ -48,8 +48,9 @@ def _qwen_tokenizer():
                               model_max_length=2048)
 
 
-def tiny_backbone(seed: int = 0, image_size: int = 32) -> Backbone:
-    """Qwen3-VL with 2 text layers (hidden 64) and a 2-block vision tower (patch 8): ~0.3M parameters."""
+def tiny_backbone(seed: int = 0, image_size: int = 32, hidden: int = 64, layers: int = 2, patch: int = 8) -> Backbone:
+    """Qwen3-VL at toy size: by default 2 text layers (hidden 64) and a 2-block vision tower (patch 8), ~0.3M
+    parameters. Heads are 16 wide; the vision tower is half as wide as the text model."""
     from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     tok = _qwen_tokenizer()
@@ -57,19 +58,20 @@ def tiny_backbone(seed: int = 0, image_size: int = 32) -> Backbone:
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
     cfg = Qwen3VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=hidden // 16,
+                         num_key_value_heads=max(1, hidden // 32), head_dim=16, max_position_embeddings=2048,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
                                           "mrope_interleaved": True},
                          pad_token_id=tok.pad_token_id),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8,
-                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
-                           num_position_embeddings=64, deepstack_visual_indexes=[0]),
+        vision_config=dict(depth=2, hidden_size=hidden // 2, intermediate_size=hidden, num_heads=2, patch_size=patch,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden,
+                           num_position_embeddings=max(64, (image_size // patch) ** 2), deepstack_visual_indexes=[0]),
         **ids,
     )
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(cfg)
-    processor = Qwen2VLImageProcessor(patch_size=8, merge_size=2, temporal_patch_size=2,
+    processor = Qwen2VLImageProcessor(patch_size=patch, merge_size=2, temporal_patch_size=2,
                                       min_pixels=image_size * image_size, max_pixels=image_size * image_size)
     return Backbone(model, tok, processor, "qwen3_vl")
 

@@ -22,6 +22,9 @@ class BackboneConfig:
     dtype: str = "bfloat16"
     image_size: int = 448  # both images are resized to image_size x image_size
     seed: int = 0
+    tiny_hidden: int = 64  # name: tiny only: text width (vision tower half of it)
+    tiny_layers: int = 2
+    tiny_patch: int = 8
     gradient_checkpointing: bool = False
     lora: JRMLoraConfig = field(default_factory=JRMLoraConfig)
 

@@ -114,8 +114,10 @@ class JRMTrainer(Trainer):
 
 def build_model(cfg) -> JRMModel:
     b = cfg.backbone
-    backbone = tiny_backbone(seed=b.seed, image_size=b.image_size) if b.name == "tiny" else load_backbone(
-        b.pretrained, dtype=DTYPES[b.dtype])
+    if b.name == "tiny":
+        backbone = tiny_backbone(b.seed, b.image_size, b.tiny_hidden, b.tiny_layers, b.tiny_patch)
+    else:
+        backbone = load_backbone(b.pretrained, dtype=DTYPES[b.dtype])
     if b.name == "tiny" and b.dtype != "float32":
         backbone.model.to(DTYPES[b.dtype])
     if b.lora.enabled:
