@@ -118,7 +118,8 @@ def read_hf(cfg) -> list[EditItem]:
 
     try:
         local = Path(cfg.path)
-        if local.is_dir() and (local / "dataset_info.json").exists() or (local / "state.json").exists():
+        saved = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
+        if local.is_dir() and any((local / name).exists() for name in saved):
             ds = datasets.load_from_disk(str(local))
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds[cfg.split]

@@ -10,13 +10,13 @@ from rlkit.plugins import build_rewards
 
 
 class HeldoutEvaluator:
-    def __init__(self, cfg, train_rewards):
+    def __init__(self, cfg, train_rewards, built_rewards: dict | None = None):
         e = cfg.eval
         data_cfg = e.data if e.data is not None else cfg.data
         items = read_items(data_cfg)[: e.max_prompts]
         check_images_exist(items, data_cfg.path)
         self.batch = PromptStream(items, cfg.policy.resolution, seed=0, shuffle=False).next_batch(len(items))
-        self.rewards = build_rewards(e.rewards) if len(e.rewards) else train_rewards
+        self.rewards = build_rewards(e.rewards, built_rewards) if len(e.rewards) else train_rewards
         self.log_as = {s.name: s.log_as for s in e.rewards if s.log_as}
         self.samples, self.seed = e.samples_per_prompt, e.seed
 

@@ -72,8 +72,21 @@ def build_reward(name: str, kwargs: dict[str, Any]) -> Any:
         raise UserError(f"reward '{name}': {err}") from None
 
 
-def build_rewards(specs):
-    """The weighted RewardSet for a recipe's `rewards` list (each plugin imported only here, when named)."""
+def build_rewards(specs, built: dict | None = None):
+    """The weighted RewardSet for a recipe's `rewards` list (each plugin imported only here, when named).
+
+    ``built`` caches instances by (name, kwargs): the held-out evaluation reuses the training rewards' models
+    instead of loading a second copy of the same judge."""
+    import json
+
     from rewards.combine import RewardSet
 
-    return RewardSet([(s.name, float(s.weight), build_reward(s.name, dict(s.kwargs))) for s in specs])
+    built = {} if built is None else built
+    entries = []
+    for s in specs:
+        kwargs = dict(s.kwargs)
+        key = (s.name, json.dumps(kwargs, sort_keys=True, default=str))
+        if key not in built:
+            built[key] = build_reward(s.name, kwargs)
+        entries.append((s.name, float(s.weight), built[key]))
+    return RewardSet(entries)

@@ -65,7 +65,8 @@ class Trainer:
             prepare(Path(cfg.sandbox.path), cfg.sandbox)
         items = read_items(cfg.data)  # data errors surface before any model is built
         check_images_exist(items, cfg.data.path)
-        self.rewards = build_rewards(cfg.rewards)
+        self._reward_models: dict = {}  # shared with the evaluator's gold rewards
+        self.rewards = build_rewards(cfg.rewards, self._reward_models)
         self.policy = build_policy(cfg.policy, cfg.sampler, self.device, cfg.algorithm.micro_batch)
         self.algorithm = build_algorithm(cfg.algorithm, cfg.optim.max_grad_norm)
         self.prompts = PromptStream(items, cfg.policy.resolution, cfg.seed, cfg.data.shuffle)
@@ -78,7 +79,8 @@ class Trainer:
         self.generators = {"rollout": torch.Generator().manual_seed(cfg.seed),
                            "train": torch.Generator().manual_seed(cfg.seed + 1)}
         self.stability = StabilityTracker()
-        self.evaluator = HeldoutEvaluator(cfg, self.rewards) if cfg.eval.every > 0 else None
+        self.evaluator = (HeldoutEvaluator(cfg, self.rewards, self._reward_models) if cfg.eval.every > 0
+                          else None)
         self.step = 0
         if resume_from is not None:
             self._restore(resume_from)

@@ -86,3 +86,17 @@ def test_prepare_and_run_the_sandbox_end_to_end(tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert 0 <= rows[0]["gt_heldout"] <= 1 and 0 <= rows[2]["gt_heldout"] <= 1 and "reward/jrm" in rows[1]
     assert (run / "samples" / "eval_step_000000.png").is_file()
+
+
+def test_evaluation_reuses_the_training_reward_models():
+    from rlkit.config import load_recipe
+    from rlkit.plugins import build_rewards
+
+    red, blue = "{color: [1.0, 0.0, 0.0]}", "{color: [0.0, 0.0, 1.0]}"
+    cfg = load_recipe("tiny_edit", ["eval.every=1", f"eval.rewards=[{{name: target_color, kwargs: {red}}},"
+                                    f" {{name: target_color, kwargs: {blue}}}]"])
+    built: dict = {}
+    train = build_rewards(cfg.rewards, built)
+    heldout = build_rewards(cfg.eval.rewards, built)
+    assert heldout.rewards[0][2] is train.rewards[0][2]  # same name and kwargs: one model, loaded once
+    assert heldout.rewards[1][2] is not train.rewards[0][2]  # other kwargs: its own instance

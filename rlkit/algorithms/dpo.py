@@ -24,7 +24,6 @@ def best_worst_pairs(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[to
 class OnlineDPO:
     def __init__(self, cfg, max_grad_norm: float):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
-        self._rewards: torch.Tensor | None = None
 
     def advantages(self, rewards, group_ids):
         # DPO uses only the ordering inside each group; the "advantage" passed on is the raw reward.

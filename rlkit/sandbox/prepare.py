@@ -22,7 +22,7 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
 from policies.tiny import tiny_clip_tokenizer
-from rlkit.config import SandboxConfig as PrepareConfig  # noqa: F401  (the recipe's `sandbox` section)
+from rlkit.config import SandboxConfig as PrepareConfig  # the recipe's `sandbox` section
 from rlkit.sandbox.data import sample_prompts, write_preference_pairs, write_prompts
 from rlkit.sandbox.world import BACKGROUNDS, COLOURS, DIRECTIONS, PLACES, SHAPES, random_scene, render, to_tensor
 
@@ -180,7 +180,7 @@ def write_editor_pairs(policy, out_dir: Path, n_prompts: int, seed: int, samples
 def _settings(cfg) -> dict:
     from omegaconf import OmegaConf
 
-    d = OmegaConf.to_container(cfg) if not isinstance(cfg, PrepareConfig) else dict(vars(cfg))
+    d = OmegaConf.to_container(OmegaConf.create(cfg))  # the recipe section or a SandboxConfig alike
     return {k: v for k, v in d.items() if k not in ("enabled", "path")}
 
 
