@@ -15,6 +15,9 @@ class CombinedReward:
     total: torch.Tensor  # [B] weighted sum
     per_reward: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] raw scores
     outputs: dict[str, RewardOutput] = field(default_factory=dict)
+    # [B] uncertainty of the weighted sum (independent errors: sqrt(sum (w u)^2)) over the rewards that report
+    # one; None when none does
+    uncertainty: torch.Tensor | None = None
 
 
 class RewardSet:
@@ -47,8 +50,21 @@ class RewardSet:
             out.per_reward[name] = scores
             out.outputs[name] = result
             total = total + weight * scores
+            if result.uncertainty is not None:
+                u = self._check_uncertainty(name, result.uncertainty, n)
+                variance = (weight * u) ** 2 if out.uncertainty is None else out.uncertainty**2 + (weight * u) ** 2
+                out.uncertainty = variance.sqrt()
         out.total = total
         return out
+
+    @staticmethod
+    def _check_uncertainty(name: str, u: object, n: int) -> torch.Tensor:
+        if not isinstance(u, torch.Tensor) or tuple(u.shape) != (n,):
+            raise RewardError(name, f"uncertainty must be a tensor of shape ({n},) or None")
+        u = u.detach().float().cpu()
+        if not torch.isfinite(u).all() or (u < 0).any():
+            raise RewardError(name, "uncertainty has negative or non-finite values")
+        return u
 
     @staticmethod
     def _check(name: str, result: object, n: int) -> torch.Tensor:

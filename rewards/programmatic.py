@@ -39,3 +39,22 @@ class TargetColor(Reward):
         img = img[..., dh : h - dh, dw : w - dw]
         dist = (img - self.color.to(img.device)).abs().mean(dim=1)  # [B, h, w], in [0, 1]
         return RewardOutput(scores=1.0 - dist.mean(dim=(1, 2)))
+
+
+class Colourfulness(Reward):
+    """Hasler-Suesstrunk colourfulness of the edited image (0 = grey; about 1 = very colourful).
+
+    A stand-in for the "vivid colours look better" bias many learned judges carry. On its own, or with a
+    large weight, it is a deliberately flawed proxy: a policy can raise it by saturating everything, which
+    ruins preservation (`recipes/sandbox_hacking.yaml` uses it to test the stability guard).
+    """
+
+    def __init__(self) -> None:
+        pass
+
+    def __call__(self, batch: RewardInput) -> RewardOutput:
+        r, g, b = batch.edited.float().unbind(dim=1)
+        rg, yb = r - g, 0.5 * (r + g) - b
+        spread = (rg.flatten(1).var(dim=1, unbiased=False) + yb.flatten(1).var(dim=1, unbiased=False)).sqrt()
+        mean = (rg.flatten(1).mean(dim=1) ** 2 + yb.flatten(1).mean(dim=1) ** 2).sqrt()
+        return RewardOutput(scores=spread + 0.3 * mean)

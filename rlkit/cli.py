@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from rlkit import __version__
-from rlkit.errors import CheckpointError, RewardError, UserError
+from rlkit.errors import CheckpointError, GuardStop, RewardError, UserError
 
 
 def cmd_run(args) -> int:
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.func(args)
-    except (UserError, RewardError, CheckpointError) as err:
+    except (UserError, RewardError, CheckpointError, GuardStop) as err:
         if os.environ.get("RLKIT_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -144,6 +144,47 @@ class EvalConfig:
 
 
 @dataclass
+class GoldDivergenceAlarm:
+    action: str = "warn"  # ignore | warn | stop | rollback (not "off": YAML reads that as false)
+    window: int = 2  # evaluations over which the proxy must have risen
+    gold_drop: float = 0.03  # gold this far below its best so far
+    proxy_rise: float = 0.0
+
+
+@dataclass
+class KLAlarm:
+    action: str = "warn"
+    max_kl_ref: float = 0.5  # per latent dimension, as logged in kl_ref
+    max_approx_kl: float = 0.1
+
+
+@dataclass
+class RatioAlarm:
+    action: str = "warn"
+    max_ratio_dev: float = 0.05  # |ratio_mean - 1|
+    max_clipfrac: float = 0.5
+
+
+@dataclass
+class DiversityAlarm:
+    action: str = "warn"
+    min_fraction: float = 0.25  # of the mean over the first baseline_steps steps
+    baseline_steps: int = 5
+
+
+@dataclass
+class StabilityConfig:
+    """The stability guard (rlkit/stability/alarms.py): alarms go to RUN_DIR/alarms.jsonl."""
+
+    gold_divergence: GoldDivergenceAlarm = field(default_factory=GoldDivergenceAlarm)
+    kl_blowup: KLAlarm = field(default_factory=KLAlarm)
+    ratio_blowup: RatioAlarm = field(default_factory=RatioAlarm)
+    diversity_collapse: DiversityAlarm = field(default_factory=DiversityAlarm)
+    rollback_lr_factor: float = 0.5  # learning rate x this after each rollback
+    max_rollbacks: int = 3  # then a rollback alarm stops the run instead
+
+
+@dataclass
 class Recipe:
     output_dir: str = "runs/rlkit"
     seed: int = 0
@@ -157,6 +198,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
 
 
 CHOICES = {
@@ -167,6 +209,8 @@ CHOICES = {
     "algorithm.name": ("grpo", "dpo"),
     "algorithm.std_scope": ("group", "global"),
     "data.source": ("jsonl", "folder", "hf"),
+    **{f"stability.{kind}.action": ("ignore", "warn", "stop", "rollback")
+       for kind in ("gold_divergence", "kl_blowup", "ratio_blowup", "diversity_collapse")},
 }
 
 
@@ -324,6 +368,8 @@ def check_values(cfg: DictConfig, where: str) -> None:
         raise UserError(f"{where}: 'algorithm.group_size' must be >= 2 (advantages compare samples of a group)")
     if not 0 < cfg.algorithm.timestep_fraction <= 1:
         raise UserError(f"{where}: 'algorithm.timestep_fraction' must be in (0, 1]")
+    if not 0 < cfg.stability.rollback_lr_factor <= 1:
+        raise UserError(f"{where}: 'stability.rollback_lr_factor' must be in (0, 1]")
     if cfg.sampler.noise_level < 0:
         raise UserError(f"{where}: 'sampler.noise_level' must be >= 0")
     if cfg.policy.resolution % 16:

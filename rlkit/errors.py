@@ -23,3 +23,9 @@ class CheckpointError(Exception):
     """A checkpoint could not be written (disk full, permissions). The previous checkpoint is intact. Exit 1."""
 
     exit_code = 1
+
+
+class GuardStop(Exception):
+    """The stability guard stopped the run (an alarm with action stop). A checkpoint was saved. Exit status 3."""
+
+    exit_code = 3

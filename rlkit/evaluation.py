@@ -1,5 +1,10 @@
 """Held-out evaluation with fixed noise: the same prompts and the same initial noise every time, so the
-curve over steps shows the policy changing, not the sampling noise."""
+curve over steps shows the policy changing, not the sampling noise.
+
+Each evaluation scores one rollout twice: with the training rewards (the proxy, logged `eval/reward` and
+`eval/NAME`: the stability guard's probe) and, when `eval.rewards` names any, with those gold rewards
+(`gold/reward`, `gold/NAME`, and each `log_as` key such as `gt_heldout`), never trained on.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +21,23 @@ class HeldoutEvaluator:
         items = read_items(data_cfg)[: e.max_prompts]
         check_images_exist(items, data_cfg.path)
         self.batch = PromptStream(items, cfg.policy.resolution, seed=0, shuffle=False).next_batch(len(items))
-        self.rewards = build_rewards(e.rewards, built_rewards) if len(e.rewards) else train_rewards
+        self.proxy = train_rewards
+        self.gold = build_rewards(e.rewards, built_rewards) if len(e.rewards) else None
         self.log_as = {s.name: s.log_as for s in e.rewards if s.log_as}
         self.samples, self.seed = e.samples_per_prompt, e.seed
 
     @torch.no_grad()
     def __call__(self, policy) -> tuple[dict, object]:
         rollout = policy.sample(self.batch, self.samples, torch.Generator().manual_seed(self.seed))
-        reward = self.rewards(rollout.as_reward_input())
-        figures = {"eval/reward": float(reward.total.mean())}
-        for name, scores in reward.per_reward.items():
-            figures[f"eval/{name}"] = float(scores.mean())
-            if name in self.log_as:
-                figures[self.log_as[name]] = float(scores.mean())
+        batch = rollout.as_reward_input()
+        proxy = self.proxy(batch)
+        figures = {"eval/reward": float(proxy.total.mean())}
+        figures.update({f"eval/{name}": float(s.mean()) for name, s in proxy.per_reward.items()})
+        if self.gold is not None:
+            gold = self.gold(batch)
+            figures["gold/reward"] = float(gold.total.mean())
+            for name, scores in gold.per_reward.items():
+                figures[f"gold/{name}"] = float(scores.mean())
+                if name in self.log_as:
+                    figures[self.log_as[name]] = float(scores.mean())
         return figures, rollout

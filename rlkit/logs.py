@@ -16,6 +16,8 @@ REQUIRED_KEYS = ("step", "reward_mean", "reward_std", "zero_std_frac", "ratio_me
 
 
 def _clean(value):
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, torch.Tensor):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -28,7 +30,9 @@ class RunLogger:
                  progress: bool = True):
         self.run_dir = run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
-        self._truncate_after(start_step)
+        self.alarms_path = run_dir / "alarms.jsonl"
+        for path in (self.metrics_path, self.alarms_path):
+            truncate_jsonl(path, start_step)
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -45,14 +49,6 @@ class RunLogger:
             self.task = self.progress.add_task("train", total=total_steps, completed=start_step,
                                                reward="-", step_s="-")
 
-    def _truncate_after(self, start_step: int) -> None:
-        """On resume, drop lines for steps the resumed run will redo (the crash came after them)."""
-        if not self.metrics_path.exists():
-            return
-        kept = [ln for ln in self.metrics_path.read_text().splitlines()
-                if ln.strip() and _line_step(ln) is not None and _line_step(ln) <= start_step]
-        self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
-
     def log(self, metrics: dict) -> None:
         row = {k: _clean(v) for k, v in metrics.items()}
         with open(self.metrics_path, "a") as f:
@@ -66,11 +62,34 @@ class RunLogger:
             self.progress.update(self.task, completed=row["step"], reward=f"{row['reward_mean']:.4f}",
                                  step_s=f"{step_s:.2f}")
 
+    def alarm(self, row: dict) -> None:
+        """One line in alarms.jsonl (step, kind, figures, message, action), and on the console."""
+        with open(self.alarms_path, "a") as f:
+            f.write(json.dumps(_clean(row)) + "\n")
+        say = self.progress.console.print if self.progress is not None else print
+        say(f"[stability] step {row['step']} {row['kind']} -> {row['action']}: {row['message']}")
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
         if self.progress is not None:
             self.progress.stop()
+
+
+def truncate_jsonl(path: Path, start_step: int) -> None:
+    """On resume, drop lines for steps the resumed run will redo (the crash came after them)."""
+    if not path.exists():
+        return
+    kept = [ln for ln in path.read_text().splitlines()
+            if ln.strip() and _line_step(ln) is not None and _line_step(ln) <= start_step]
+    path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of metrics.jsonl / alarms.jsonl."""
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
 def _line_step(line: str) -> int | None:

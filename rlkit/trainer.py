@@ -18,11 +18,11 @@ from rlkit import checkpoint as ckpt
 from rlkit.algorithms import build_algorithm
 from rlkit.config import to_yaml
 from rlkit.data import PromptStream, check_images_exist, read_items
-from rlkit.errors import CheckpointError, UserError
+from rlkit.errors import CheckpointError, GuardStop, UserError
 from rlkit.evaluation import HeldoutEvaluator
 from rlkit.logs import REQUIRED_KEYS, RunLogger, save_grid
 from rlkit.plugins import build_rewards
-from rlkit.stability import StabilityTracker
+from rlkit.stability import Alarm, StabilityGuard, StabilityTracker
 
 # Changing these between a checkpoint and its resume would load weights into another model.
 INCOMPATIBLE = ("policy.name", "policy.pretrained", "policy.seed", "policy.lora.rank", "policy.lora.alpha",
@@ -79,6 +79,7 @@ class Trainer:
         self.generators = {"rollout": torch.Generator().manual_seed(cfg.seed),
                            "train": torch.Generator().manual_seed(cfg.seed + 1)}
         self.stability = StabilityTracker()
+        self.guard = StabilityGuard(cfg.stability)
         self.evaluator = (HeldoutEvaluator(cfg, self.rewards, self._reward_models) if cfg.eval.every > 0
                           else None)
         self.step = 0
@@ -97,7 +98,9 @@ class Trainer:
             return self.run_dir
         logger = RunLogger(self.run_dir, train.steps, self.step, progress=self.progress)
         if self.evaluator is not None and self.step == 0:  # the starting policy, before any update
-            logger.log({"step": 0, **{k: None for k in REQUIRED_KEYS if k != "step"}, **self._evaluate()})
+            figures = self._evaluate()
+            logger.log({"step": 0, **{k: None for k in REQUIRED_KEYS if k != "step"}, **figures})
+            self._act(self.guard.check_eval(0, figures["eval/reward"], figures.get("gold/reward")), logger)
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             for step in range(self.step, train.steps):
@@ -114,14 +117,18 @@ class Trainer:
                 t3 = time.perf_counter()
                 metrics.update(self.stability.observe(step, reward, rollout))
                 self.step = step + 1
-                if self.evaluator is not None and self.step % cfg.eval.every == 0:
-                    metrics.update(self._evaluate())
-                logger.log({
+                row = {
                     "step": self.step, "reward_mean": float(reward.total.mean()),
                     "reward_std": float(reward.total.std(unbiased=False)), **adv_info, **metrics,
                     "lr": self.lr_scheduler.get_last_lr()[0],
                     "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_train_s": t3 - t2,
-                })
+                }
+                alarms = self.guard.check_step(self.step, row)
+                if self.evaluator is not None and self.step % cfg.eval.every == 0:
+                    row.update(self._evaluate())
+                    alarms += self.guard.check_eval(self.step, row["eval/reward"], row.get("gold/reward"))
+                logger.log(row)
+                self._act(alarms, logger)
                 if train.grid_every and (self.step % train.grid_every == 0 or self.step == 1):
                     save_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png", rollout.sources,
                               rollout.images, cfg.algorithm.group_size)
@@ -142,9 +149,46 @@ class Trainer:
 
     def _evaluate(self) -> dict:
         figures, rollout = self.evaluator(self.policy)
+        figures.update(self.stability.observe_probe(figures["eval/reward"]))
         save_grid(self.run_dir / "samples" / f"eval_step_{self.step:06d}.png", rollout.sources, rollout.images,
                   self.cfg.eval.samples_per_prompt)
         return figures
+
+    # ----------------------------------------------------------------- stability guard actions
+    def _act(self, alarms: list[Alarm], logger: RunLogger) -> None:
+        """Carry out each alarm's action; remember the weights as a rollback target while they are good."""
+        for alarm in alarms:
+            if alarm.action == "rollback":
+                self._rollback(alarm)
+            logger.alarm(alarm.to_json())
+            if alarm.action == "stop":
+                self.save_checkpoint()
+                raise GuardStop(f"stability guard stopped the run at step {self.step}: {alarm.kind}: "
+                                f"{alarm.message} (see {self.run_dir / 'alarms.jsonl'}; checkpoint saved)")
+        if (self.guard.wants_rollback and self.guard.eval_steps and self.guard.eval_steps[-1] == self.step
+                and self.guard.is_good()):
+            self._save(self.run_dir / "guard", keep_last=1)
+
+    def _rollback(self, alarm: Alarm) -> None:
+        """Back to the last good weights (optimizer too), learning rate x rollback_lr_factor. The step counter
+        and data position go on, so metrics.jsonl stays one row per step."""
+        good = ckpt.newest_valid(self.run_dir / "guard", warn=lambda m: None) or ckpt.newest_valid(
+            self.run_dir, warn=lambda m: None)
+        if good is None or good.step > self.step:
+            alarm.action = "stop"
+            alarm.message += "; no good checkpoint to roll back to"
+            return
+        parts = ckpt.load_checkpoint(good.path)
+        self.policy.load_adapter_state_dict(parts["adapter"])
+        self.optimizer.load_state_dict(parts["optimizer"]["optimizer"])
+        sched = self.lr_scheduler
+        sched.base_lrs = [b * self.cfg.stability.rollback_lr_factor for b in sched.base_lrs]
+        for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * fn(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self.guard.rolled_back()
+        alarm.figures.update({"rollback_to_step": good.step, "new_lr": sched.base_lrs[0]})
+        alarm.message += f"; rolled back to step {good.step}, lr now {sched.base_lrs[0]:.3g}"
 
     def _request_stop(self, signum, frame) -> None:
         # finish the current step, checkpoint, exit; a second signal exits at once
@@ -197,12 +241,15 @@ class Trainer:
             print(f"warning: resuming with changed settings: {listed}")
 
     def save_checkpoint(self) -> Path:
+        return self._save(self.run_dir, self.cfg.train.keep_last)
+
+    def _save(self, root: Path, keep_last: int) -> Path:
         state = {"data": self.prompts.state_dict(), "stability": self.stability.state_dict(),
-                 "config": OmegaConf.to_container(self.cfg, resolve=True)}
+                 "guard": self.guard.state_dict(), "config": OmegaConf.to_container(self.cfg, resolve=True)}
         optim = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}
         try:
-            return ckpt.save_checkpoint(self.run_dir, self.step, self.policy.adapter_state_dict(), optim,
-                                        self.generators, state, self.cfg.train.keep_last)
+            return ckpt.save_checkpoint(root, self.step, self.policy.adapter_state_dict(), optim,
+                                        self.generators, state, keep_last)
         except OSError as err:
             previous = ckpt.newest_valid(self.run_dir, warn=lambda m: None)
             kept = f"{previous.path.name} is intact" if previous else "no earlier checkpoint exists"
@@ -218,6 +265,8 @@ class Trainer:
         ckpt.restore_rng(parts["rng"], state["rng"], self.generators)
         self.prompts.load_state_dict(state["data"])
         self.stability.load_state_dict(state["stability"])
+        if "guard" in state:
+            self.guard.load_state_dict(state["guard"])
         self.step = int(state["step"])
         print(f"resumed from {path} at step {self.step}")
 

@@ -1,7 +1,8 @@
-"""Reward-stability tracking: per-step signals that show reward hacking or a collapsing policy early.
+"""Per-step stability signals: the figures that show reward hacking or a collapsing policy early.
 
-This first version computes and checkpoints the signals (reward drift against a slow average, per-reward
-means, fraction of groups without signal, sample diversity inside groups). Alarms and actions build on it.
+Every step: the reward's slow average and drift from it, per-reward means, the reward's own uncertainty, and
+how different the samples of a group are from each other. Every evaluation: the proxy reward on the fixed
+probe prompts (same sources, instructions and noise each time) and its drift from the step-0 value.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class StabilityTracker:
         self.ema_decay = ema_decay
         self.reward_ema: float | None = None
         self.best_reward: float | None = None
+        self.probe_start: float | None = None  # proxy reward on the probe set before training
 
     def observe(self, step: int, reward: CombinedReward, rollout: Rollout) -> dict:
         mean = float(reward.total.mean())
@@ -28,15 +30,24 @@ class StabilityTracker:
             "reward_drift": mean - self.reward_ema,
             "group_diversity": group_diversity(rollout.images, rollout.group_ids),
         }
+        if reward.uncertainty is not None:
+            out["reward_uncertainty"] = float(reward.uncertainty.mean())
         for name, scores in reward.per_reward.items():
             out[f"reward/{name}"] = float(scores.mean())
         return out
 
+    def observe_probe(self, probe_reward: float) -> dict:
+        """Proxy score on the fixed probe set; drift = change since the first (step-0) evaluation."""
+        if self.probe_start is None:
+            self.probe_start = probe_reward
+        return {"probe/drift": probe_reward - self.probe_start}
+
     def state_dict(self) -> dict:
-        return {"reward_ema": self.reward_ema, "best_reward": self.best_reward}
+        return {"reward_ema": self.reward_ema, "best_reward": self.best_reward, "probe_start": self.probe_start}
 
     def load_state_dict(self, state: dict) -> None:
         self.reward_ema, self.best_reward = state["reward_ema"], state["best_reward"]
+        self.probe_start = state.get("probe_start")
 
 
 def group_diversity(images: torch.Tensor, group_ids: torch.Tensor) -> float:

@@ -1,0 +1,143 @@
+"""The stability guard: every alarm kind on constructed metric streams, then its actions in real tiny runs."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from rlkit.config import StabilityConfig
+from rlkit.errors import GuardStop
+from rlkit.logs import read_rows
+from rlkit.stability import StabilityGuard
+from rlkit.stability.alarms import diversity_collapse, gold_divergence, kl_blowup, ratio_blowup
+from rlkit.trainer import Trainer
+
+
+def guard(**overrides) -> StabilityGuard:
+    cfg = OmegaConf.merge(OmegaConf.structured(StabilityConfig), OmegaConf.from_dotlist(
+        [f"{k}={v}" for k, v in overrides.items()]))
+    return StabilityGuard(cfg)
+
+
+# ---------------------------------------------------------------------- the tests on constructed streams
+def test_gold_divergence_needs_gold_falling_and_proxy_rising():
+    gold_falls = [0.40, 0.45, 0.44, 0.41]
+    assert gold_divergence([1.0, 1.1, 1.2, 1.3], gold_falls, window=2, gold_drop=0.03, proxy_rise=0.0) == \
+        pytest.approx({"gold": 0.41, "gold_best": 0.45, "gold_drop": 0.04, "proxy": 1.3, "proxy_rise": 0.2})
+    # proxy falling too: the policy got worse, but that is not the proxy being gamed
+    assert gold_divergence([1.3, 1.2, 1.1, 1.0], gold_falls, 2, 0.03, 0.0) is None
+    # gold only slightly below its best: within noise
+    assert gold_divergence([1.0, 1.1, 1.2, 1.3], [0.40, 0.45, 0.44, 0.43], 2, 0.03, 0.0) is None
+    # both rising: learning
+    assert gold_divergence([1.0, 1.1, 1.2], [0.40, 0.45, 0.50], 2, 0.03, 0.0) is None
+    assert gold_divergence([1.0], [0.4], 2, 0.03, 0.0) is None
+
+
+def test_kl_and_ratio_blowups():
+    assert kl_blowup(0.02, 0.001, max_kl_ref=0.5, max_approx_kl=0.1) is None
+    assert kl_blowup(0.9, 0.001, 0.5, 0.1)["kl_ref"] == 0.9
+    assert kl_blowup(0.02, 0.5, 0.5, 0.1) is not None
+    assert kl_blowup(float("nan"), None, 0.5, 0.1) is not None  # non-finite counts as blown up
+    assert kl_blowup(None, None, 0.5, 0.1) is None  # DPO logs no ratio/KL: nothing to judge
+    assert ratio_blowup(0.9999, 0.08, max_ratio_dev=0.05, max_clipfrac=0.5) is None
+    assert ratio_blowup(1.2, 0.08, 0.05, 0.5) is not None
+    assert ratio_blowup(1.0, 0.9, 0.05, 0.5) is not None
+
+
+def test_diversity_collapse_against_its_baseline():
+    assert diversity_collapse(0.05, 0.06, min_fraction=0.25) is None
+    assert diversity_collapse(0.01, 0.06, 0.25)["fraction"] == pytest.approx(1 / 6)
+    assert diversity_collapse(0.01, None, 0.25) is None  # baseline not established yet
+    g = guard(**{"diversity_collapse.baseline_steps": 3})
+    stream = [0.06, 0.05, 0.07] + [0.06 * 0.5**k for k in range(1, 30)]
+    fired = [step for step, d in enumerate(stream, 1) if g.check_step(step, {"group_diversity": d})]
+    assert len(fired) == 1 and 8 <= fired[0] <= 20  # once, after the slow average has fallen below 1/4
+
+
+def test_guard_fires_once_per_episode_and_again_after_it_clears():
+    g = guard()
+    kls = [0.01, 0.9, 0.9, 0.9, 0.01, 0.8]
+    fired = [s for s, kl in enumerate(kls, 1) for a in g.check_step(s, {"kl_ref": kl}) if a.kind == "kl_blowup"]
+    assert fired == [2, 6]
+
+
+def test_guard_gold_stream_and_good_points():
+    g = guard(**{"gold_divergence.action": "rollback"})
+    assert g.wants_rollback
+    assert g.check_eval(0, proxy=1.0, gold=0.40) == [] and g.is_good()
+    assert g.check_eval(5, 1.1, 0.45) == [] and g.is_good()
+    assert g.check_eval(10, 1.2, 0.44) == [] and not g.is_good()
+    (alarm,) = g.check_eval(15, 1.3, 0.41)
+    assert alarm.kind == "gold_divergence" and alarm.action == "rollback" and alarm.step == 15
+    assert "reward hacking" in alarm.message
+    state = json.loads(json.dumps(g.state_dict()))  # checkpointable as JSON
+    g2 = guard(**{"gold_divergence.action": "rollback"})
+    g2.load_state_dict(state)
+    assert g2.gold == g.gold and g2.active == ["gold_divergence"]
+
+
+def test_rollback_turns_into_stop_after_max_rollbacks():
+    g = guard(**{"kl_blowup.action": "rollback", "max_rollbacks": 2})
+    actions = []
+    for step in range(1, 5):
+        (alarm,) = g.check_step(step, {"kl_ref": 5.0})
+        actions.append(alarm.action)
+        g.rolled_back()
+    assert actions == ["rollback", "rollback", "stop", "stop"]
+
+
+def test_guard_action_ignore_silences_a_kind():
+    g = guard(**{"kl_blowup.action": "ignore"})
+    assert g.check_step(1, {"kl_ref": 5.0}) == []
+
+
+# ---------------------------------------------------------------------- actions in tiny runs
+def test_warn_writes_alarms_jsonl_and_the_run_finishes(tmp_path):
+    cfg = tiny_config(tmp_path, "train.steps=3", "stability.kl_blowup.max_kl_ref=-1")
+    run = Trainer(cfg, progress=False).fit()
+    alarms = read_rows(run / "alarms.jsonl")
+    assert [(a["step"], a["kind"], a["action"]) for a in alarms] == [(1, "kl_blowup", "warn")]
+    assert set(alarms[0]) >= {"step", "kind", "figures", "action", "message"} and "kl_ref" in alarms[0]["figures"]
+    assert (run / "final").is_dir()
+
+
+def test_stop_saves_a_checkpoint_and_exits_3(tmp_path):
+    from rlkit.cli import main
+
+    out = tmp_path / "run"
+    code = main(["run", "tiny_edit", f"output_dir={out}", "train.steps=5", "train.save_every=0",
+                 "sampler.num_steps=3", "algorithm.group_size=3", "stability.ratio_blowup.max_clipfrac=-1",
+                 "stability.ratio_blowup.action=stop"])
+    assert code == 3
+    assert (out / "checkpoints" / "step_000001").is_dir()
+    assert [a["action"] for a in read_rows(out / "alarms.jsonl")] == ["stop"]
+    assert not (out / "final").exists()
+
+
+def test_rollback_restores_the_good_weights_and_lowers_the_lr(tmp_path):
+    # the alarm fires every step: each time the guard rolls back to the step-0 weights, halving the lr, until
+    # max_rollbacks is used up and it stops
+    cfg = tiny_config(tmp_path, "train.steps=6", "train.save_every=0", "optim.lr=0.01", "eval.every=100",
+                      "eval.max_prompts=2", "eval.samples_per_prompt=2", "stability.ratio_blowup.max_clipfrac=-1",
+                      "stability.ratio_blowup.action=rollback", "stability.max_rollbacks=2")
+    trainer = Trainer(cfg, progress=False)
+    start = {k: v.clone() for k, v in trainer.policy.adapter_state_dict().items()}
+    with pytest.raises(GuardStop):
+        trainer.fit()
+    run = trainer.run_dir
+    alarms = read_rows(run / "alarms.jsonl")
+    assert [a["action"] for a in alarms] == ["rollback", "rollback", "stop"]
+    assert [a["figures"]["rollback_to_step"] for a in alarms[:2]] == [0, 0]
+    assert [a["figures"]["new_lr"] for a in alarms[:2]] == pytest.approx([0.005, 0.0025])
+    rows = read_rows(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]  # one row per step, the counter goes on
+    assert rows[2]["lr"] == pytest.approx(0.005)
+    good = load_file(run / "guard" / "checkpoints" / "step_000000" / "adapter.safetensors")
+    assert all(torch.equal(good[k], start[k]) for k in start)
+    # the run stopped at step 3 after an update from the rolled-back weights with lr 0.0025: the saved
+    # checkpoint differs from the start, but only by that one small step
+    last = load_file(run / "checkpoints" / "step_000003" / "adapter.safetensors")
+    assert any(not torch.equal(last[k], start[k]) for k in start)
