@@ -103,13 +103,16 @@ def cmd_sandbox(args) -> int:
 
 
 def cmd_train_reward(args) -> int:
+    """train-reward and distill-reward: both read a reward recipe and write OUTPUT/final/."""
     from rewards.jrm.config import RewardRecipe, check_reward_recipe
-    from rewards.jrm.train import train_reward
     from rlkit.config import load_recipe
 
     cfg = load_recipe(args.recipe, args.overrides, schema_cls=RewardRecipe, check=check_reward_recipe)
-    out = train_reward(cfg)
-    print(f"done: {out / 'final'}")
+    if args.command == "distill-reward":
+        from rewards.jrm.distill import distill_reward as train
+    else:
+        from rewards.jrm.train import train_reward as train
+    print(f"done: {train(cfg) / 'final'}")
     return 0
 
 
@@ -150,6 +153,13 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from rlkit.report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
 def _cuda() -> bool:
     import torch
 
@@ -172,6 +182,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser("report", help="plots and an offline HTML report of a run: RUN_DIR/report.html")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("validate", help="check a recipe (keys, types, data, rewards) without running it")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
@@ -187,6 +201,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sandbox)
 
     p = sub.add_parser("train-reward", help="train a JRM reward model: rlkit train-reward RECIPE [key=value ...]")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_train_reward)
+
+    p = sub.add_parser("distill-reward", help="RISD: distil a reasoning teacher's score distribution into a "
+                                              "student: rlkit distill-reward RECIPE distill.teacher=DIR")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_train_reward)

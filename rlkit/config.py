@@ -71,6 +71,10 @@ class AlgorithmConfig:
     inner_epochs: int = 1
     micro_batch: int = 4  # samples per forward/backward in the update
     beta: float = 2000.0  # online DPO (Diffusion-DPO) temperature
+    # GRPO: scale each advantage by 1 / (1 + (u / uncertainty_scale)^2), u = the reward's uncertainty
+    # (e.g. JRM's sigma); uncertainty_scale 0 = the batch median
+    uncertainty_weighting: bool = False
+    uncertainty_scale: float = 0.0
 
 
 @dataclass
@@ -110,6 +114,7 @@ class TrainConfig:
     keep_last: int = 3
     log_every: int = 1
     grid_every: int = 25  # PNG grid (source | group samples) every N steps; 0 = never
+    report: bool = True  # write plots/*.png and report.html when the run ends (also: rlkit report RUN_DIR)
 
 
 @dataclass
@@ -368,6 +373,8 @@ def check_values(cfg: DictConfig, where: str) -> None:
         raise UserError(f"{where}: 'algorithm.group_size' must be >= 2 (advantages compare samples of a group)")
     if not 0 < cfg.algorithm.timestep_fraction <= 1:
         raise UserError(f"{where}: 'algorithm.timestep_fraction' must be in (0, 1]")
+    if cfg.algorithm.uncertainty_weighting and cfg.algorithm.name != "grpo":
+        raise UserError(f"{where}: 'algorithm.uncertainty_weighting' applies to grpo only")
     if not 0 < cfg.stability.rollback_lr_factor <= 1:
         raise UserError(f"{where}: 'stability.rollback_lr_factor' must be in (0, 1]")
     if cfg.sampler.noise_level < 0:

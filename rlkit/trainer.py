@@ -22,6 +22,7 @@ from rlkit.errors import CheckpointError, GuardStop, UserError
 from rlkit.evaluation import HeldoutEvaluator
 from rlkit.logs import REQUIRED_KEYS, RunLogger, save_grid
 from rlkit.plugins import build_rewards
+from rlkit.report import write_report
 from rlkit.stability import Alarm, StabilityGuard, StabilityTracker
 
 # Changing these between a checkpoint and its resume would load weights into another model.
@@ -111,7 +112,7 @@ class Trainer:
                 t1 = time.perf_counter()
                 reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
                 t2 = time.perf_counter()
-                adv, adv_info = self.algorithm.advantages(reward.total, rollout.group_ids)
+                adv, adv_info = self.algorithm.advantages(reward.total, rollout.group_ids, reward.uncertainty)
                 metrics = self.algorithm.update(self.policy, rollout, adv, self.optimizer, self.lr_scheduler,
                                                 self.generators["train"])
                 t3 = time.perf_counter()
@@ -142,6 +143,11 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             logger.close()
+            if train.report:  # plots/ and report.html, also when the guard or a signal stopped the run
+                try:
+                    write_report(self.run_dir)
+                except Exception as err:  # a plotting problem must not hide the run's own outcome
+                    print(f"warning: could not write the report: {err}")
         if self.step % max(train.save_every, 1) != 0 or not train.save_every:
             self.save_checkpoint()
         self._save_final()

@@ -20,7 +20,8 @@ TINY_RECIPE = REPO / "recipes" / "tiny_edit.yaml"
 def tiny_config(tmp_path: Path, *overrides: str):
     """The tiny recipe, shortened for tests, writing into tmp_path."""
     base = [f"output_dir={tmp_path / 'run'}", "train.steps=2", "train.save_every=1", "train.grid_every=1",
-            "sampler.num_steps=4", "algorithm.group_size=3", "algorithm.micro_batch=6"]
+            "sampler.num_steps=4", "algorithm.group_size=3", "algorithm.micro_batch=6",
+            "train.report=false"]
     return load_recipe(str(TINY_RECIPE), base + list(overrides))
 
 

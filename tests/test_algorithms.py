@@ -2,9 +2,11 @@
 
 import pytest
 import torch
-from conftest import make_policy, prompt_batch
+from conftest import TINY_RECIPE, make_policy, prompt_batch
 
 from rlkit.algorithms import GRPO, OnlineDPO, best_worst_pairs, group_advantages
+from rlkit.config import load_recipe
+from rlkit.errors import RewardError, UserError
 
 
 def _optim(policy, lr):
@@ -88,3 +90,41 @@ def test_online_dpo_lowers_its_loss_on_the_pairs():
               for _ in range(8)]  # same seed each time: same timesteps and noise, so losses compare
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at the start: -log(0.5)
     assert losses[-1] < losses[0] - 0.05
+
+
+def test_uncertainty_weights_down_weight_unsure_samples():
+    from rlkit.algorithms.advantages import uncertainty_weights
+
+    w = uncertainty_weights(torch.tensor([0.1, 1.0, 1.0, 3.0]), scale=1.0)
+    assert w.tolist() == pytest.approx([1 / 1.01, 0.5, 0.5, 0.1])
+    w = uncertainty_weights(torch.tensor([0.5, 2.0, 2.0, 8.0]))  # scale = median = 2
+    assert w[1] == pytest.approx(0.5) and w[0] > w[1] > w[3]
+    assert uncertainty_weights(torch.zeros(3)).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_grpo_advantages_with_uncertainty_weighting():
+    cfg = load_recipe(str(TINY_RECIPE), ["algorithm.uncertainty_weighting=true", "algorithm.uncertainty_scale=1.0"])
+    grpo = GRPO(cfg.algorithm, 1.0)
+    rewards, ids = torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([0, 0, 1, 1])
+    plain, _ = group_advantages(rewards, ids)
+    adv, info = grpo.advantages(rewards, ids, torch.tensor([0.0, 0.0, 3.0, 3.0]))
+    assert adv[:2].tolist() == pytest.approx(plain[:2].tolist())  # certain group unchanged
+    assert adv[2:].tolist() == pytest.approx((plain[2:] * 0.1).tolist())  # unsure group: weight 1 / (1 + 9)
+    assert info["adv_weight_mean"] == pytest.approx(0.55)
+    with pytest.raises(UserError, match="uncertainty"):
+        grpo.advantages(rewards, ids, None)
+
+
+def test_reward_set_combines_uncertainties():
+    from rewards import RewardInput, RewardOutput
+    from rewards.combine import RewardSet
+
+    def unsure(u):
+        return lambda b: RewardOutput(scores=torch.zeros(len(b)), uncertainty=torch.full((len(b),), u))
+
+    batch = RewardInput(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), ["a", "b"], torch.tensor([0, 0]))
+    out = RewardSet([("a", 2.0, unsure(0.3)), ("b", 1.0, unsure(0.4)),
+                     ("c", 1.0, lambda b: RewardOutput(scores=torch.ones(len(b))))])(batch)
+    assert out.uncertainty.tolist() == pytest.approx([(0.6**2 + 0.4**2) ** 0.5] * 2)
+    with pytest.raises(RewardError, match="'bad'.*uncertainty"):
+        RewardSet([("bad", 1.0, unsure(float("nan")))])(batch)

@@ -30,10 +30,36 @@ class BackboneConfig:
 
 
 @dataclass
+class HeadConfig:
+    kind: str = "gaussian"  # gaussian (JRM: mu, log sigma) | distribution (Z-Reward: softmax over score bins)
+    bins: list[float] = field(default_factory=lambda: [1.0 + 0.5 * i for i in range(9)])  # 9 bins over 1..5
+    # score_first (JRM: one prefill, the rationale after the score) | rationale_first (the score reads a
+    # rationale: DeScore think-then-score, Z-Reward's teacher)
+    layout: str = "score_first"
+
+
+@dataclass
 class JRMLossConfig:
     alpha: float = 0.7  # L = (1 - alpha) L_rank + alpha L_LM
     rank_loss: str = "uncertain"  # uncertain (BT over N(mu_w - mu_l, s_w^2 + s_l^2)) | bt
     mc_samples: int = 0  # 0 = probit approximation
+    # distribution head, pairs with annotated scores (score1/score2 on the bins' scale): + ce_weight x CE on
+    # the annotated bin + gap_weight x |(E_w - E_l) - (s_w - s_l)|
+    ce_weight: float = 1.0
+    gap_weight: float = 1.0
+    # DeScore stage 1: each rationale is masked (dropped from the sequence) with this probability, so the
+    # score head also works without one
+    rationale_dropout: float = 0.0
+
+
+@dataclass
+class DistillConfig:
+    """`rlkit distill-reward` (RISD): a student without the rationale learns the score distribution of a
+    teacher that reads it. Loss: kl_weight x KL(q_teacher || q_student) + rank_weight x BT on the student."""
+
+    teacher: str | None = None  # a distribution-head JRM directory (final/), ideally rationale_first
+    kl_weight: float = 1.0
+    rank_weight: float = 0.0
 
 
 @dataclass
@@ -64,7 +90,9 @@ class RewardRecipe:
     output_dir: str = "runs/jrm"
     seed: int = 0
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
     loss: JRMLossConfig = field(default_factory=JRMLossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     data: RewardDataConfig = field(default_factory=RewardDataConfig)
     train: RewardTrainConfig = field(default_factory=RewardTrainConfig)
 
@@ -78,6 +106,15 @@ def check_reward_recipe(cfg, where: str) -> None:
         raise UserError(f"{where}: 'backbone.dtype' must be float32, bfloat16 or float16")
     if cfg.loss.rank_loss not in ("uncertain", "bt"):
         raise UserError(f"{where}: 'loss.rank_loss' is '{cfg.loss.rank_loss}', expected one of: uncertain, bt")
+    if cfg.head.kind not in ("gaussian", "distribution"):
+        raise UserError(f"{where}: 'head.kind' is '{cfg.head.kind}', expected one of: gaussian, distribution")
+    if cfg.head.layout not in ("score_first", "rationale_first"):
+        raise UserError(f"{where}: 'head.layout' is '{cfg.head.layout}', expected one of: score_first, "
+                        f"rationale_first")
+    if cfg.head.kind == "distribution" and (len(cfg.head.bins) < 2 or list(cfg.head.bins) != sorted(cfg.head.bins)):
+        raise UserError(f"{where}: 'head.bins' must list at least 2 increasing scores")
+    if not 0 <= cfg.loss.rationale_dropout <= 1:
+        raise UserError(f"{where}: 'loss.rationale_dropout' must be in [0, 1]")
     if not 0 <= cfg.loss.alpha < 1:
         raise UserError(f"{where}: 'loss.alpha' must be in [0, 1)")
     if cfg.train.batch_size <= 0 or cfg.train.epochs <= 0:

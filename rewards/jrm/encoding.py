@@ -3,12 +3,14 @@
     <|im_start|>user
     <|vision_start|>[source tokens]<|vision_end|><|vision_start|>[edited tokens]<|vision_end|>RUBRIC<|im_end|>
     <|im_start|>assistant
-    <|Reward|>RATIONALE<|im_end|>
+    <|Reward|>RATIONALE<|im_end|>                      layout score_first (JRM)
+    RATIONALE<|im_end|><|Reward|>                      layout rationale_first (DeScore, Z-Reward's teacher)
 
-The reward is read from the last hidden state at `<|Reward|>`; the rationale comes after it, so under causal
-attention the score cannot see the rationale: training (with rationale) and scoring (without) give the
-same number. Image placeholder tokens are expanded to the count the image processor's grid implies, as the
-Qwen-VL processors do.
+The reward is read from the last hidden state at `<|Reward|>`. In score_first the rationale comes after it,
+so under causal attention the score cannot see the rationale: training (with rationale) and scoring (without)
+give the same number. In rationale_first the score reads the rationale (given, or generated first); without
+one the sequence ends `assistant\n<|Reward|>` (a masked rationale). Image placeholder tokens are expanded
+to the count the image processor's grid implies, as the Qwen-VL processors do.
 """
 
 from __future__ import annotations
@@ -56,8 +58,14 @@ class Encoded:
                        move(self.labels), move(self.image_slots), move(self.unique_grid_thw))
 
 
+LAYOUTS = ("score_first", "rationale_first")
+
+
 class JRMEncoder:
-    def __init__(self, backbone: Backbone, image_size: int, rubric: str = RUBRIC):
+    def __init__(self, backbone: Backbone, image_size: int, rubric: str = RUBRIC, layout: str = "score_first"):
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.layout = layout
         self.tok, self.image_processor = backbone.tokenizer, backbone.image_processor
         self.merge = backbone.merge_size
         self.image_size, self.rubric = image_size, rubric
@@ -66,9 +74,11 @@ class JRMEncoder:
         self.end = "<|im_end|>"
 
     def prefix(self, instruction: str, n_src: int, n_edit: int) -> str:
+        """Everything before the assistant's answer (ends with `<|Reward|>` in score_first)."""
         img = "<|vision_start|>{}<|vision_end|>"
-        return ("<|im_start|>user\n" + img.format("<|image_pad|>" * n_src) + img.format("<|image_pad|>" * n_edit)
-                + self.rubric.format(instruction=instruction) + f"{self.end}\n<|im_start|>assistant\n{REWARD_TOKEN}")
+        head = ("<|im_start|>user\n" + img.format("<|image_pad|>" * n_src) + img.format("<|image_pad|>" * n_edit)
+                + self.rubric.format(instruction=instruction) + f"{self.end}\n<|im_start|>assistant\n")
+        return head + REWARD_TOKEN if self.layout == "score_first" else head
 
     def encode(self, sources: list, edited: list, instructions: list[str],
                rationales: list[str | None] | None = None, dedupe: bool = False) -> Encoded:
@@ -93,12 +103,17 @@ class JRMEncoder:
         for i, instruction in enumerate(instructions):
             ids = self.tok(self.prefix(instruction, counts[2 * i], counts[2 * i + 1]), add_special_tokens=False)
             ids = list(ids["input_ids"])
-            reward_pos.append(len(ids) - 1)
             labels = [-100] * len(ids)
+            if self.layout == "score_first":  # the prefix ends with <|Reward|>
+                reward_pos.append(len(ids) - 1)
             if rationales is not None and rationales[i]:
                 tail = list(self.tok(rationales[i] + self.end, add_special_tokens=False)["input_ids"])
                 ids += tail
                 labels += tail
+            if self.layout == "rationale_first":  # <|Reward|> reads the rationale before it
+                ids.append(self.reward_id)
+                labels.append(-100)
+                reward_pos.append(len(ids) - 1)
             rows.append(ids)
             label_rows.append(labels)
         length = max(len(r) for r in rows)

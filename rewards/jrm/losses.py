@@ -44,3 +44,32 @@ def joint_loss(rank: torch.Tensor, lm: torch.Tensor | None, alpha: float) -> tor
     if alpha == 0 or lm is None:
         return rank
     return (1 - alpha) * rank + alpha * lm
+
+
+# ------------------------------------------------------------------ score distributions (Z-Reward)
+def nearest_bin(scores: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Index of the bin closest to each annotated score."""
+    return (scores.unsqueeze(-1) - bins).abs().argmin(dim=-1)
+
+
+def bin_ce_loss(logits: torch.Tensor, scores: torch.Tensor, bins: torch.Tensor) -> torch.Tensor | None:
+    """Cross-entropy on the annotated score's bin; rows without an annotation (NaN) are skipped."""
+    known = torch.isfinite(scores)
+    if not known.any():
+        return None
+    return F.cross_entropy(logits[known].float(), nearest_bin(scores[known], bins))
+
+
+def score_gap_loss(mu_w, mu_l, score_w, score_l) -> torch.Tensor | None:
+    """|(E_w - E_l) - (s_w - s_l)|: the expected scores keep the annotated gap, not only the order."""
+    known = torch.isfinite(score_w) & torch.isfinite(score_l)
+    if not known.any():
+        return None
+    return ((mu_w - mu_l)[known] - (score_w - score_l)[known]).abs().mean()
+
+
+def distill_kl(teacher_probs: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """RISD: KL(q_teacher || q_student), mean over rows. The teacher's probabilities are fixed targets."""
+    log_q = F.log_softmax(student_logits.float(), dim=-1)
+    p = teacher_probs.float()
+    return (p * (torch.log(p.clamp_min(1e-12)) - log_q)).sum(dim=-1).mean()

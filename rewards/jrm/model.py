@@ -2,6 +2,11 @@
 
 One prefill gives the score (`mu`) and its uncertainty (`sigma`); the LM head stays available for the
 rationale loss in training and for critiques on demand (`explain`).
+
+Two heads: `gaussian` (JRM: mu, log sigma) and `distribution` (Z-Reward: a softmax over K rubric score bins;
+mu = its expectation, sigma = its standard deviation). Two layouts (encoding.py): `score_first` (JRM, one
+prefill) and `rationale_first` (the score reads a rationale: DeScore's think-then-score, which generates the
+rationale first, and Z-Reward's teacher, which is given one).
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from rewards.jrm.encoding import RUBRIC, Encoded, JRMEncoder
 from rlkit.errors import UserError
 
 
+def default_bins() -> list[float]:
+    return [1.0 + 0.5 * i for i in range(9)]  # Z-Reward: 9 bins over the 1..5 rubric
+
+
 @dataclass
 class JRMConfig:
     kind: str = "qwen3_vl"
@@ -27,23 +36,34 @@ class JRMConfig:
     head_dims: list[int] = field(default_factory=lambda: [1024, 16])
     rubric: str = RUBRIC
     format_version: int = 1
+    head: str = "gaussian"  # gaussian | distribution
+    bins: list[float] = field(default_factory=default_bins)  # distribution head: the score of each bin
+    layout: str = "score_first"  # score_first | rationale_first
 
 
 class RewardHead(nn.Module):
-    """hidden -> 1024 -> 16 -> 2 (mu, log sigma), always fp32."""
+    """hidden -> 1024 -> 16 -> outputs, always fp32. gaussian: 2 outputs (mu, log sigma); distribution: one
+    logit per score bin."""
 
-    def __init__(self, hidden: int, dims: list[int]):
+    def __init__(self, hidden: int, dims: list[int], outputs: int = 2):
         super().__init__()
         layers, width = [], hidden
         for d in dims:
             layers += [nn.Linear(width, d), nn.GELU()]
             width = d
-        layers.append(nn.Linear(width, 2))
+        layers.append(nn.Linear(width, outputs))
         self.net = nn.Sequential(*layers).float()
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(h.float())
-        return out[..., 0], out[..., 1].clamp(-10, 5)
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h.float())
+
+
+def distribution_stats(logits: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expectation and log standard deviation of the score distribution softmax(logits) over bins."""
+    probs = logits.float().softmax(dim=-1)
+    mu = probs @ bins
+    var = probs @ bins**2 - mu**2
+    return mu, 0.5 * torch.log(var.clamp_min(1e-8))
 
 
 @dataclass
@@ -51,6 +71,7 @@ class JRMOutput:
     mu: torch.Tensor  # [B] reward
     log_sigma: torch.Tensor  # [B]
     lm_loss: torch.Tensor | None  # mean token cross-entropy on the rationale (None without labels)
+    logits: torch.Tensor | None = None  # [B, K] score-bin logits (distribution head only)
 
 
 class JRMModel(nn.Module):
@@ -58,8 +79,12 @@ class JRMModel(nn.Module):
         super().__init__()
         self.backbone, self.jrm_config = backbone, config
         self.vlm = backbone.model  # registered as a submodule so optimizers and .to() see it
-        self.head = RewardHead(backbone.hidden_size, list(config.head_dims))
-        self.encoder = JRMEncoder(backbone, config.image_size, config.rubric)
+        if config.head not in ("gaussian", "distribution"):
+            raise UserError(f"JRM head must be gaussian or distribution, got {config.head!r}")
+        outputs = len(config.bins) if config.head == "distribution" else 2
+        self.head = RewardHead(backbone.hidden_size, list(config.head_dims), outputs)
+        self.register_buffer("bins", torch.tensor(list(config.bins), dtype=torch.float32), persistent=False)
+        self.encoder = JRMEncoder(backbone, config.image_size, config.rubric, config.layout)
         # Qwen3-VL's forward takes precomputed vision features (mm_encoder_outputs): use them to encode a
         # group's shared source image once instead of once per candidate
         self.dedupe = backbone.kind == "qwen3_vl"
@@ -84,32 +109,64 @@ class JRMModel(nn.Module):
         # the base model (no LM head): hidden states only, so scoring never projects onto the vocabulary
         hidden = self.causal_lm.model(**inputs).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        mu, log_sigma = self.head(hidden[rows, batch.reward_pos])
+        out = self.head(hidden[rows, batch.reward_pos])
+        logits = None
+        if self.jrm_config.head == "distribution":
+            logits = out
+            mu, log_sigma = distribution_stats(logits, self.bins)
+        else:
+            mu, log_sigma = out[..., 0], out[..., 1].clamp(-10, 5)
         lm_loss = None
         if batch.labels is not None:
             # next-token prediction on the rationale positions only: LM head on those rows, not the whole batch
             targets = batch.labels[:, 1:]
             mask = targets != -100
-            logits = self.causal_lm.get_output_embeddings()(hidden[:, :-1][mask])
-            lm_loss = F.cross_entropy(logits.float(), targets[mask])
-        return JRMOutput(mu, log_sigma, lm_loss)
+            token_logits = self.causal_lm.get_output_embeddings()(hidden[:, :-1][mask])
+            lm_loss = F.cross_entropy(token_logits.float(), targets[mask])
+        return JRMOutput(mu, log_sigma, lm_loss, logits)
+
+    @property
+    def thinks(self) -> bool:
+        """rationale_first: the score reads a rationale, generated first when none is given (DeScore)."""
+        return self.jrm_config.layout == "rationale_first"
 
     @torch.no_grad()
-    def score(self, sources: list, edited: list, instructions: list[str], batch_size: int = 16):
-        """Rewards and sigmas for candidates, one prefill each, in batches. Returns (mu [B], sigma [B]) on CPU."""
-        mus, sigmas = [], []
+    def score(self, sources: list, edited: list, instructions: list[str], batch_size: int = 16,
+              rationales: list[str] | None = None, with_probs: bool = False):
+        """Rewards and sigmas for candidates, in batches. Returns (mu [B], sigma [B]) on CPU, plus the score-bin
+        probabilities [B, K] with ``with_probs``. score_first: one prefill each, rationales unused.
+        rationale_first: the given rationales are read (pass "" for none)."""
+        mus, sigmas, probs = [], [], []
         for i in range(0, len(instructions), batch_size):
-            enc = self.encoder.encode(sources[i : i + batch_size], edited[i : i + batch_size],
-                                      instructions[i : i + batch_size], dedupe=self.dedupe).to(self.device)
+            sl = slice(i, i + batch_size)
+            given = rationales[sl] if (rationales is not None and self.thinks) else None
+            enc = self.encoder.encode(sources[sl], edited[sl], instructions[sl], given,
+                                      dedupe=self.dedupe).to(self.device)
             out = self(enc)
             mus.append(out.mu.float().cpu())
             sigmas.append(out.log_sigma.float().exp().cpu())
-        return torch.cat(mus), torch.cat(sigmas)
+            if out.logits is not None:
+                probs.append(out.logits.float().softmax(-1).cpu())
+        result = (torch.cat(mus), torch.cat(sigmas))
+        return (*result, torch.cat(probs) if probs else None) if with_probs else result
+
+    @torch.no_grad()
+    def think_and_score(self, sources: list, edited: list, instructions: list[str], max_new_tokens: int = 128,
+                        batch_size: int = 16):
+        """DeScore inference: write each rationale with the LM head, then score with it in context.
+        Returns (mu, sigma, rationales)."""
+        rationales = [self.explain(s, e, t, max_new_tokens) for s, e, t in zip(sources, edited, instructions)]
+        mu, sigma = self.score(sources, edited, instructions, batch_size, rationales)
+        return mu, sigma, rationales
 
     @torch.no_grad()
     def explain(self, source, edited, instruction: str, max_new_tokens: int = 256) -> str:
-        """Generate the critique that follows `<|Reward|>` with the LM head."""
+        """Generate the critique with the LM head: after `<|Reward|>` (score_first), or the rationale the score
+        will read (rationale_first)."""
         enc = self.encoder.encode([source], [edited], [instruction]).to(self.device)
+        if self.thinks:  # the prompt ends at "assistant\n": drop the trailing <|Reward|>
+            enc.tensors = {k: (v[:, :-1] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+                           for k, v in enc.tensors.items()}
         end_id = self.backbone.tokenizer.convert_tokens_to_ids("<|im_end|>")
         out = self.causal_lm.generate(**enc.tensors, max_new_tokens=max_new_tokens, do_sample=False,
                                 eos_token_id=end_id, pad_token_id=self.backbone.tokenizer.pad_token_id)
@@ -139,7 +196,7 @@ class JRMModel(nn.Module):
         if not (directory / "jrm.json").is_file():
             raise UserError(f"{directory} is not a JRM reward directory (no jrm.json); train one with "
                             f"`rlkit train-reward` and pass its final/ folder")
-        config = JRMConfig(**json.loads((directory / "jrm.json").read_text()))
+        config = JRMConfig(**json.loads((directory / "jrm.json").read_text()))  # older files: defaults apply
         backbone = load_backbone(str(directory / "backbone"), dtype=dtype or torch.float32)
         model = cls(backbone, config)
         model.head.load_state_dict(load_file(directory / "head.safetensors"))

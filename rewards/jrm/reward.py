@@ -1,4 +1,9 @@
-"""The `jrm` reward plugin: a trained JRM directory scoring edits in one prefill each."""
+"""The `jrm` reward plugin: a trained JRM directory scoring edits in one prefill each.
+
+The same plugin serves every head and layout (model.py): a distribution head's score is its expectation and
+its uncertainty its spread; a rationale_first model (DeScore) writes its rationale first (`think`, slower,
+and the rationales come back with the scores).
+"""
 
 from __future__ import annotations
 
@@ -13,18 +18,30 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class JRMReward:
     """rewards: [{name: jrm, kwargs: {path: runs/jrm/final}}]
 
-    Scores are the model's `mu`; `uncertainty` is its `sigma`. No decoding: one forward per candidate.
+    Scores are the model's `mu`; `uncertainty` is its `sigma`. No decoding for score_first models.
+    ``think`` (rationale_first models only; default on): generate up to ``max_new_tokens`` of rationale per
+    candidate before scoring; off = score with the rationale masked (what stage-1 training's dropout allows).
     """
 
-    def __init__(self, path: str, batch_size: int = 16, device: str = "auto", dtype: str = "float32"):
+    def __init__(self, path: str, batch_size: int = 16, device: str = "auto", dtype: str = "float32",
+                 think: bool | None = None, max_new_tokens: int = 128):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = JRMModel.load(path, dtype=DTYPES[dtype], device=device)
-        self.batch_size = batch_size
+        if think and not self.model.thinks:
+            raise ValueError(f"think=true needs a rationale_first model; {path} scores first")
+        self.think = self.model.thinks if think is None else think
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
 
     def __call__(self, batch: RewardInput) -> RewardOutput:
-        mu, sigma = self.model.score(list(batch.source), list(batch.edited), batch.instructions, self.batch_size)
-        return RewardOutput(scores=mu, uncertainty=sigma, details={"sigma": sigma})
+        sources, edited = list(batch.source), list(batch.edited)
+        rationales = None
+        if self.think:
+            mu, sigma, rationales = self.model.think_and_score(sources, edited, batch.instructions,
+                                                               self.max_new_tokens, self.batch_size)
+        else:
+            mu, sigma = self.model.score(sources, edited, batch.instructions, self.batch_size)
+        return RewardOutput(scores=mu, uncertainty=sigma, details={"sigma": sigma}, rationales=rationales)
 
     def explain(self, source, edited, instruction: str, max_new_tokens: int = 256) -> str:
         return self.model.explain(source, edited, instruction, max_new_tokens)

@@ -30,7 +30,8 @@ def draw(shape: str, colour, background=(128, 128, 128), size: int = 32) -> Imag
     return img
 
 
-def rationale(shape: str, asked: str, got: str | None, background_ok: bool) -> str:
+def rationale(shape: str, asked: str, got: str | None, background_ok: bool) -> tuple[str, float]:
+    """The rationale text and a 1..5 score (the mean of the two tiers, plus one)."""
     if got == asked:
         region = f"{BOX_1000}: the {shape} is now {asked}, as the instruction asks."
         follow = 4
@@ -42,7 +43,7 @@ def rationale(shape: str, asked: str, got: str | None, background_ok: bool) -> s
         follow = 2
     glob = "Global: the background is preserved." if background_ok else "Global: the background was altered."
     keep = 4 if background_ok else 1
-    return f"{region} {glob} Tiers: instruction {follow}/4, consistency {keep}/4."
+    return f"{region} {glob} Tiers: instruction {follow}/4, consistency {keep}/4.", 1 + (follow + keep) / 2
 
 
 def make_pairs(out_dir: Path, n_pairs: int, seed: int, prefix: str = "") -> Path:
@@ -57,18 +58,19 @@ def make_pairs(out_dir: Path, n_pairs: int, seed: int, prefix: str = "") -> Path
         good = draw(shape, COLOURS[target])
         failure = rng.choice(["unchanged", "wrong_colour", "background"])
         if failure == "unchanged":
-            bad, r2 = src, rationale(shape, target, None, True)
+            bad, (r2, s2) = src, rationale(shape, target, None, True)
         elif failure == "wrong_colour":
             wrong = rng.choice([c for c in COLOURS if c not in (target, src_colour)])
-            bad, r2 = draw(shape, COLOURS[wrong]), rationale(shape, target, wrong, True)
+            bad, (r2, s2) = draw(shape, COLOURS[wrong]), rationale(shape, target, wrong, True)
         else:
             bg = tuple(rng.randrange(0, 256) for _ in range(3))
-            bad, r2 = draw(shape, COLOURS[target], background=bg), rationale(shape, target, target, False)
+            bad, (r2, s2) = draw(shape, COLOURS[target], background=bg), rationale(shape, target, target, False)
         names = [f"{prefix}{i:05d}_{k}.png" for k in ("src", "a", "b")]
         for img, name in zip((src, good, bad), names):
             img.save(out_dir / name)
+        r1, s1 = rationale(shape, target, target, True)
         rows.append({"prompt": f"make the {shape} {target}", "path_src": names[0], "path1": names[1],
-                     "path2": names[2], "rationale1": rationale(shape, target, target, True), "rationale2": r2,
+                     "path2": names[2], "rationale1": r1, "rationale2": r2, "score1": s1, "score2": s2,
                      "failure": failure})
     manifest = out_dir / "pairs.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -8,6 +8,7 @@ OUTPUT/eval.json holds the held-out pairwise accuracy.
 from __future__ import annotations
 
 import json
+import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from rewards.jrm.backbone import load_backbone, tiny_backbone
-from rewards.jrm.losses import bt_loss, joint_loss, uncertain_bt_loss
+from rewards.jrm.losses import bin_ce_loss, bt_loss, joint_loss, score_gap_loss, uncertain_bt_loss
 from rewards.jrm.model import JRMConfig, JRMModel
 from rewards.jrm.synthetic import make_pairs
 from rlkit.data import open_rgb
@@ -35,6 +36,8 @@ class Pair:
     rationale_chosen: str | None = None
     rationale_rejected: str | None = None
     tie: bool = False
+    score_chosen: float = float("nan")  # annotated scores on the distribution head's scale (optional)
+    score_rejected: float = float("nan")
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
@@ -50,7 +53,8 @@ def read_pairs(path: str | Path) -> list[Pair]:
             row = json.loads(line)
             pair = Pair(row["prompt"], path.parent / row["path_src"], path.parent / row["path1"],
                         path.parent / row["path2"], row.get("rationale1"), row.get("rationale2"),
-                        bool(row.get("tie", False)))
+                        bool(row.get("tie", False)), float(row.get("score1", "nan")),
+                        float(row.get("score2", "nan")))
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise UserError(f"{path}:{lineno}: expected prompt, path_src, path1, path2 ({err})") from None
         for p in (pair.source, pair.chosen, pair.rejected):
@@ -63,10 +67,12 @@ def read_pairs(path: str | Path) -> list[Pair]:
 
 
 class PairCollator:
-    """Pairs -> one Encoded batch: the B chosen sequences, then the B rejected ones."""
+    """Pairs -> one Encoded batch: the B chosen sequences, then the B rejected ones. Each rationale is dropped
+    with probability ``rationale_dropout`` (DeScore stage 1)."""
 
-    def __init__(self, model: JRMModel, with_rationales: bool):
+    def __init__(self, model: JRMModel, with_rationales: bool, rationale_dropout: float = 0.0, seed: int = 0):
         self.encoder, self.with_rationales, self.dedupe = model.encoder, with_rationales, model.dedupe
+        self.dropout, self.rng = rationale_dropout, random.Random(seed)
 
     def __call__(self, pairs: list[Pair]) -> dict:
         sources = [open_rgb(p.source) for p in pairs] * 2
@@ -75,8 +81,11 @@ class PairCollator:
         rationales = None
         if self.with_rationales:
             rationales = [p.rationale_chosen for p in pairs] + [p.rationale_rejected for p in pairs]
+            rationales = [None if self.dropout and self.rng.random() < self.dropout else r for r in rationales]
         enc = self.encoder.encode(sources, edited, instructions, rationales, dedupe=self.dedupe)
-        return {"encoded": enc, "tie": torch.tensor([p.tie for p in pairs], dtype=torch.float32)}
+        scores = [p.score_chosen for p in pairs] + [p.score_rejected for p in pairs]
+        return {"encoded": enc, "tie": torch.tensor([p.tie for p in pairs], dtype=torch.float32),
+                "scores": torch.tensor(scores, dtype=torch.float32)}
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -97,12 +106,27 @@ class JRMTrainer(Trainer):
             rank = uncertain_bt_loss(mu_w, out.log_sigma[:n], mu_l, out.log_sigma[n:], tie, self.loss_cfg.mc_samples)
         else:
             rank = bt_loss(mu_w, mu_l, tie)
+        if out.logits is not None:  # Z-Reward: CE on the annotated bin + the score-gap term
+            rank = rank + self._distribution_terms(out, inputs["scores"].to(self.args.device), n)
         loss = joint_loss(rank, out.lm_loss, self.loss_cfg.alpha)
         self._sums["rank_loss"] += rank.item()
         self._sums["lm_loss"] += out.lm_loss.item() if out.lm_loss is not None else 0.0
         self._sums["pair_acc"] += (mu_w > mu_l).float().mean().item()
         self._count += 1
         return (loss, out) if return_outputs else loss
+
+    def _distribution_terms(self, out, scores: torch.Tensor, n: int) -> torch.Tensor:
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        extra = torch.zeros((), device=scores.device)
+        ce = bin_ce_loss(out.logits, scores, model.bins)
+        if ce is not None and self.loss_cfg.ce_weight:
+            extra = extra + self.loss_cfg.ce_weight * ce
+            self._sums["ce_loss"] += ce.item()
+        gap = score_gap_loss(out.mu[:n], out.mu[n:], scores[:n], scores[n:])
+        if gap is not None and self.loss_cfg.gap_weight:
+            extra = extra + self.loss_cfg.gap_weight * gap
+            self._sums["gap_loss"] += gap.item()
+        return extra
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if self._count:
@@ -128,10 +152,11 @@ def build_model(cfg) -> JRMModel:
     if b.gradient_checkpointing:
         backbone.model.gradient_checkpointing_enable()
     torch.manual_seed(b.seed)
-    return JRMModel(backbone, JRMConfig(kind=backbone.kind, image_size=b.image_size))
+    return JRMModel(backbone, JRMConfig(kind=backbone.kind, image_size=b.image_size, head=cfg.head.kind,
+                                        bins=list(cfg.head.bins), layout=cfg.head.layout))
 
 
-def _resolve_data(cfg, out: Path) -> tuple[list[Pair], list[Pair] | None]:
+def resolve_data(cfg, out: Path) -> tuple[list[Pair], list[Pair] | None]:
     d = cfg.data
     if d.train == "synthetic":
         train = read_pairs(make_pairs(out / "data" / "train", d.synthetic_pairs, cfg.seed))
@@ -144,23 +169,29 @@ def _resolve_data(cfg, out: Path) -> tuple[list[Pair], list[Pair] | None]:
     return train, read_pairs(d.eval)
 
 
-def pairwise_accuracy(model: JRMModel, pairs: list[Pair], batch_size: int = 16) -> float:
+def score_pairs(model: JRMModel, pairs: list[Pair], batch_size: int = 16, given_rationales: bool = False):
+    """(chosen, rejected) outputs of model.score(..., with_probs=True). ``given_rationales``: a
+    rationale_first model reads the pairs' rationales (the teacher's view); otherwise none is given."""
     model.eval()
     src = [open_rgb(p.source) for p in pairs]
-    mu_w, _ = model.score(src, [open_rgb(p.chosen) for p in pairs], [p.instruction for p in pairs], batch_size)
-    mu_l, _ = model.score(src, [open_rgb(p.rejected) for p in pairs], [p.instruction for p in pairs], batch_size)
+    text = [p.instruction for p in pairs]
+    rat_w = [p.rationale_chosen or "" for p in pairs] if given_rationales else None
+    rat_l = [p.rationale_rejected or "" for p in pairs] if given_rationales else None
+    chosen = model.score(src, [open_rgb(p.chosen) for p in pairs], text, batch_size, rat_w, with_probs=True)
+    rejected = model.score(src, [open_rgb(p.rejected) for p in pairs], text, batch_size, rat_l, with_probs=True)
+    return chosen, rejected
+
+
+def pairwise_accuracy(model: JRMModel, pairs: list[Pair], batch_size: int = 16,
+                      given_rationales: bool = False) -> float:
+    (mu_w, *_), (mu_l, *_) = score_pairs(model, pairs, batch_size, given_rationales)
     decided = [i for i, p in enumerate(pairs) if not p.tie]
     return float((mu_w[decided] > mu_l[decided]).float().mean()) if decided else float("nan")
 
 
-def train_reward(cfg) -> Path:
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    train_pairs, eval_pairs = _resolve_data(cfg, out)
-    model = build_model(cfg)
+def training_arguments(cfg, out: Path) -> TrainingArguments:
     use_cpu = cfg.train.device == "cpu" or not torch.cuda.is_available()
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(out / "trainer"), num_train_epochs=cfg.train.epochs, learning_rate=cfg.train.lr,
         per_device_train_batch_size=cfg.train.batch_size, gradient_accumulation_steps=cfg.train.grad_accum,
         warmup_steps=cfg.train.warmup_ratio, weight_decay=cfg.train.weight_decay,
@@ -170,8 +201,19 @@ def train_reward(cfg) -> Path:
         dataloader_num_workers=0, report_to=["tensorboard"], eval_strategy="no",
         disable_tqdm=False,
     )
+
+
+def train_reward(cfg) -> Path:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    train_pairs, eval_pairs = resolve_data(cfg, out)
+    model = build_model(cfg)
+    args = training_arguments(cfg, out)
     trainer = JRMTrainer(model=model, args=args, train_dataset=train_pairs,
-                         data_collator=PairCollator(model, with_rationales=cfg.loss.alpha > 0), loss_cfg=cfg.loss)
+                         data_collator=PairCollator(model, with_rationales=cfg.loss.alpha > 0 or model.thinks,
+                                                    rationale_dropout=cfg.loss.rationale_dropout, seed=cfg.seed),
+                         loss_cfg=cfg.loss)
     resume = any((out / "trainer").glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     history = [h for h in trainer.state.log_history if "rank_loss" in h]
@@ -179,6 +221,10 @@ def train_reward(cfg) -> Path:
     model.save(out / "final")
     if eval_pairs is not None:
         acc = pairwise_accuracy(model, eval_pairs)
-        (out / "eval.json").write_text(json.dumps({"accuracy": acc, "n": len(eval_pairs)}, indent=1))
-        print(f"held-out pairwise accuracy: {acc:.3f} on {len(eval_pairs)} pairs")
+        report = {"accuracy": acc, "n": len(eval_pairs)}
+        if model.thinks:  # rationale_first: also with the reference rationales in context
+            report["accuracy_given_rationale"] = pairwise_accuracy(model, eval_pairs, given_rationales=True)
+        (out / "eval.json").write_text(json.dumps(report, indent=1))
+        print(f"held-out pairwise accuracy: {acc:.3f} on {len(eval_pairs)} pairs"
+              + (f" ({report['accuracy_given_rationale']:.3f} given the rationales)" if model.thinks else ""))
     return out

@@ -28,3 +28,15 @@ def group_advantages(
         scale = std if std_scope == "group" else global_std
         adv[mask] = (r - r.mean()) / (scale + eps)
     return adv.clamp(-clip, clip), zero_std / max(len(groups), 1)
+
+
+def uncertainty_weights(uncertainty: torch.Tensor, scale: float = 0.0) -> torch.Tensor:
+    """Per-sample weights in (0, 1]: 1 / (1 + (u / scale)^2). A sample the reward is unsure of (u well above
+    scale) counts less; ``scale`` 0 = the batch's median uncertainty (so the typical sample keeps weight 1/2
+    and only the relative confidence matters, not the reward model's units)."""
+    u = uncertainty.float()
+    if scale <= 0:
+        scale = float(u.median())
+    if scale <= 0:  # the reward is certain about (at least half of) the batch: nothing to down-weight
+        return torch.where(u > 0, torch.zeros_like(u), torch.ones_like(u))
+    return 1.0 / (1.0 + (u / scale) ** 2)

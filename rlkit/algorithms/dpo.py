@@ -25,7 +25,7 @@ class OnlineDPO:
     def __init__(self, cfg, max_grad_norm: float):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
 
-    def advantages(self, rewards, group_ids):
+    def advantages(self, rewards, group_ids, uncertainty=None):
         # DPO uses only the ordering inside each group; the "advantage" passed on is the raw reward.
         zero = sum(int(rewards[group_ids == g].std(unbiased=False) == 0) for g in torch.unique(group_ids))
         return rewards.float(), {"zero_std_frac": zero / len(torch.unique(group_ids))}

@@ -7,17 +7,26 @@ import math
 
 import torch
 
-from rlkit.algorithms.advantages import group_advantages
+from rlkit.algorithms.advantages import group_advantages, uncertainty_weights
 from rlkit.algorithms.base import chunks, optimizer_step
+from rlkit.errors import UserError
 
 
 class GRPO:
     def __init__(self, cfg, max_grad_norm: float):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
 
-    def advantages(self, rewards, group_ids):
+    def advantages(self, rewards, group_ids, uncertainty=None):
         adv, zero_std_frac = group_advantages(rewards, group_ids, self.cfg.std_scope, self.cfg.adv_clip)
-        return adv, {"zero_std_frac": zero_std_frac}
+        info = {"zero_std_frac": zero_std_frac}
+        if self.cfg.uncertainty_weighting:
+            if uncertainty is None:
+                raise UserError("algorithm.uncertainty_weighting is on but none of the rewards reports an "
+                                "uncertainty (jrm does; programmatic rewards do not)")
+            w = uncertainty_weights(uncertainty, self.cfg.uncertainty_scale)
+            adv = adv * w
+            info["adv_weight_mean"] = float(w.mean())
+        return adv, info
 
     def train_steps(self, rollout, generator: torch.Generator) -> torch.Tensor:
         """[N, k] timesteps to train per sample: a random subset of the rollout's SDE steps."""

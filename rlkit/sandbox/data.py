@@ -99,7 +99,9 @@ def write_preference_pairs(out_dir: Path, n_pairs: int, seed: int, size: int = 3
         box = region_box(S, T)
         rows.append({"prompt": instruction, "path_src": names[0], "path1": names[1], "path2": names[2],
                      "rationale1": rationale(instruction, box, sa), "rationale2": rationale(instruction, box, sb),
-                     "gt1": sa["overall"], "gt2": sb["overall"], "kinds": [na, nb]})
+                     "gt1": sa["overall"], "gt2": sb["overall"], "kinds": [na, nb],
+                     # the truth on the 1..5 rubric scale of distribution heads (Z-Reward bins)
+                     "score1": 1 + 4 * sa["overall"], "score2": 1 + 4 * sb["overall"]})
         i += 1
     manifest = out_dir / "pairs.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))

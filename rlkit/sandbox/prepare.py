@@ -173,7 +173,8 @@ def write_editor_pairs(policy, out_dir: Path, n_prompts: int, seed: int, samples
             rows.append({"prompt": instruction, "path_src": names[0], "path1": names[1], "path2": names[2],
                          "rationale1": rationale(instruction, box, scores[best]),
                          "rationale2": rationale(instruction, box, scores[worst]),
-                         "gt1": scores[best]["overall"], "gt2": scores[worst]["overall"], "kinds": ["editor"] * 2})
+                         "gt1": scores[best]["overall"], "gt2": scores[worst]["overall"], "kinds": ["editor"] * 2,
+                         "score1": 1 + 4 * scores[best]["overall"], "score2": 1 + 4 * scores[worst]["overall"]})
     return rows
 
 
