@@ -153,6 +153,19 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_serve_reward(args) -> int:
+    from omegaconf import OmegaConf
+
+    from rlkit.serve import serve
+
+    bad = [o for o in args.kwargs if "=" not in o]
+    if bad:
+        raise UserError(f"reward kwargs must be key=value, got '{bad[0]}'")
+    kwargs = OmegaConf.to_container(OmegaConf.from_dotlist(args.kwargs)) if args.kwargs else {}
+    serve(args.name, kwargs, args.host, args.port)
+    return 0
+
+
 def cmd_report(args) -> int:
     from rlkit.report import write_report
 
@@ -181,6 +194,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("serve-reward", help="serve a reward plugin over HTTP: rlkit serve-reward NAME [key=value ...]")
+    p.add_argument("name", help="reward plugin name (see `rlkit rewards`)")
+    p.add_argument("kwargs", nargs="*", help="the plugin's kwargs, e.g. path=runs/jrm/final")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8765)
+    p.set_defaults(func=cmd_serve_reward)
 
     p = sub.add_parser("report", help="plots and an offline HTML report of a run: RUN_DIR/report.html")
     p.add_argument("run_dir")

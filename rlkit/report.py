@@ -41,7 +41,9 @@ def write_plots(run_dir: Path) -> list[Path]:
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
     written = []
-    gold_keys = [("gold/reward", "gold (held-out)")] + [(k, k) for k in ("gt_heldout",) if any(k in r for r in rows)]
+    # the gold under its log_as names (e.g. gt_heldout) when the recipe gave any, else the gold total
+    log_as = sorted({k for r in rows for k in r if k in _log_as_keys(run_dir)})
+    gold_keys = [(k, k) for k in log_as] or [("gold/reward", "gold (held-out)")]
     for name, title, keys in PLOTS:
         lines = [ln for ln in ((label, *_series(rows, key)) for key, label in keys) if ln[1]]
         # gold on its own axis: proxy and gold are different scales
@@ -71,6 +73,15 @@ def write_plots(run_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(out_dir / name)
     return written
+
+
+def _log_as_keys(run_dir: Path) -> set[str]:
+    from omegaconf import OmegaConf
+
+    if not (run_dir / "config.yaml").is_file():
+        return set()
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    return {str(s.log_as) for s in OmegaConf.select(cfg, "eval.rewards", default=[]) or [] if s.get("log_as")}
 
 
 def _img(path: Path, width: int | None = None) -> str:

@@ -141,3 +141,20 @@ def test_rollback_restores_the_good_weights_and_lowers_the_lr(tmp_path):
     # checkpoint differs from the start, but only by that one small step
     last = load_file(run / "checkpoints" / "step_000003" / "adapter.safetensors")
     assert any(not torch.equal(last[k], start[k]) for k in start)
+
+
+def test_report_plots_and_offline_html(tmp_path, capsys):
+    from rlkit.cli import main
+
+    cfg = tiny_config(tmp_path, "train.steps=3", "eval.every=2", "eval.max_prompts=2", "eval.samples_per_prompt=2",
+                      "stability.kl_blowup.max_kl_ref=-1", "train.report=true")
+    run = Trainer(cfg, progress=False).fit()
+    assert (run / "report.html").is_file()  # written by the run itself
+    (run / "report.html").unlink()
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert {p.name for p in (run / "plots").iterdir()} >= {"reward.png", "kl.png", "diversity.png"}
+    assert page.count("data:image/png;base64,") >= 4 and "http" not in page  # embedded: reads offline
+    assert "kl_blowup" in page and "eval_step_000002" in page
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "not an rlkit run directory" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""The reward server's wire format: safetensors bytes, never pickle.
+
+Request  = safetensors {edited, source: [B, 3, H, W] uint8 or float32, group_ids: [B] int64}, and in its
+           string metadata `rlkit` = JSON {"instructions": [...], "metadata": [...]}.
+Response = safetensors {scores: [B] float32, uncertainty?: [B], details/NAME?: [B]}, metadata `rlkit` =
+           JSON {"rationales": [...] | null}.
+Both sides validate shapes and types and raise `WireError` with a message that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load, save
+
+from rewards.base import RewardInput, RewardOutput
+
+
+class WireError(ValueError):
+    """A malformed request or response."""
+
+
+def encode_input(batch: RewardInput, dtype: str = "uint8") -> bytes:
+    def images(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().float().clamp(0, 1).cpu().contiguous()
+        return (x * 255).round().to(torch.uint8) if dtype == "uint8" else x
+
+    meta = json.dumps({"instructions": list(batch.instructions), "metadata": list(batch.metadata)})
+    tensors = {"edited": images(batch.edited), "source": images(batch.source),
+               "group_ids": batch.group_ids.detach().long().cpu().contiguous()}
+    return save(tensors, metadata={"rlkit": meta})
+
+
+def decode_input(data: bytes) -> RewardInput:
+    tensors, meta = _load(data)
+    for key in ("edited", "source", "group_ids"):
+        if key not in tensors:
+            raise WireError(f"request has no '{key}' tensor")
+    edited, source = (_as_unit_float(tensors[k], k) for k in ("edited", "source"))
+    n = edited.shape[0]
+    instructions, metadata = meta.get("instructions"), meta.get("metadata") or [{} for _ in range(n)]
+    if source.shape != edited.shape or tensors["group_ids"].shape != (n,):
+        raise WireError(f"shapes disagree: edited {tuple(edited.shape)}, source {tuple(source.shape)}, "
+                        f"group_ids {tuple(tensors['group_ids'].shape)}")
+    if not isinstance(instructions, list) or len(instructions) != n or len(metadata) != n:
+        raise WireError(f"need {n} instructions and metadata entries")
+    return RewardInput(edited, source, [str(t) for t in instructions], tensors["group_ids"].long(), metadata)
+
+
+def encode_output(out: RewardOutput) -> bytes:
+    tensors = {"scores": out.scores.detach().float().cpu().contiguous()}
+    if out.uncertainty is not None:
+        tensors["uncertainty"] = out.uncertainty.detach().float().cpu().contiguous()
+    for name, value in (out.details or {}).items():
+        if isinstance(value, torch.Tensor):
+            tensors[f"details/{name}"] = value.detach().float().cpu().contiguous()
+    return save(tensors, metadata={"rlkit": json.dumps({"rationales": out.rationales})})
+
+
+def decode_output(data: bytes) -> RewardOutput:
+    tensors, meta = _load(data)
+    if "scores" not in tensors:
+        raise WireError("response has no 'scores' tensor")
+    details = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("details/")}
+    return RewardOutput(scores=tensors["scores"], uncertainty=tensors.get("uncertainty"), details=details,
+                        rationales=meta.get("rationales"))
+
+
+def _load(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        tensors = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+        meta = json.loads(header.get("__metadata__", {}).get("rlkit", "{}"))
+    except Exception as err:  # safetensors raises its own error types for every kind of bad byte string
+        raise WireError(f"not a safetensors payload ({type(err).__name__}: {str(err)[:120]})") from None
+    if not isinstance(meta, dict):
+        raise WireError("metadata 'rlkit' must be a JSON object")
+    return tensors, meta
+
+
+def _as_unit_float(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise WireError(f"'{name}' must be [B, 3, H, W], got {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x.float() / 255
+    if x.dtype == torch.float32:
+        return x
+    raise WireError(f"'{name}' must be uint8 or float32, got {x.dtype}")

@@ -1,0 +1,80 @@
+"""`rlkit serve-reward NAME [key=value ...]`: any reward plugin behind HTTP, so a big judge can live on other GPUs.
+
+    GET  /health  -> {"status": "ok", "reward": NAME, "requests": N}
+    POST /score   safetensors request (rewards/wire.py) -> safetensors response; 400 + JSON error for a bad
+                  request, 500 + JSON error when the reward raises
+Each request is one batch (the client sends a whole rollout's images at once). Loopback (127.0.0.1) unless
+`--host` says otherwise. Requests are served one at a time: a reward model on one GPU scores one batch at a
+time anyway, and this keeps plugins that are not thread-safe safe.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from rewards.wire import WireError, decode_input, encode_output
+
+MAX_BODY = 1 << 30  # 1 GiB: a batch of 64 images at 1024 px in float32 is 0.8 GiB
+
+
+def make_server(name: str, reward, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+    lock = threading.Lock()
+    stats = {"requests": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt, *args):  # one quiet line per request instead of the default access log
+            pass
+
+        def _reply(self, code: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, code: int, message: str) -> None:
+            self._reply(code, json.dumps({"error": message}).encode())
+
+        def do_GET(self):
+            if self.path != "/health":
+                return self._error(404, f"unknown path {self.path}; use GET /health or POST /score")
+            self._reply(200, json.dumps({"status": "ok", "reward": name, **stats}).encode())
+
+        def do_POST(self):
+            if self.path != "/score":
+                return self._error(404, f"unknown path {self.path}; use POST /score")
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 < length <= MAX_BODY:
+                return self._error(400, f"body must be 1 byte to {MAX_BODY} bytes, got {length}")
+            try:
+                batch = decode_input(self.rfile.read(length))
+            except WireError as err:
+                return self._error(400, str(err))
+            with lock:
+                stats["requests"] += 1
+                try:
+                    out = reward(batch)
+                    body = encode_output(out)
+                except Exception as err:  # the client names the reward and stops its step
+                    return self._error(500, f"{type(err).__name__}: {err}")
+            self._reply(200, body, "application/octet-stream")
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def serve(name: str, kwargs: dict, host: str, port: int) -> None:
+    from rlkit.plugins import build_reward
+
+    reward = build_reward(name, kwargs)
+    server = make_server(name, reward, host, port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {host}: anyone who can reach this port can use the reward model")
+    print(f"serving reward '{name}' on http://{host}:{server.server_address[1]} (GET /health, POST /score)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

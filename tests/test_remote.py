@@ -1,0 +1,172 @@
+"""The reward server and the `remote` plugin over loopback: same scores as in-process, bad requests, slow
+and failing servers, and a whole run scored remotely."""
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from rewards import RewardInput, RewardOutput
+from rewards.programmatic import SourceConsistency
+from rewards.remote import RemoteReward
+from rewards.wire import WireError, decode_input, encode_input
+from rlkit.errors import RewardError
+from rlkit.serve import make_server
+
+
+def _serve(reward, name="test"):
+    server = make_server(name, reward, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def served():
+    servers = []
+
+    def start(reward, name="test"):
+        server, url = _serve(reward, name)
+        servers.append(server)
+        return url
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def _batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return RewardInput(torch.rand(n, 3, 16, 16, generator=g), torch.rand(n, 3, 16, 16, generator=g),
+                       [f"edit {i}" for i in range(n)], torch.arange(n) // 2, [{"k": i} for i in range(n)])
+
+
+def test_wire_round_trip_and_refusals():
+    batch = _batch()
+    back = decode_input(encode_input(batch, "float32"))
+    assert torch.equal(back.edited, batch.edited) and back.instructions == batch.instructions
+    assert back.metadata == batch.metadata and torch.equal(back.group_ids, batch.group_ids)
+    q = decode_input(encode_input(batch))  # uint8: what a PNG carries
+    assert (q.edited - batch.edited).abs().max() <= 0.5 / 255 + 1e-7
+    with pytest.raises(WireError, match="not a safetensors"):
+        decode_input(b"\x80\x04pickle-bytes")  # a pickle (or anything else) is refused, never loaded
+    with pytest.raises(WireError, match="instructions"):
+        bad = _batch()
+        bad.instructions = bad.instructions[:2]
+        decode_input(encode_input(bad))
+
+
+def test_remote_scores_match_in_process(served):
+    url = served(SourceConsistency(), "source_consistency")
+    remote = RemoteReward(url, wire_dtype="float32")
+    assert remote.health()["reward"] == "source_consistency"
+    batch = _batch()
+    assert torch.equal(remote(batch).scores, SourceConsistency()(batch).scores)
+    assert torch.allclose(RemoteReward(url)(batch).scores, SourceConsistency()(batch).scores, atol=1 / 255)
+
+
+def test_uncertainty_details_and_rationales_travel(served):
+    def judge(b):
+        n = len(b)
+        return RewardOutput(scores=torch.arange(n).float(), uncertainty=torch.full((n,), 0.5),
+                            details={"sigma": torch.ones(n)}, rationales=[f"why {i}" for i in range(n)])
+
+    out = RemoteReward(served(judge))(_batch())
+    assert out.scores.tolist() == [0, 1, 2, 3] and out.uncertainty.tolist() == [0.5] * 4
+    assert out.details["sigma"].tolist() == [1] * 4 and out.rationales == ["why 0", "why 1", "why 2", "why 3"]
+
+
+def test_bad_request_gets_400_with_a_message(served):
+    url = served(SourceConsistency())
+    req = urllib.request.Request(f"{url}/score", data=b"garbage", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=5)
+    assert info.value.code == 400 and "safetensors" in json.loads(info.value.read())["error"]
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{url}/nothing", timeout=5)
+    assert info.value.code == 404
+
+
+def test_reward_error_on_the_server_is_not_retried_forever_and_names_it(served):
+    calls = []
+
+    def broken(b):
+        calls.append(1)
+        raise ValueError("judge crashed")
+
+    remote = RemoteReward(served(broken), retries=2, backoff=0.01)
+    with pytest.raises(RuntimeError, match="judge crashed"):
+        remote(_batch())
+    assert len(calls) == 3  # 500s are retried (a transient GPU error), then it gives up
+
+
+def test_slow_server_times_out_and_retries(served):
+    calls = []
+
+    def slow(b):
+        calls.append(time.perf_counter())
+        time.sleep(1.0)
+        return SourceConsistency()(b)
+
+    remote = RemoteReward(served(slow), timeout=0.3, retries=1, backoff=0.01)
+    with pytest.raises(RuntimeError, match="failed 2 time.*timed out"):
+        remote(_batch())
+    time.sleep(1.2)  # let the server finish the abandoned requests before shutdown
+    assert len(calls) == 2
+
+
+def test_no_server_fails_at_start_up():
+    with pytest.raises(ValueError, match="no reward server.*serve-reward"):
+        RemoteReward("http://127.0.0.1:9", timeout=1)
+
+
+def test_a_run_scored_by_a_remote_reward(served, tmp_path):
+    from rlkit.trainer import Trainer
+
+    url = served(SourceConsistency(), "source_consistency")
+    cfg = tiny_config(tmp_path, f"rewards=[{{name: remote, kwargs: {{url: '{url}', wire_dtype: float32}}}}]")
+    run = Trainer(cfg, progress=False).fit()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and 0 < rows[-1]["reward/remote"] <= 1
+
+
+def test_a_run_stops_cleanly_when_the_server_fails(served, tmp_path):
+    from rlkit.trainer import Trainer
+
+    url = served(lambda b: RewardOutput(scores=torch.full((len(b),), float("nan"))))
+    cfg = tiny_config(tmp_path, f"rewards=[{{name: remote, kwargs: {{url: '{url}'}}}}]")
+    with pytest.raises(RewardError, match="'remote'.*non-finite"):
+        Trainer(cfg, progress=False).fit()
+
+
+def test_serve_reward_command(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "rlkit", "serve-reward", "target_color", "color=[0,0,1]",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        remote = None
+        for _ in range(100):
+            try:
+                remote = RemoteReward(f"http://127.0.0.1:{port}", timeout=5)
+                break
+            except ValueError:
+                time.sleep(0.1)
+        assert remote is not None, proc.stdout.read() if proc.poll() is not None else "server did not start"
+        blue = torch.zeros(2, 3, 8, 8)
+        blue[:, 2] = 1
+        out = remote(RewardInput(blue, blue, ["a", "b"], torch.zeros(2, dtype=torch.long)))
+        assert out.scores.tolist() == [1.0, 1.0]  # the kwargs reached the plugin: blue is the target colour
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
