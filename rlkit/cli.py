@@ -166,6 +166,26 @@ def cmd_serve_reward(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlkit.bench import bench
+    from rlkit.config import load_recipe
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    figures = bench(cfg, iterations=args.iterations, warmup=args.warmup)
+    table = Table(title=f"rlkit bench {args.recipe} ({figures['device']}, {args.iterations} iteration(s))")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in figures.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+    return 0
+
+
 def cmd_report(args) -> int:
     from rlkit.report import write_report
 
@@ -201,6 +221,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8765)
     p.set_defaults(func=cmd_serve_reward)
+
+    p = sub.add_parser("bench", help="per-stage times of a recipe's iteration and their ratios to pure compute")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--iterations", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="plots and an offline HTML report of a run: RUN_DIR/report.html")
     p.add_argument("run_dir")

@@ -1,0 +1,33 @@
+"""`rlkit bench`: per-stage figures and ratios on the tiny recipe (the real figures come from the GPU)."""
+
+import json
+
+import pytest
+
+from rlkit.cli import main
+
+
+def test_bench_prints_stages_and_ratios(tmp_path, capsys):
+    from rewards.jrm.backbone import tiny_backbone
+    from rewards.jrm.model import JRMConfig, JRMModel
+
+    judge = tmp_path / "judge"
+    JRMModel(tiny_backbone(0), JRMConfig(image_size=32)).save(judge)  # untrained: only its cost matters here
+    out = tmp_path / "bench.json"
+    code = main(["bench", "tiny_edit", "sampler.num_steps=4", "algorithm.group_size=4", "algorithm.micro_batch=4",
+                 "algorithm.timestep_fraction=0.5", f"rewards=[{{name: jrm, kwargs: {{path: '{judge}'}}}}]",
+                 "--iterations", "1", "--warmup", "0", "--json", str(out)])
+    assert code == 0
+    f = json.loads(out.read_text())
+    assert "rollout_over_pure" in capsys.readouterr().out
+    assert f["samples"] == 8 and f["sampling_steps"] == 4 and f["trained_timesteps"] == 8 * 2
+    assert f["iteration_s"] == pytest.approx(f["rollout_s"] + f["reward_s"] + f["update_s"])
+    assert f["rollout_over_pure"] == pytest.approx(f["rollout_s"] / f["rollout_pure_forward_s"])
+    assert f["reward_prefill_s"] > 0 and f["pure_reference_forward_s"] > 0
+    assert f["pure_compute_sum_s"] == pytest.approx(f["rollout_pure_forward_s"] + f["pure_train_forward_backward_s"]
+                                                    + f["pure_reference_forward_s"] + f["reward_prefill_s"])
+
+
+def test_bench_refuses_dpo(capsys):
+    assert main(["bench", "tiny_edit", "algorithm.name=dpo"]) == 2
+    assert "grpo" in capsys.readouterr().err
