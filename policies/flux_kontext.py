@@ -186,17 +186,26 @@ class FluxKontextPolicy:
     # ----------------------------------------------------------------- rollout
     @torch.no_grad()
     def sample(self, batch: PromptBatch, group_size: int, generator: torch.Generator,
-               sde_window_start: int = 0, initial_noise: torch.Tensor | None = None) -> Rollout:
-        """G edits per prompt with their trajectories and log-probs. Noise comes from ``generator`` (CPU)."""
-        cond = self.encode(batch.sources, batch.instructions)
+               sde_window_start: int = 0, initial_noise: torch.Tensor | None = None,
+               shard: tuple[int, int] | None = None) -> Rollout:
+        """G edits per prompt with their trajectories and log-probs. Noise comes from ``generator`` (CPU).
+
+        ``shard=(rank, world)``: sample only this rank's share of the prompts, drawing the noise for the whole
+        batch (so the ranks' rollouts together are exactly the unsharded rollout); group ids stay global."""
         P, G = len(batch), group_size
-        N = P * G
-        prompt_index = torch.arange(P).repeat_interleave(G)
+        rank, world = shard or (0, 1)
+        if P % world:
+            raise ValueError(f"{P} prompts per step do not split over {world} processes")
+        mine = slice(rank * P // world, (rank + 1) * P // world)
+        rows = slice(mine.start * G, mine.stop * G)
+        cond = self.encode(batch.sources[mine], batch.instructions[mine])
+        N = (mine.stop - mine.start) * G
+        prompt_index = torch.arange(mine.stop - mine.start).repeat_interleave(G)
         h, w = cond.latent_hw
         C = self.transformer.config.in_channels // 4
         if initial_noise is None:
-            initial_noise = torch.randn((N, C, h, w), generator=generator, dtype=torch.float32)
-        x = self.pipe._pack_latents(initial_noise.float(), N, C, h, w).to(self.device)
+            initial_noise = torch.randn((P * G, C, h, w), generator=generator, dtype=torch.float32)
+        x = self.pipe._pack_latents(initial_noise[rows].float(), N, C, h, w).to(self.device)
         sigmas, timesteps = self.schedule(x.shape[1])
         T = len(timesteps)
         window = sde_window(T, self.sampler_cfg.sde_window, sde_window_start)
@@ -209,7 +218,7 @@ class FluxKontextPolicy:
         for step in range(T):
             noise = None
             if meta["sde_mask"][step]:
-                noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+                noise = torch.randn((P * G, *x.shape[1:]), generator=generator, dtype=torch.float32)[rows]
             steps = torch.full((N,), step, dtype=torch.long)
             outs = [
                 self._transition(x[i : i + chunk], steps[i : i + chunk], meta, cond, prompt_index[i : i + chunk],
@@ -221,14 +230,15 @@ class FluxKontextPolicy:
             traj.append(x.cpu())
         images = self.decode(x)
         group_of_key = {k: i for i, k in enumerate(dict.fromkeys(batch.keys))}
-        group_ids = torch.tensor([group_of_key[batch.keys[p]] for p in prompt_index.tolist()])
+        global_prompt = prompt_index + mine.start
+        group_ids = torch.tensor([group_of_key[batch.keys[p]] for p in global_prompt.tolist()])
         return Rollout(
             latents=torch.stack(traj, dim=1), log_probs=torch.stack(logps, dim=1), sigmas=sigmas,
             timesteps=timesteps, sde_mask=meta["sde_mask"], images=images,
-            sources=batch.sources[prompt_index].cpu(),
-            instructions=[batch.instructions[p] for p in prompt_index.tolist()],
+            sources=batch.sources[global_prompt].cpu(),
+            instructions=[batch.instructions[p] for p in global_prompt.tolist()],
             group_ids=group_ids, prompt_index=prompt_index, cond=cond,
-            metadata=[dict(batch.metadata[p]) if batch.metadata else {} for p in prompt_index.tolist()],
+            metadata=[dict(batch.metadata[p]) if batch.metadata else {} for p in global_prompt.tolist()],
         )
 
     @torch.no_grad()

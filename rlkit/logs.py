@@ -27,8 +27,12 @@ def _clean(value):
 
 class RunLogger:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, tensorboard: bool = True,
-                 progress: bool = True):
-        self.run_dir = run_dir
+                 progress: bool = True, enabled: bool = True):
+        """``enabled=False`` (ranks other than 0): every call does nothing."""
+        self.run_dir, self.enabled = run_dir, enabled
+        self.tb = self.progress = None
+        if not enabled:
+            return
         self.metrics_path = run_dir / "metrics.jsonl"
         self.alarms_path = run_dir / "alarms.jsonl"
         for path in (self.metrics_path, self.alarms_path):
@@ -50,6 +54,8 @@ class RunLogger:
                                                reward="-", step_s="-")
 
     def log(self, metrics: dict) -> None:
+        if not self.enabled:
+            return
         row = {k: _clean(v) for k, v in metrics.items()}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -64,6 +70,8 @@ class RunLogger:
 
     def alarm(self, row: dict) -> None:
         """One line in alarms.jsonl (step, kind, figures, message, action), and on the console."""
+        if not self.enabled:
+            return
         with open(self.alarms_path, "a") as f:
             f.write(json.dumps(_clean(row)) + "\n")
         say = self.progress.console.print if self.progress is not None else print

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -18,6 +19,7 @@ from rlkit import checkpoint as ckpt
 from rlkit.algorithms import build_algorithm
 from rlkit.config import to_yaml
 from rlkit.data import PromptStream, check_images_exist, read_items
+from rlkit.distributed import Distributed
 from rlkit.errors import CheckpointError, GuardStop, UserError
 from rlkit.evaluation import HeldoutEvaluator
 from rlkit.logs import REQUIRED_KEYS, RunLogger, save_grid
@@ -56,10 +58,12 @@ class Trainer:
     def __init__(self, cfg: DictConfig, progress: bool = True):
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
+        self.dist = Distributed()
+        self._check_distributed()
         self._prepare_run_dir()
         resume_from = self._find_resume_checkpoint()
-        seed_everything(cfg.seed)
-        self.device = resolve_device(cfg.policy.device)
+        seed_everything(cfg.seed)  # the same on every rank: generators stay in lockstep
+        self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.policy.device)
         if cfg.sandbox.enabled:  # the embedded world: its editor, JRM and data, built once and cached
             from rlkit.sandbox.prepare import prepare
 
@@ -70,6 +74,7 @@ class Trainer:
         self.rewards = build_rewards(cfg.rewards, self._reward_models)
         self.policy = build_policy(cfg.policy, cfg.sampler, self.device, cfg.algorithm.micro_batch)
         self.algorithm = build_algorithm(cfg.algorithm, cfg.optim.max_grad_norm)
+        self.algorithm.grad_sync = self.dist.average_gradients
         self.prompts = PromptStream(items, cfg.policy.resolution, cfg.seed, cfg.data.shuffle)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=o.lr, betas=tuple(o.betas),
@@ -94,10 +99,11 @@ class Trainer:
         cfg, train = self.cfg, self.cfg.train
         if self.step >= train.steps:
             print(f"run in {self.run_dir} already finished at step {self.step} (train.steps={train.steps})")
-            if not (self.run_dir / "final").exists():
+            if not (self.run_dir / "final").exists() and self.dist.is_main:
                 self._save_final()
             return self.run_dir
-        logger = RunLogger(self.run_dir, train.steps, self.step, progress=self.progress)
+        logger = RunLogger(self.run_dir, train.steps, self.step, progress=self.progress,
+                           enabled=self.dist.is_main)
         if self.evaluator is not None and self.step == 0:  # the starting policy, before any update
             figures = self._evaluate()
             logger.log({"step": 0, **{k: None for k in REQUIRED_KEYS if k != "step"}, **figures})
@@ -106,21 +112,23 @@ class Trainer:
         try:
             for step in range(self.step, train.steps):
                 t0 = time.perf_counter()
-                batch = self.prompts.next_batch(train.prompts_per_step)
+                batch = self.prompts.next_batch(train.prompts_per_step)  # the global batch, on every rank
                 rollout = self.policy.sample(batch, cfg.algorithm.group_size, self.generators["rollout"],
-                                             sde_window_start=step)
+                                             sde_window_start=step, shard=(self.dist.rank, self.dist.world))
                 t1 = time.perf_counter()
                 reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
                 t2 = time.perf_counter()
-                adv, adv_info = self.algorithm.advantages(reward.total, rollout.group_ids, reward.uncertainty)
-                metrics = self.algorithm.update(self.policy, rollout, adv, self.optimizer, self.lr_scheduler,
-                                                self.generators["train"])
+                totals = self.dist.gather(reward.total)  # advantages see the whole batch
+                uncertainty = None if reward.uncertainty is None else self.dist.gather(reward.uncertainty)
+                adv, adv_info = self.algorithm.advantages(totals, self.dist.gather(rollout.group_ids), uncertainty)
+                metrics = self.algorithm.update(self.policy, rollout, adv[self.dist.shard(len(adv))],
+                                                self.optimizer, self.lr_scheduler, self.generators["train"])
                 t3 = time.perf_counter()
-                metrics.update(self.stability.observe(step, reward, rollout))
+                metrics = self.dist.mean({**metrics, **self.stability.observe(step, reward, rollout)})
                 self.step = step + 1
                 row = {
-                    "step": self.step, "reward_mean": float(reward.total.mean()),
-                    "reward_std": float(reward.total.std(unbiased=False)), **adv_info, **metrics,
+                    "step": self.step, "reward_mean": float(totals.mean()),
+                    "reward_std": float(totals.std(unbiased=False)), **adv_info, **metrics,
                     "lr": self.lr_scheduler.get_last_lr()[0],
                     "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_train_s": t3 - t2,
                 }
@@ -130,10 +138,10 @@ class Trainer:
                     alarms += self.guard.check_eval(self.step, row["eval/reward"], row.get("gold/reward"))
                 logger.log(row)
                 self._act(alarms, logger)
-                if train.grid_every and (self.step % train.grid_every == 0 or self.step == 1):
+                if train.grid_every and (self.step % train.grid_every == 0 or self.step == 1) and self.dist.is_main:
                     save_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png", rollout.sources,
                               rollout.images, cfg.algorithm.group_size)
-                if self._stop_requested:
+                if self.dist.any(self._stop_requested):  # every rank stops after the same step
                     self.save_checkpoint()
                     print(f"stopped by signal after step {self.step}; resume with: rlkit resume {self.run_dir}")
                     return self.run_dir
@@ -143,20 +151,25 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             logger.close()
-            if train.report:  # plots/ and report.html, also when the guard or a signal stopped the run
+            # plots/ and report.html, also when the guard or a signal stopped the run
+            if train.report and self.dist.is_main:
                 try:
                     write_report(self.run_dir)
                 except Exception as err:  # a plotting problem must not hide the run's own outcome
                     print(f"warning: could not write the report: {err}")
         if self.step % max(train.save_every, 1) != 0 or not train.save_every:
             self.save_checkpoint()
-        self._save_final()
+        if self.dist.is_main:
+            self._save_final()
         return self.run_dir
 
     def _evaluate(self) -> dict:
+        # every rank evaluates the same prompts with the same noise: identical figures, so the guard takes
+        # the same decision everywhere without any messages
         figures, rollout = self.evaluator(self.policy)
         figures.update(self.stability.observe_probe(figures["eval/reward"]))
-        save_grid(self.run_dir / "samples" / f"eval_step_{self.step:06d}.png", rollout.sources, rollout.images,
+        if self.dist.is_main:
+            save_grid(self.run_dir / "samples" / f"eval_step_{self.step:06d}.png", rollout.sources, rollout.images,
                   self.cfg.eval.samples_per_prompt)
         return figures
 
@@ -207,7 +220,7 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / ".rlkit-write-test"
+            probe = self.run_dir / f".rlkit-write-test.{os.getpid()}"  # per process: ranks probe at once
             probe.write_text("ok")
             probe.unlink()
         except OSError as err:
@@ -232,8 +245,21 @@ class Trainer:
                 raise UserError(f"resume: checkpoint folder not found: {chosen}")
         if chosen is not None and saved_cfg.exists():
             self._check_compatible(OmegaConf.load(saved_cfg))
-        saved_cfg.write_text(to_yaml(self.cfg))
+        self.dist.barrier()  # every rank has read the old config before rank 0 replaces it
+        if self.dist.is_main:
+            saved_cfg.write_text(to_yaml(self.cfg))
         return chosen
+
+    def _check_distributed(self) -> None:
+        if not self.dist.enabled:
+            return
+        c = self.cfg
+        if c.algorithm.name != "grpo":
+            raise UserError("multi-process runs support algorithm.name=grpo (online DPO's pair count differs "
+                            "per rank)")
+        if c.train.prompts_per_step % self.dist.world:
+            raise UserError(f"train.prompts_per_step={c.train.prompts_per_step} must be a multiple of the "
+                            f"{self.dist.world} processes")
 
     def _check_compatible(self, old: DictConfig) -> None:
         diffs = [d for d in config_differences(old, self.cfg) if d[0] not in ("resume",)]
@@ -246,10 +272,20 @@ class Trainer:
             listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
             print(f"warning: resuming with changed settings: {listed}")
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
         return self._save(self.run_dir, self.cfg.train.keep_last)
 
-    def _save(self, root: Path, keep_last: int) -> Path:
+    def _save(self, root: Path, keep_last: int) -> Path | None:
+        """Rank 0 writes (the ranks hold identical weights, optimizer states and generators); all wait."""
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return None
+        try:
+            return self._write_checkpoint(root, keep_last)
+        finally:
+            self.dist.barrier()
+
+    def _write_checkpoint(self, root: Path, keep_last: int) -> Path:
         state = {"data": self.prompts.state_dict(), "stability": self.stability.state_dict(),
                  "guard": self.guard.state_dict(), "config": OmegaConf.to_container(self.cfg, resolve=True)}
         optim = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}

@@ -16,8 +16,12 @@ class Algorithm(Protocol):
                optimizer: torch.optim.Optimizer, lr_scheduler, generator: torch.Generator) -> dict: ...
 
 
-def optimizer_step(params: list[torch.nn.Parameter], optimizer, lr_scheduler, max_grad_norm: float) -> float:
-    """Clip, step, zero. Returns the pre-clip gradient norm. Refuses to apply non-finite gradients."""
+def optimizer_step(params: list[torch.nn.Parameter], optimizer, lr_scheduler, max_grad_norm: float,
+                   grad_sync=None) -> float:
+    """(Average gradients over processes,) clip, step, zero. Returns the pre-clip gradient norm. Refuses to apply
+    non-finite gradients."""
+    if grad_sync is not None:
+        grad_sync(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
     if not torch.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)

@@ -24,6 +24,7 @@ def best_worst_pairs(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[to
 class OnlineDPO:
     def __init__(self, cfg, max_grad_norm: float):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
+        self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step
 
     def advantages(self, rewards, group_ids, uncertainty=None):
         # DPO uses only the ordering inside each group; the "advantage" passed on is the raw reward.
@@ -62,7 +63,8 @@ class OnlineDPO:
                 loss.backward()
                 stats["loss"].append(loss.item())
                 stats["dpo_acc"].append((diff < 0).float().mean().item())
-                stats["grad_norm"].append(optimizer_step(params, optimizer, lr_scheduler, self.max_grad_norm))
+                grad_norm = optimizer_step(params, optimizer, lr_scheduler, self.max_grad_norm, self.grad_sync)
+                stats["grad_norm"].append(grad_norm)
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out["dpo_pairs"] = len(win)
         # importance ratios and KL to the reference are not part of DPO's objective: reported as null

@@ -15,6 +15,7 @@ from rlkit.errors import UserError
 class GRPO:
     def __init__(self, cfg, max_grad_norm: float):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
+        self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step
 
     def advantages(self, rewards, group_ids, uncertainty=None):
         adv, zero_std_frac = group_advantages(rewards, group_ids, self.cfg.std_scope, self.cfg.adv_clip)
@@ -63,7 +64,7 @@ class GRPO:
                         dims = tuple(range(1, out.mean.ndim))
                         kl = (((out.mean - ref.mean) ** 2).mean(dim=dims) / (2 * out.std**2)).mean()
                     loss = pg_loss + cfg.kl_coef * kl
-                    (loss / k).backward()
+                    (loss / k).backward()  # one optimizer step per micro-batch: the mean over its samples and steps
                     with torch.no_grad():
                         stats["loss"].append(loss.item())
                         stats["ratio_mean"].append(ratio.mean().item())
@@ -72,7 +73,8 @@ class GRPO:
                         )
                         stats["approx_kl"].append(0.5 * (log_ratio**2).mean().item())
                         stats["kl_ref"].append(float(kl))
-                stats["grad_norm"].append(optimizer_step(params, optimizer, lr_scheduler, self.max_grad_norm))
+                grad_norm = optimizer_step(params, optimizer, lr_scheduler, self.max_grad_norm, self.grad_sync)
+                stats["grad_norm"].append(grad_norm)
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out["ratio_max_dev"] = 0.0 if not stats["ratio_mean"] else max(abs(r - 1) for r in stats["ratio_mean"])
         return out
