@@ -1,40 +1,18 @@
-"""FLUX.1 Kontext as an RL policy: diffusers' pipeline parts, a peft LoRA, and fp32 SDE steps with log-probs.
+"""FLUX.1 Kontext as an RL policy (the loop, kernels and LoRA are in flow_policy.py).
 
-The sampler is the pipeline's own denoising loop unrolled (encode prompt, encode the source with the VAE,
-pack latents, concatenate the source tokens after the target tokens, slice the prediction back), with the
-Euler step swapped for a step kernel from `policies.sde` that also returns the transition's log-prob.
-Rollout and training call the same `_transition`, so recomputed log-probs match the recorded ones.
+Conditioning as the pipeline does it: T5 + CLIP text encodings, the source encoded by the VAE and packed into
+extra tokens after the noisy target tokens (position ids offset on the first axis), the prediction sliced back
+to the target tokens; guidance-distilled, so guidance is an embedding, not true CFG.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
-from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from diffusers import FluxKontextPipeline
 
-from policies.base import PromptBatch, Rollout
-from policies.sde import KERNELS, StepOutput, ode_step, sde_window
-from rlkit.errors import UserError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def select_attention_backend(name: str) -> None:
-    """Process-wide SDPA backend choice. Global flags rather than a context manager, because gradient
-    checkpointing recomputes attention inside backward(), outside any context around the forward."""
-    if name == "default" or not torch.cuda.is_available():
-        return
-    allowed = {"auto": {"flash", "efficient", "math"}}.get(name, {name})
-    torch.backends.cuda.enable_flash_sdp("flash" in allowed)
-    torch.backends.cuda.enable_mem_efficient_sdp("efficient" in allowed)
-    torch.backends.cuda.enable_cudnn_sdp("cudnn" in allowed)
-    torch.backends.cuda.enable_math_sdp("math" in allowed or name == "auto")
+from policies.flow_policy import FlowEditPolicy
 
 
 @dataclass
@@ -49,66 +27,10 @@ class KontextCondition:
     latent_hw: tuple[int, int]  # unpacked latent height, width
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"policy.device is '{name}' but CUDA is not available; use policy.device=cpu")
-    return torch.device(name)
-
-
-class FluxKontextPolicy:
-    def __init__(self, pipe: FluxKontextPipeline, cfg, sampler_cfg, device: torch.device | str = "cpu",
-                 train_micro_batch: int = 0, with_adapter: bool = True):
-        self.cfg, self.sampler_cfg = cfg, sampler_cfg
-        # same transformer batch shape in rollout and training: the recomputed ratio is then exact in bf16
-        self.rollout_batch = sampler_cfg.batch_size or train_micro_batch
-        self.device = torch.device(device)
-        self.dtype = DTYPES[cfg.dtype]
-        if self.device.type == "cuda":
-            select_attention_backend(cfg.attention_backend)
-        self.pipe = pipe
-        pipe.set_progress_bar_config(disable=True)
-        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
-            module.requires_grad_(False)
-            module.eval()  # no dropout: rollout and training forwards must be the same function
-        if pipe.transformer.dtype != self.dtype:
-            pipe.transformer.to(dtype=self.dtype)
-        pipe.transformer.to(self.device)
-        pipe.vae.to(self.device)
-        pipe.text_encoder.to(self.device)
-        pipe.text_encoder_2.to(self.device)
-        self.transformer = pipe.transformer
-        lora = cfg.lora
-        if with_adapter:  # without: the base weights alone (the sandbox pre-trains them)
-            self.transformer.add_adapter(LoraConfig(
-                r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.target_modules),
-                init_lora_weights=True if str(lora.init).lower() == "true" else lora.init,
-            ))
-        # LoRA weights train in fp32 even when the base is bf16 (optimizer precision); forward casts.
-        for p in self.trainable_parameters():
-            p.data = p.data.float()
-        if cfg.gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
-        self.kernel = KERNELS[sampler_cfg.kernel]
-        self.resolution = cfg.resolution
-
-    # ----------------------------------------------------------------- construction
-    @classmethod
-    def from_pretrained(cls, cfg, sampler_cfg, device, train_micro_batch: int = 0) -> FluxKontextPolicy:
-        """Load from a local folder or the local hub cache; never downloads."""
-        try:
-            pipe = FluxKontextPipeline.from_pretrained(
-                cfg.pretrained, dtype=DTYPES[cfg.dtype], local_files_only=True
-            )
-        except (OSError, ValueError) as err:
-            raise UserError(
-                f"policy.pretrained '{cfg.pretrained}' is not a local folder nor in the local hub cache "
-                f"({type(err).__name__}). Download it first, e.g. `hf download {cfg.pretrained}` (FLUX.1 "
-                f"Kontext [dev] needs its license accepted on the hub), or set policy.pretrained to a local "
-                f"folder with the diffusers layout."
-            ) from None
-        return cls(pipe, cfg, sampler_cfg, device, train_micro_batch)
+class FluxKontextPolicy(FlowEditPolicy):
+    pipeline_class = FluxKontextPipeline
+    modules = ("vae", "text_encoder", "text_encoder_2", "transformer")
+    download_note = " (FLUX.1 Kontext [dev] needs its license accepted on the hub)"
 
     # ----------------------------------------------------------------- conditioning
     @torch.no_grad()
@@ -133,16 +55,6 @@ class FluxKontextPolicy:
             img_ids=torch.cat([latent_ids, image_ids], dim=0), latent_hw=(h, w),
         )
 
-    def schedule(self, image_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pipeline's shifted sigma schedule: sigmas [T + 1] (ending at 0) and timesteps [T]."""
-        n = self.sampler_cfg.num_steps
-        sched = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
-        c = sched.config
-        mu = calculate_shift(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
-        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu, device="cpu")
-        return sched.sigmas.float(), sched.timesteps.float()
-
     # ----------------------------------------------------------------- model calls
     def predict_velocity(self, x: torch.Tensor, timestep: torch.Tensor, cond: KontextCondition,
                          prompt_index: torch.Tensor) -> torch.Tensor:
@@ -165,82 +77,6 @@ class FluxKontextPolicy:
         )[0]
         return out[:, :length].float()  # drop the source tokens' predictions
 
-    def _transition(self, x, steps: torch.Tensor, meta: dict, cond, prompt_index, *, noise=None,
-                    prev_sample=None) -> StepOutput:
-        """Denoising step ``steps[i]`` for each sample ``x[i]``: the one code path for rollout and training.
-
-        Samples may sit at different steps (training draws timesteps per sample); all must be SDE steps or
-        all ODE steps, since the kernel is chosen per call.
-        """
-        sigmas, timesteps, sde_mask = meta["sigmas"], meta["timesteps"], meta["sde_mask"]
-        noisy = sde_mask[steps]
-        if bool(noisy.any()) != bool(noisy.all()):
-            raise ValueError("a transition batch mixes SDE and ODE steps")
-        v = self.predict_velocity(x, timesteps[steps] / 1000, cond, prompt_index)
-        kernel = self.kernel if bool(noisy[0]) else ode_step
-        return kernel(
-            x.to(self.device), v, sigmas[steps], sigmas[steps + 1], self.sampler_cfg.noise_level,
-            sigma_max=float(sigmas[1]), noise=noise, prev_sample=prev_sample,
-        )
-
-    # ----------------------------------------------------------------- rollout
-    @torch.no_grad()
-    def sample(self, batch: PromptBatch, group_size: int, generator: torch.Generator,
-               sde_window_start: int = 0, initial_noise: torch.Tensor | None = None,
-               shard: tuple[int, int] | None = None) -> Rollout:
-        """G edits per prompt with their trajectories and log-probs. Noise comes from ``generator`` (CPU).
-
-        ``shard=(rank, world)``: sample only this rank's share of the prompts, drawing the noise for the whole
-        batch (so the ranks' rollouts together are exactly the unsharded rollout); group ids stay global."""
-        P, G = len(batch), group_size
-        rank, world = shard or (0, 1)
-        if P % world:
-            raise ValueError(f"{P} prompts per step do not split over {world} processes")
-        mine = slice(rank * P // world, (rank + 1) * P // world)
-        rows = slice(mine.start * G, mine.stop * G)
-        cond = self.encode(batch.sources[mine], batch.instructions[mine])
-        N = (mine.stop - mine.start) * G
-        prompt_index = torch.arange(mine.stop - mine.start).repeat_interleave(G)
-        h, w = cond.latent_hw
-        C = self.transformer.config.in_channels // 4
-        if initial_noise is None:
-            initial_noise = torch.randn((P * G, C, h, w), generator=generator, dtype=torch.float32)
-        x = self.pipe._pack_latents(initial_noise[rows].float(), N, C, h, w).to(self.device)
-        sigmas, timesteps = self.schedule(x.shape[1])
-        T = len(timesteps)
-        window = sde_window(T, self.sampler_cfg.sde_window, sde_window_start)
-        noisy = self.sampler_cfg.noise_level > 0
-        meta = {"sigmas": sigmas, "timesteps": timesteps,
-                "sde_mask": torch.tensor([noisy and m for m in window])}
-
-        chunk = self.rollout_batch or N
-        traj, logps = [x.float().cpu()], []
-        for step in range(T):
-            noise = None
-            if meta["sde_mask"][step]:
-                noise = torch.randn((P * G, *x.shape[1:]), generator=generator, dtype=torch.float32)[rows]
-            steps = torch.full((N,), step, dtype=torch.long)
-            outs = [
-                self._transition(x[i : i + chunk], steps[i : i + chunk], meta, cond, prompt_index[i : i + chunk],
-                                 noise=None if noise is None else noise[i : i + chunk])
-                for i in range(0, N, chunk)
-            ]
-            x = torch.cat([o.prev_sample for o in outs])
-            logps.append(torch.cat([o.log_prob for o in outs]).cpu())
-            traj.append(x.cpu())
-        images = self.decode(x)
-        group_of_key = {k: i for i, k in enumerate(dict.fromkeys(batch.keys))}
-        global_prompt = prompt_index + mine.start
-        group_ids = torch.tensor([group_of_key[batch.keys[p]] for p in global_prompt.tolist()])
-        return Rollout(
-            latents=torch.stack(traj, dim=1), log_probs=torch.stack(logps, dim=1), sigmas=sigmas,
-            timesteps=timesteps, sde_mask=meta["sde_mask"], images=images,
-            sources=batch.sources[global_prompt].cpu(),
-            instructions=[batch.instructions[p] for p in global_prompt.tolist()],
-            group_ids=group_ids, prompt_index=prompt_index, cond=cond,
-            metadata=[dict(batch.metadata[p]) if batch.metadata else {} for p in global_prompt.tolist()],
-        )
-
     @torch.no_grad()
     def decode(self, packed: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
@@ -248,44 +84,3 @@ class FluxKontextPolicy:
         lat = lat / vae.config.scaling_factor + vae.config.shift_factor
         image = vae.decode(lat.to(self.device, vae.dtype), return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0, 1).cpu()
-
-    # ----------------------------------------------------------------- training-side calls
-    def step_logprob(self, rollout: Rollout, sample_idx: torch.Tensor, steps: torch.Tensor | int) -> StepOutput:
-        """Log-prob of the recorded transitions ``steps`` (one per sample, or one for all) of ``sample_idx``
-        under the current weights."""
-        steps = torch.as_tensor(steps, dtype=torch.long).expand(len(sample_idx))
-        meta = {"sigmas": rollout.sigmas, "timesteps": rollout.timesteps, "sde_mask": rollout.sde_mask}
-        return self._transition(
-            rollout.latents[sample_idx, steps].to(self.device), steps, meta, rollout.cond,
-            rollout.prompt_index[sample_idx], prev_sample=rollout.latents[sample_idx, steps + 1].to(self.device),
-        )
-
-    @contextmanager
-    def reference(self):
-        """The reference policy: the same transformer with the LoRA adapter disabled."""
-        self.transformer.disable_adapters()
-        try:
-            yield self
-        finally:
-            self.transformer.enable_adapters()
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for n, p in self.transformer.named_parameters() if "lora_" in n]
-
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.transformer).items()}
-
-    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        result = set_peft_model_state_dict(self.transformer, state)
-        unexpected = getattr(result, "unexpected_keys", None) or []
-        if unexpected:
-            raise UserError(f"checkpoint adapter has keys this policy lacks, e.g. '{unexpected[0]}' "
-                            f"(another model or LoRA target set?)")
-        for p in self.trainable_parameters():  # peft may cast loaded weights to the base dtype
-            p.data = p.data.float()
-
-    def save_lora(self, directory: str) -> None:
-        """Write the adapter in the diffusers format (`pytorch_lora_weights.safetensors`)."""
-        FluxKontextPipeline.save_lora_weights(
-            directory, transformer_lora_layers=get_peft_model_state_dict(self.transformer), safe_serialization=True,
-        )

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 
 from policies import build_policy
-from policies.flux_kontext import resolve_device
+from policies.flow_policy import resolve_device
 from rlkit.algorithms import build_algorithm
 from rlkit.data import PromptStream, read_items
 from rlkit.errors import UserError

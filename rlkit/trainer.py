@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from policies import build_policy
-from policies.flux_kontext import resolve_device
+from policies.flow_policy import resolve_device
 from rlkit import checkpoint as ckpt
 from rlkit.algorithms import build_algorithm
 from rlkit.config import to_yaml
