@@ -6,12 +6,18 @@ __all__ = ["EditPolicy", "PromptBatch", "Rollout", "build_policy"]
 
 
 def build_policy(cfg, sampler_cfg, device, train_micro_batch: int = 0):
-    """Build the policy a recipe names. Imports diffusers lazily so `rlkit validate` stays fast."""
-    from policies.flux_kontext import FluxKontextPolicy
+    """Build the policy a recipe names (`NAME` loads `policy.pretrained`, `NAME_tiny` builds random toy
+    weights). Imports diffusers lazily so `rlkit validate` stays fast."""
+    from policies import tiny
 
-    if cfg.name == "flux_kontext_tiny":
-        from policies.tiny import tiny_kontext_pipeline
+    if cfg.name.startswith("qwen_image_edit"):
+        from policies.qwen_image_edit import QwenImageEditPolicy as policy_class
 
-        pipe = tiny_kontext_pipeline(seed=cfg.seed)
-        return FluxKontextPolicy(pipe, cfg, sampler_cfg, device, train_micro_batch)
-    return FluxKontextPolicy.from_pretrained(cfg, sampler_cfg, device, train_micro_batch)
+        build_tiny = tiny.tiny_qwen_edit_pipeline
+    else:
+        from policies.flux_kontext import FluxKontextPolicy as policy_class
+
+        build_tiny = tiny.tiny_kontext_pipeline
+    if cfg.name.endswith("_tiny"):
+        return policy_class(build_tiny(seed=cfg.seed), cfg, sampler_cfg, device, train_micro_batch)
+    return policy_class.from_pretrained(cfg, sampler_cfg, device, train_micro_batch)

@@ -32,12 +32,13 @@ class LoraConfig:
 
 @dataclass
 class PolicyConfig:
-    name: str = "flux_kontext"  # flux_kontext | flux_kontext_tiny
+    name: str = "flux_kontext"  # flux_kontext | qwen_image_edit (+ _tiny: random toy weights for tests)
     pretrained: str | None = None  # local folder or hub id (read from the local hub cache only)
     dtype: str = "bfloat16"  # transformer dtype; step math and log-probs are always fp32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resolution: int = 512  # source and edit are resized (centre crop) to resolution x resolution
     guidance_scale: float = 2.5  # FLUX Kontext [dev] is guidance-distilled: an embedding, no true CFG
+    true_cfg_scale: float = 1.0  # qwen_image_edit: true CFG with the empty negative prompt (pipeline default 4)
     max_sequence_length: int = 512
     gradient_checkpointing: bool = False
     # auto = flash, then memory-efficient, then math: cuDNN attention is left out because its backward
@@ -207,7 +208,7 @@ class Recipe:
 
 
 CHOICES = {
-    "policy.name": ("flux_kontext", "flux_kontext_tiny"),
+    "policy.name": ("flux_kontext", "flux_kontext_tiny", "qwen_image_edit", "qwen_image_edit_tiny"),
     "policy.dtype": ("float32", "bfloat16", "float16"),
     "policy.attention_backend": ("auto", "default", "flash", "efficient", "cudnn", "math"),
     "sampler.kernel": ("flow_sde", "dance_sde", "cps"),
@@ -381,8 +382,8 @@ def check_values(cfg: DictConfig, where: str) -> None:
         raise UserError(f"{where}: 'sampler.noise_level' must be >= 0")
     if cfg.policy.resolution % 16:
         raise UserError(f"{where}: 'policy.resolution' must be a multiple of 16 (VAE x patch size)")
-    if cfg.policy.name == "flux_kontext" and not cfg.policy.pretrained:
-        raise UserError(f"{where}: 'policy.pretrained' must name a local folder or hub id for flux_kontext")
+    if not cfg.policy.name.endswith("_tiny") and not cfg.policy.pretrained:
+        raise UserError(f"{where}: 'policy.pretrained' must name a local folder or hub id for {cfg.policy.name}")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -37,7 +37,8 @@ class Backbone:
         return int(self.image_processor.merge_size)
 
 
-def _qwen_tokenizer():
+def qwen_byte_tokenizer():
+    """A byte-level Qwen2 tokenizer (no merges) with the chat/vision specials and <|Reward|>, generated here."""
     from transformers import Qwen2TokenizerFast
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -53,7 +54,7 @@ def tiny_backbone(seed: int = 0, image_size: int = 32, hidden: int = 64, layers:
     parameters. Heads are 16 wide; the vision tower is half as wide as the text model."""
     from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    tok = _qwen_tokenizer()
+    tok = qwen_byte_tokenizer()
     ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
