@@ -19,51 +19,9 @@ from omegaconf import OmegaConf
 
 from policies.base import PromptBatch
 from policies.flux_kontext import FluxKontextPolicy
+from policies.tiny import kontext_size_pipeline
 from rlkit.algorithms import GRPO
 from rlkit.config import Recipe
-
-# FLUX.1 [dev] / Kontext [dev] transformer (11.9B) and VAE configs (public model_index / config.json values).
-KONTEXT_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                           num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-                           guidance_embeds=True, axes_dims_rope=[16, 56, 56])
-KONTEXT_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-                   down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                   layers_per_block=2, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False,
-                   shift_factor=0.1159, scaling_factor=0.3611, sample_size=1024)
-
-
-def kontext_size_pipeline(device: torch.device):
-    """Real-size transformer and VAE with random weights; text encoders shrunk to 1 layer at the real output
-    widths (CLIP pooled 768, T5 4096) since their cost is once per group, not per step."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        FluxKontextPipeline,
-        FluxTransformer2DModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    from policies.tiny import tiny_clip_tokenizer, tiny_t5_tokenizer
-
-    clip_tok, t5_tok = tiny_clip_tokenizer(), tiny_t5_tokenizer()
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with device:
-            transformer = FluxTransformer2DModel(**KONTEXT_TRANSFORMER)
-            te = CLIPTextModel(CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=768, intermediate_size=3072,
-                                              num_attention_heads=12, num_hidden_layers=1, projection_dim=768,
-                                              max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                                              pad_token_id=1))
-            te2 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=4096, d_kv=64, d_ff=10240, num_layers=1,
-                                          num_heads=64, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
-            vae = AutoencoderKL(**KONTEXT_VAE)
-    finally:
-        torch.set_default_dtype(default)
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                                base_image_seq_len=256, max_image_seq_len=4096, shift=3.0)
-    return FluxKontextPipeline(scheduler=scheduler, vae=vae, text_encoder=te, tokenizer=clip_tok, text_encoder_2=te2,
-                               tokenizer_2=t5_tok, transformer=transformer)
 
 
 def timed(fn, device, repeat=1):

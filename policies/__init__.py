@@ -7,7 +7,10 @@ __all__ = ["EditPolicy", "PromptBatch", "Rollout", "build_policy"]
 
 def build_policy(cfg, sampler_cfg, device, train_micro_batch: int = 0):
     """Build the policy a recipe names (`NAME` loads `policy.pretrained`, `NAME_tiny` builds random toy
-    weights). Imports diffusers lazily so `rlkit validate` stays fast."""
+    weights, `flux_kontext_random` the real size with random weights). Imports diffusers lazily so
+    `rlkit validate` stays fast."""
+    import torch
+
     from policies import tiny
 
     if cfg.name.startswith("qwen_image_edit"):
@@ -20,4 +23,7 @@ def build_policy(cfg, sampler_cfg, device, train_micro_batch: int = 0):
         build_tiny = tiny.tiny_kontext_pipeline
     if cfg.name.endswith("_tiny"):
         return policy_class(build_tiny(seed=cfg.seed), cfg, sampler_cfg, device, train_micro_batch)
+    if cfg.name == "flux_kontext_random":  # the real FLUX.1 Kontext size, random weights: for rlkit bench
+        torch.manual_seed(cfg.seed)
+        return policy_class(tiny.kontext_size_pipeline(device), cfg, sampler_cfg, device, train_micro_batch)
     return policy_class.from_pretrained(cfg, sampler_cfg, device, train_micro_batch)

@@ -32,7 +32,9 @@ class LoraConfig:
 
 @dataclass
 class PolicyConfig:
-    name: str = "flux_kontext"  # flux_kontext | qwen_image_edit (+ _tiny: random toy weights for tests)
+    # flux_kontext | qwen_image_edit (+ _tiny: random toy weights for tests); flux_kontext_random: the real
+    # size with random weights (benchmarks)
+    name: str = "flux_kontext"
     pretrained: str | None = None  # local folder or hub id (read from the local hub cache only)
     dtype: str = "bfloat16"  # transformer dtype; step math and log-probs are always fp32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -208,7 +210,8 @@ class Recipe:
 
 
 CHOICES = {
-    "policy.name": ("flux_kontext", "flux_kontext_tiny", "qwen_image_edit", "qwen_image_edit_tiny"),
+    "policy.name": ("flux_kontext", "flux_kontext_tiny", "flux_kontext_random", "qwen_image_edit",
+                    "qwen_image_edit_tiny"),
     "policy.dtype": ("float32", "bfloat16", "float16"),
     "policy.attention_backend": ("auto", "default", "flash", "efficient", "cudnn", "math"),
     "sampler.kernel": ("flow_sde", "dance_sde", "cps"),
@@ -382,7 +385,7 @@ def check_values(cfg: DictConfig, where: str) -> None:
         raise UserError(f"{where}: 'sampler.noise_level' must be >= 0")
     if cfg.policy.resolution % 16:
         raise UserError(f"{where}: 'policy.resolution' must be a multiple of 16 (VAE x patch size)")
-    if not cfg.policy.name.endswith("_tiny") and not cfg.policy.pretrained:
+    if cfg.policy.name in ("flux_kontext", "qwen_image_edit") and not cfg.policy.pretrained:
         raise UserError(f"{where}: 'policy.pretrained' must name a local folder or hub id for {cfg.policy.name}")
 
 

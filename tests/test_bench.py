@@ -31,3 +31,18 @@ def test_bench_prints_stages_and_ratios(tmp_path, capsys):
 def test_bench_refuses_dpo(capsys):
     assert main(["bench", "tiny_edit", "algorithm.name=dpo"]) == 2
     assert "grpo" in capsys.readouterr().err
+
+
+def test_bench_recipe_for_the_gpu_validates_and_random_judge_scores(tmp_path):
+    """bench_kontext.yaml is what the GPU session runs; its judge kwargs build (tiny here, 8b there)."""
+    import torch
+
+    from rewards import RewardInput
+    from rewards.jrm.reward import JRMReward
+
+    assert main(["validate", "bench_kontext"]) == 0
+    judge = JRMReward(random_size="tiny", image_size=32, device="cpu")
+    out = judge(RewardInput(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), ["a", "b"], torch.zeros(2).long()))
+    assert out.scores.shape == (2,) and torch.isfinite(out.scores).all()
+    with pytest.raises(ValueError, match="random_size"):
+        JRMReward(random_size="70b")

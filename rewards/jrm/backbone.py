@@ -96,3 +96,33 @@ def load_backbone(path: str, dtype: torch.dtype = torch.bfloat16) -> Backbone:
         tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
         model.resize_token_embeddings(len(tokenizer))
     return Backbone(model, tokenizer, image_processor, kind)
+
+
+def qwen3_vl_8b(device) -> Backbone:
+    """Qwen3-VL-8B-Instruct's architecture (public config.json values) with random bf16 weights: for
+    benchmarks, where the cost does not depend on the weights."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    tok = qwen_byte_tokenizer()
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    cfg = Qwen3VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                          "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+                         pad_token_id=tok.pad_token_id),
+        vision_config=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=4096,
+                           num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24]),
+        tie_word_embeddings=False, **ids)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = Qwen3VLForConditionalGeneration(cfg)
+    finally:
+        torch.set_default_dtype(default)
+    processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
+    return Backbone(model.eval(), tok, processor, "qwen3_vl")

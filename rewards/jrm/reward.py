@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from rewards.base import RewardInput, RewardOutput
-from rewards.jrm.model import JRMModel
+from rewards.jrm.model import JRMConfig, JRMModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -23,11 +23,17 @@ class JRMReward:
     candidate before scoring; off = score with the rationale masked (what stage-1 training's dropout allows).
     """
 
-    def __init__(self, path: str, batch_size: int = 16, device: str = "auto", dtype: str = "float32",
-                 think: bool | None = None, max_new_tokens: int = 128):
+    def __init__(self, path: str | None = None, batch_size: int = 16, device: str = "auto", dtype: str = "float32",
+                 think: bool | None = None, max_new_tokens: int = 128, random_size: str | None = None,
+                 image_size: int = 448):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = JRMModel.load(path, dtype=DTYPES[dtype], device=device)
+        if random_size is not None:  # benchmarks only: the cost of a judge of that size, its scores are noise
+            self.model = random_jrm(random_size, image_size, device)
+        elif path is None:
+            raise ValueError("give 'path' (a trained JRM's final/ folder)")
+        else:
+            self.model = JRMModel.load(path, dtype=DTYPES[dtype], device=device)
         if think and not self.model.thinks:
             raise ValueError(f"think=true needs a rationale_first model; {path} scores first")
         self.think = self.model.thinks if think is None else think
@@ -45,3 +51,14 @@ class JRMReward:
 
     def explain(self, source, edited, instruction: str, max_new_tokens: int = 256) -> str:
         return self.model.explain(source, edited, instruction, max_new_tokens)
+
+
+def random_jrm(size: str, image_size: int, device: str) -> JRMModel:
+    """An untrained JRM at Qwen3-VL-8B size ("8b", bf16) or toy size ("tiny"), images at image_size."""
+    from rewards.jrm.backbone import qwen3_vl_8b, tiny_backbone
+
+    if size not in ("8b", "tiny"):
+        raise ValueError(f"random_size must be 8b or tiny, got {size!r}")
+    backbone = qwen3_vl_8b(torch.device(device)) if size == "8b" else tiny_backbone(0, image_size)
+    backbone.image_processor.min_pixels = backbone.image_processor.max_pixels = image_size**2
+    return JRMModel(backbone, JRMConfig(image_size=image_size)).to(device).eval()
