@@ -132,6 +132,7 @@ class SandboxConfig:
     editor_steps: int = 1500
     editor_batch: int = 32
     editor_lr: float = 1e-3
+    washout: float = 0.0  # editor pre-trained on targets faded towards grey by this much (a flaw RL can fix)
     jrm_pairs: int = 384  # synthetic corruption pairs
     jrm_editor_prompts: int = 256  # + pairs from the pre-trained editor's samples (best vs worst of 4)
     jrm_epochs: int = 6

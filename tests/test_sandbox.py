@@ -100,3 +100,17 @@ def test_evaluation_reuses_the_training_reward_models():
     heldout = build_rewards(cfg.eval.rewards, built)
     assert heldout.rewards[0][2] is train.rewards[0][2]  # same name and kwargs: one model, loaded once
     assert heldout.rewards[1][2] is not train.rewards[0][2]  # other kwargs: its own instance
+
+
+def test_washout_is_a_global_flaw_the_truth_penalises():
+    from rlkit.sandbox.world import gt_scores, random_edit, random_scene, render, to_tensor, washout
+
+    rng = random.Random(3)
+    scene = random_scene(rng)
+    _, target = random_edit(scene, rng)
+    src, tgt = to_tensor(render(scene, 32)), to_tensor(render(target, 32))
+    exact = gt_scores(tgt, src, tgt)
+    faded = gt_scores(washout(tgt, 0.2), src, tgt)
+    assert exact["overall"] == pytest.approx(1.0)
+    assert faded["preserve"] < 0.9 * exact["preserve"] and faded["overall"] < exact["overall"]
+    assert torch.allclose(washout(torch.full((3, 2, 2), 0.5), 0.3), torch.full((3, 2, 2), 0.5))

@@ -10,7 +10,17 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageFilter
 
-from rlkit.sandbox.world import OPERATIONS, Scene, edit_region, gt_scores, random_edit, random_scene, render, to_tensor
+from rlkit.sandbox.world import (
+    OPERATIONS,
+    Scene,
+    edit_region,
+    gt_scores,
+    random_edit,
+    random_scene,
+    render,
+    to_tensor,
+    washout,
+)
 
 
 def sample_prompts(n: int, seed: int, operations=OPERATIONS) -> list[tuple[Scene, str, Scene]]:
@@ -72,6 +82,8 @@ def candidates(scene: Scene, target: Scene, instruction: str, rng: random.Random
     noisy = (to_tensor(tgt) + rng.choice([0.05, 0.1, 0.2]) * noise).clamp(0, 1)
     out.append(("noisy", Image.fromarray((noisy.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))))
     out.append(("blurred", tgt.filter(ImageFilter.GaussianBlur(rng.choice([0.8, 1.5])))))
+    faded = washout(to_tensor(tgt), rng.choice([0.1, 0.2, 0.3]))
+    out.append(("washed", Image.fromarray((faded.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))))
     other = random_edit(scene, rng)
     if other is not None and other[0] != instruction:
         out.append(("wrong_edit", render(other[1], size)))

@@ -24,7 +24,17 @@ from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 from policies.tiny import tiny_clip_tokenizer
 from rlkit.config import SandboxConfig as PrepareConfig  # the recipe's `sandbox` section
 from rlkit.sandbox.data import sample_prompts, write_preference_pairs, write_prompts
-from rlkit.sandbox.world import BACKGROUNDS, COLOURS, DIRECTIONS, PLACES, SHAPES, random_scene, render, to_tensor
+from rlkit.sandbox.world import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    PLACES,
+    SHAPES,
+    random_scene,
+    render,
+    to_tensor,
+    washout,
+)
 
 SIZE = 32
 
@@ -112,6 +122,8 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
     # conditioning and target latents once for the whole training set; each step only indexes them
     src = torch.stack([to_tensor(render(p[0], SIZE)) for p in prompts])
     tgt = torch.stack([to_tensor(render(p[2], SIZE)) for p in prompts])
+    if cfg.washout:  # faded training targets: the editor learns a global flaw that RL can remove
+        tgt = washout(tgt, cfg.washout)
     cond = policy.encode(src, [p[1] for p in prompts])
     with torch.no_grad():
         lat = (vae.encode(tgt * 2 - 1).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor

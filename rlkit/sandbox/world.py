@@ -149,6 +149,12 @@ def edit_region(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return dilated
 
 
+def washout(image: torch.Tensor, strength: float) -> torch.Tensor:
+    """Pull every pixel towards mid-grey by ``strength``: the low-contrast, faded look of an editor trained on
+    badly processed targets. A global flaw: it costs preservation everywhere, and RL can learn it away."""
+    return (1 - strength) * image + strength * 0.5
+
+
 def gt_scores(edited: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """Ground truth for one edit; tensors [3, H, W] in [0, 1] at the same size."""
     region = edit_region(source, target)
