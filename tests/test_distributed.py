@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO
 from safetensors.torch import load_file
 
@@ -63,3 +64,20 @@ def test_prompts_must_split_over_processes(tmp_path):
                            "train.prompts_per_step=3", "train.steps=1"], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode != 0 and "multiple of the 2 processes" in proc.stderr
+
+
+def test_two_process_resume_is_exact(tmp_path):
+    """Stop a 2-process run after step 2, resume it to step 3: the adapter equals the straight 3-step run's."""
+    common = [a for a in ARGS if not a.startswith("train.steps")] + ["algorithm.micro_batch=3"]
+
+    def launch(*args):
+        _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+              str(_free_port()), "-m", "rlkit", *args])
+
+    launch("run", "tiny_edit", f"output_dir={tmp_path / 'straight'}", *common, "train.steps=3")
+    launch("run", "tiny_edit", f"output_dir={tmp_path / 'resumed'}", *common, "train.steps=2")
+    launch("resume", str(tmp_path / "resumed"), "train.steps=3")
+    a = load_file(tmp_path / "straight" / "final" / "pytorch_lora_weights.safetensors")
+    b = load_file(tmp_path / "resumed" / "final" / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in _rows(tmp_path / "resumed")] == [1, 2, 3]
