@@ -10,7 +10,9 @@ the same `_transition`, so recomputed log-probs match the recorded ones.
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,15 +72,19 @@ class FlowEditPolicy:
         if pipe.transformer.dtype != self.dtype:
             pipe.transformer.to(dtype=self.dtype)
         self.transformer = pipe.transformer
+        self.full = getattr(cfg, "finetune", "lora") == "full"
         lora = cfg.lora
-        if with_adapter:  # without: the base weights alone (the sandbox pre-trains them)
+        if self.full:  # every transformer weight trains; the reference is a frozen copy of the start
+            self.reference_transformer = copy.deepcopy(self.transformer)
+            self.transformer.requires_grad_(True)
+        elif with_adapter:  # without: the base weights alone (the sandbox pre-trains them)
             self.transformer.add_adapter(LoraConfig(
                 r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.target_modules),
                 init_lora_weights=True if str(lora.init).lower() == "true" else lora.init,
             ))
-        # LoRA weights train in fp32 even when the base is bf16 (optimizer precision); forward casts.
-        for p in self.trainable_parameters():
-            p.data = p.data.float()
+            # LoRA weights train in fp32 even when the base is bf16 (optimizer precision); forward casts.
+            for p in self.trainable_parameters():
+                p.data = p.data.float()
         if cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.kernel = KERNELS[sampler_cfg.kernel]
@@ -212,7 +218,15 @@ class FlowEditPolicy:
 
     @contextmanager
     def reference(self):
-        """The reference policy: the same transformer with the LoRA adapter disabled."""
+        """The reference policy: the same transformer with the LoRA adapter disabled (full fine-tuning: the
+        frozen copy of the starting weights)."""
+        if self.full:
+            trained, self.transformer = self.transformer, self.reference_transformer
+            try:
+                yield self
+            finally:
+                self.transformer = trained
+            return
         self.transformer.disable_adapters()
         try:
             yield self
@@ -220,12 +234,27 @@ class FlowEditPolicy:
             self.transformer.enable_adapters()
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        if self.full:
+            return list(self.transformer.parameters())
         return [p for n, p in self.transformer.named_parameters() if "lora_" in n]
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained weights (LoRA, or the whole transformer), full tensors on the CPU. With a sharded
+        transformer this is a collective: every rank must call it."""
+        if self.full:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(self.transformer, options=StateDictOptions(full_state_dict=True,
+                                                                                    cpu_offload=True))
+            return {k: v.detach().cpu().clone() for k, v in state.items()}
         return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.transformer).items()}
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.full:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self.transformer, state, options=StateDictOptions(full_state_dict=True))
+            return
         result = set_peft_model_state_dict(self.transformer, state)
         unexpected = getattr(result, "unexpected_keys", None) or []
         if unexpected:
@@ -234,8 +263,17 @@ class FlowEditPolicy:
         for p in self.trainable_parameters():  # peft may cast loaded weights to the base dtype
             p.data = p.data.float()
 
-    def save_lora(self, directory: str) -> None:
-        """Write the adapter in the diffusers format (`pytorch_lora_weights.safetensors`)."""
-        self.pipeline_class.save_lora_weights(
-            directory, transformer_lora_layers=get_peft_model_state_dict(self.transformer), safe_serialization=True,
-        )
+    def save_lora(self, directory: str, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the trained weights in the diffusers format: the LoRA (`pytorch_lora_weights.safetensors`,
+        for `load_lora_weights`), or with full fine-tuning the transformer folder (`transformer/`, for
+        `from_pretrained`). ``state``: an `adapter_state_dict()` already gathered (sharded models)."""
+        state = self.adapter_state_dict() if state is None else state
+        if self.full:
+            from safetensors.torch import save_file
+
+            folder = Path(directory) / "transformer"
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in state.items()}, folder / "diffusion_pytorch_model.safetensors")
+            self.reference_transformer.save_config(folder)  # the same config as the trained model
+            return
+        self.pipeline_class.save_lora_weights(directory, transformer_lora_layers=state, safe_serialization=True)

@@ -43,6 +43,9 @@ class PolicyConfig:
     true_cfg_scale: float = 1.0  # qwen_image_edit: true CFG with the empty negative prompt (pipeline default 4)
     max_sequence_length: int = 512
     gradient_checkpointing: bool = False
+    # lora: train a peft LoRA (reference = adapter off); full: train every transformer weight (reference = a
+    # frozen copy; with several processes the transformer is sharded with FSDP2)
+    finetune: str = "lora"
     # auto = flash, then memory-efficient, then math: cuDNN attention is left out because its backward
     # crashed (illegal memory access) on an H100 with torch 2.11 / cuDNN 9.19; default = torch's own choice
     attention_backend: str = "auto"  # auto | default | flash | efficient | cudnn | math
@@ -214,6 +217,7 @@ CHOICES = {
     "policy.name": ("flux_kontext", "flux_kontext_tiny", "flux_kontext_random", "qwen_image_edit",
                     "qwen_image_edit_tiny"),
     "policy.dtype": ("float32", "bfloat16", "float16"),
+    "policy.finetune": ("lora", "full"),
     "policy.attention_backend": ("auto", "default", "flash", "efficient", "cudnn", "math"),
     "sampler.kernel": ("flow_sde", "dance_sde", "cps"),
     "algorithm.name": ("grpo", "dpo"),

@@ -9,7 +9,9 @@ environment; one process without a launcher is the plain single-process case. Th
     `algorithm.micro_batch` is per process: W processes with micro-batch m make the same update as one
     process with micro-batch W x m on the same global batch (up to float summation order);
   - rank 0 writes logs, grids and checkpoints; generators stay in lockstep across ranks, so rank 0's
-    checkpoint restores every rank.
+    checkpoint restores every rank;
+  - full fine-tuning (`policy.finetune=full`): the transformer is sharded with FSDP2 instead (`fsdp`), which
+    averages gradients itself; weights and optimizer state are gathered to full tensors for checkpoints.
 """
 
 from __future__ import annotations
@@ -72,6 +74,19 @@ class Distributed:
         values = torch.tensor([float(figures[k]) for k in keys], dtype=torch.float64)
         dist.all_reduce(values)
         return {**figures, **{k: float(v) / self.world for k, v in zip(keys, values)}}
+
+    def fsdp(self, policy) -> None:
+        """Full fine-tuning: shard the transformer (and its frozen reference copy) with FSDP2, block by block.
+        Gradients are then reduce-scattered (averaged) by FSDP itself in backward."""
+        from torch.distributed.fsdp import fully_shard
+
+        for model in (policy.transformer, policy.reference_transformer):
+            for name in ("transformer_blocks", "single_transformer_blocks"):
+                for block in getattr(model, name, None) or []:
+                    fully_shard(block)
+            # the root resharded after forward too: otherwise its parameters stay swapped for unsharded views
+            # between a no-grad rollout and the update, and a parameter list taken then would miss gradients
+            fully_shard(model, reshard_after_forward=True)
 
     def any(self, flag: bool) -> bool:
         """True on every rank if it is true on any (a stop signal reaches the ranks at different moments)."""

@@ -28,7 +28,8 @@ from rlkit.report import write_report
 from rlkit.stability import Alarm, StabilityGuard, StabilityTracker
 
 # Changing these between a checkpoint and its resume would load weights into another model.
-INCOMPATIBLE = ("policy.name", "policy.pretrained", "policy.seed", "policy.lora.rank", "policy.lora.alpha",
+INCOMPATIBLE = ("policy.name", "policy.pretrained", "policy.seed", "policy.finetune", "policy.lora.rank",
+                "policy.lora.alpha",
                 "policy.lora.target_modules", "policy.resolution")
 
 
@@ -73,8 +74,11 @@ class Trainer:
         self._reward_models: dict = {}  # shared with the evaluator's gold rewards
         self.rewards = build_rewards(cfg.rewards, self._reward_models)
         self.policy = build_policy(cfg.policy, cfg.sampler, self.device, cfg.algorithm.micro_batch)
+        self.sharded = self.dist.enabled and self.policy.full
+        if self.sharded:
+            self.dist.fsdp(self.policy)
         self.algorithm = build_algorithm(cfg.algorithm, cfg.optim.max_grad_norm)
-        self.algorithm.grad_sync = self.dist.average_gradients
+        self.algorithm.grad_sync = None if self.sharded else self.dist.average_gradients
         self.prompts = PromptStream(items, cfg.policy.resolution, cfg.seed, cfg.data.shuffle)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=o.lr, betas=tuple(o.betas),
@@ -99,7 +103,7 @@ class Trainer:
         cfg, train = self.cfg, self.cfg.train
         if self.step >= train.steps:
             print(f"run in {self.run_dir} already finished at step {self.step} (train.steps={train.steps})")
-            if not (self.run_dir / "final").exists() and self.dist.is_main:
+            if not (self.run_dir / "final").exists():
                 self._save_final()
             return self.run_dir
         logger = RunLogger(self.run_dir, train.steps, self.step, progress=self.progress,
@@ -159,8 +163,7 @@ class Trainer:
                     print(f"warning: could not write the report: {err}")
         if self.step % max(train.save_every, 1) != 0 or not train.save_every:
             self.save_checkpoint()
-        if self.dist.is_main:
-            self._save_final()
+        self._save_final()
         return self.run_dir
 
     def _evaluate(self) -> dict:
@@ -199,7 +202,7 @@ class Trainer:
             return
         parts = ckpt.load_checkpoint(good.path)
         self.policy.load_adapter_state_dict(parts["adapter"])
-        self.optimizer.load_state_dict(parts["optimizer"]["optimizer"])
+        self._load_optimizer_state(parts["optimizer"]["optimizer"])
         sched = self.lr_scheduler
         sched.base_lrs = [b * self.cfg.stability.rollback_lr_factor for b in sched.base_lrs]
         for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
@@ -276,22 +279,41 @@ class Trainer:
         return self._save(self.run_dir, self.cfg.train.keep_last)
 
     def _save(self, root: Path, keep_last: int) -> Path | None:
-        """Rank 0 writes (the ranks hold identical weights, optimizer states and generators); all wait."""
+        """Every rank gathers the weights and optimizer state (a collective when sharded); rank 0 writes (the
+        ranks hold identical states and generators); all wait."""
+        adapter, optim = self.policy.adapter_state_dict(), self._optimizer_state()
         if not self.dist.is_main:
             self.dist.barrier()
             return None
         try:
-            return self._write_checkpoint(root, keep_last)
+            return self._write_checkpoint(root, keep_last, adapter, optim)
         finally:
             self.dist.barrier()
 
-    def _write_checkpoint(self, root: Path, keep_last: int) -> Path:
+    def _optimizer_state(self) -> dict:
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            opt = get_optimizer_state_dict(self.policy.transformer, self.optimizer,
+                                           options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            opt = self.optimizer.state_dict()
+        return {"optimizer": opt, "lr_scheduler": self.lr_scheduler.state_dict()}
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.policy.transformer, self.optimizer, optim_state_dict=state,
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state)
+
+    def _write_checkpoint(self, root: Path, keep_last: int, adapter: dict, optim: dict) -> Path:
         state = {"data": self.prompts.state_dict(), "stability": self.stability.state_dict(),
                  "guard": self.guard.state_dict(), "config": OmegaConf.to_container(self.cfg, resolve=True)}
-        optim = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}
         try:
-            return ckpt.save_checkpoint(root, self.step, self.policy.adapter_state_dict(), optim,
-                                        self.generators, state, keep_last)
+            return ckpt.save_checkpoint(root, self.step, adapter, optim, self.generators, state, keep_last)
         except OSError as err:
             previous = ckpt.newest_valid(self.run_dir, warn=lambda m: None)
             kept = f"{previous.path.name} is intact" if previous else "no earlier checkpoint exists"
@@ -301,7 +323,7 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         parts = ckpt.load_checkpoint(path)
         self.policy.load_adapter_state_dict(parts["adapter"])
-        self.optimizer.load_state_dict(parts["optimizer"]["optimizer"])
+        self._load_optimizer_state(parts["optimizer"]["optimizer"])
         self.lr_scheduler.load_state_dict(parts["optimizer"]["lr_scheduler"])
         state = parts["state"]
         ckpt.restore_rng(parts["rng"], state["rng"], self.generators)
@@ -313,9 +335,12 @@ class Trainer:
         print(f"resumed from {path} at step {self.step}")
 
     def _save_final(self) -> None:
-        final = self.run_dir / "final"
-        tmp = self.run_dir / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.policy.save_lora(str(tmp))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        state = self.policy.adapter_state_dict()  # every rank: a collective when sharded
+        if self.dist.is_main:
+            final = self.run_dir / "final"
+            tmp = self.run_dir / ".tmp-final"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.policy.save_lora(str(tmp), state)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        self.dist.barrier()

@@ -81,3 +81,21 @@ def test_two_process_resume_is_exact(tmp_path):
     b = load_file(tmp_path / "resumed" / "final" / "pytorch_lora_weights.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in _rows(tmp_path / "resumed")] == [1, 2, 3]
+
+
+def test_full_finetuning_sharded_over_two_processes_matches_one(tmp_path):
+    """policy.finetune=full: FSDP2 shards the transformer over 2 gloo processes; same update as 1 process."""
+    common = [*ARGS, "policy.finetune=full", "optim.lr=1e-4"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "rlkit", "run", "tiny_edit", f"output_dir={one}", *common, "algorithm.micro_batch=6"])
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+          str(_free_port()), "-m", "rlkit", "run", "tiny_edit", f"output_dir={two}", *common,
+          "algorithm.micro_batch=3"])
+    r1, r2 = _rows(one), _rows(two)
+    assert r1[0]["grad_norm"] == pytest.approx(r2[0]["grad_norm"], rel=1e-5)  # every weight got its gradient
+    name = "final/transformer/diffusion_pytorch_model.safetensors"
+    a, b = load_file(one / name), load_file(two / name)
+    start = load_file(one / "checkpoints" / "step_000001" / "adapter.safetensors")
+    assert a.keys() == b.keys() == start.keys()  # full (gathered) weights, not shards
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 0.01 * 1e-4
+    assert any(not torch.equal(a[k], start[k]) for k in a)

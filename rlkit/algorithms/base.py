@@ -23,6 +23,8 @@ def optimizer_step(params: list[torch.nn.Parameter], optimizer, lr_scheduler, ma
     if grad_sync is not None:
         grad_sync(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
+        grad_norm = grad_norm.full_tensor()
     if not torch.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError(f"non-finite gradient norm ({grad_norm.item()}); the update was not applied")
