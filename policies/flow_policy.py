@@ -154,17 +154,19 @@ class FlowEditPolicy:
                shard: tuple[int, int] | None = None) -> Rollout:
         """G edits per prompt with their trajectories and log-probs. Noise comes from ``generator`` (CPU).
 
-        ``shard=(rank, world)``: sample only this rank's share of the prompts, drawing the noise for the whole
-        batch (so the ranks' rollouts together are exactly the unsharded rollout); group ids stay global."""
+        ``shard=(rank, world)``: sample only this rank's contiguous share of the P x G samples (a group may span
+        ranks), drawing the noise for the whole batch, so the ranks' rollouts together are exactly the unsharded
+        rollout; group ids stay global. Only the prompts this rank samples are encoded."""
         P, G = len(batch), group_size
         rank, world = shard or (0, 1)
-        if P % world:
-            raise ValueError(f"{P} prompts per step do not split over {world} processes")
-        mine = slice(rank * P // world, (rank + 1) * P // world)
-        rows = slice(mine.start * G, mine.stop * G)
+        if (P * G) % world:
+            raise ValueError(f"{P} prompts x {G} samples do not split over {world} processes")
+        rows = slice(rank * P * G // world, (rank + 1) * P * G // world)
+        global_prompt = torch.arange(P).repeat_interleave(G)[rows]
+        mine = slice(int(global_prompt[0]), int(global_prompt[-1]) + 1)  # the prompts this rank touches
         cond = self.encode(batch.sources[mine], batch.instructions[mine])
-        N = (mine.stop - mine.start) * G
-        prompt_index = torch.arange(mine.stop - mine.start).repeat_interleave(G)
+        N = rows.stop - rows.start
+        prompt_index = global_prompt - mine.start
         h, w = cond.latent_hw
         C = self.transformer.config.in_channels // 4
         if initial_noise is None:
@@ -194,7 +196,6 @@ class FlowEditPolicy:
             traj.append(x.cpu())
         images = self.decode(x)
         group_of_key = {k: i for i, k in enumerate(dict.fromkeys(batch.keys))}
-        global_prompt = prompt_index + mine.start
         group_ids = torch.tensor([group_of_key[batch.keys[p]] for p in global_prompt.tolist()])
         return Rollout(
             latents=torch.stack(traj, dim=1), log_probs=torch.stack(logps, dim=1), sigmas=sigmas,

@@ -3,7 +3,8 @@
 accelerate's `PartialState` sets up the process group (gloo on CPU, nccl on GPU) from the launcher's
 environment; one process without a launcher is the plain single-process case. The scheme:
   - every rank draws the same global batch of prompts and the same noise for all of it (identical generators),
-    then samples only its share of the prompts: the union of the ranks' rollouts is the single-process rollout;
+    then samples only its share of the samples (a group may span ranks): the union of the ranks' rollouts is
+    the single-process rollout;
   - rewards are gathered, so advantages (and group/global std) see the whole batch;
   - each rank back-propagates its own micro-batches and gradients are averaged before each optimizer step, so
     `algorithm.micro_batch` is per process: W processes with micro-batch m make the same update as one

@@ -260,9 +260,10 @@ class Trainer:
         if c.algorithm.name != "grpo":
             raise UserError("multi-process runs support algorithm.name=grpo (online DPO's pair count differs "
                             "per rank)")
-        if c.train.prompts_per_step % self.dist.world:
-            raise UserError(f"train.prompts_per_step={c.train.prompts_per_step} must be a multiple of the "
-                            f"{self.dist.world} processes")
+        samples = c.train.prompts_per_step * c.algorithm.group_size
+        if samples % self.dist.world:
+            raise UserError(f"train.prompts_per_step x algorithm.group_size = {samples} samples must be a "
+                            f"multiple of the {self.dist.world} processes")
 
     def _check_compatible(self, old: DictConfig) -> None:
         diffs = [d for d in config_differences(old, self.cfg) if d[0] not in ("resume",)]

@@ -58,12 +58,29 @@ def test_two_processes_match_one_process(tmp_path):
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["latest", "step_000001", "step_000002"]
 
 
-def test_prompts_must_split_over_processes(tmp_path):
+def test_a_group_may_span_processes(tmp_path):
+    """1 prompt x group 4 over 2 processes: each rank samples half the group; rewards are gathered, so the
+    advantages (and the update) are those of the whole group."""
+    common = [a for a in ARGS if not a.startswith("train.prompts_per_step")] + ["train.prompts_per_step=1",
+                                                                              "algorithm.group_size=4"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "rlkit", "run", "tiny_edit", f"output_dir={one}", *common, "algorithm.micro_batch=4"])
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+          str(_free_port()), "-m", "rlkit", "run", "tiny_edit", f"output_dir={two}", *common,
+          "algorithm.micro_batch=2"])
+    r1, r2 = _rows(one), _rows(two)
+    assert r1[0]["reward_mean"] == pytest.approx(r2[0]["reward_mean"], abs=1e-6)
+    assert r1[0]["zero_std_frac"] == r2[0]["zero_std_frac"] == 0.0
+    assert r1[0]["grad_norm"] == pytest.approx(r2[0]["grad_norm"], rel=1e-5)
+
+
+def test_samples_must_split_over_processes(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                            str(_free_port()), "-m", "rlkit", "run", "tiny_edit", f"output_dir={tmp_path / 'r'}",
-                           "train.prompts_per_step=3", "train.steps=1"], cwd=REPO, capture_output=True, text=True,
+                           "train.prompts_per_step=3", "algorithm.group_size=3", "train.steps=1"], cwd=REPO,
+                          capture_output=True, text=True,
                           timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode != 0 and "multiple of the 2 processes" in proc.stderr
+    assert proc.returncode != 0 and "9 samples must be a multiple of the 2 processes" in proc.stderr
 
 
 def test_two_process_resume_is_exact(tmp_path):
