@@ -122,29 +122,20 @@ class Trainer:
                 t1 = time.perf_counter()
                 reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
                 t2 = time.perf_counter()
-                totals = self.dist.gather(reward.total)  # advantages see the whole batch
-                uncertainty = None if reward.uncertainty is None else self.dist.gather(reward.uncertainty)
-                adv, adv_info = self.algorithm.advantages(totals, self.dist.gather(rollout.group_ids), uncertainty)
-                metrics = self.algorithm.update(self.policy, rollout, adv[self.dist.shard(len(adv))],
-                                                self.optimizer, self.lr_scheduler, self.generators["train"])
+                totals, adv, adv_info = self._advantages(reward, rollout)
+                metrics = self.algorithm.update(self.policy, rollout, adv, self.optimizer, self.lr_scheduler,
+                                                self.generators["train"])
                 t3 = time.perf_counter()
                 metrics = self.dist.mean({**metrics, **self.stability.observe(step, reward, rollout)})
                 self.step = step + 1
-                row = {
-                    "step": self.step, "reward_mean": float(totals.mean()),
-                    "reward_std": float(totals.std(unbiased=False)), **adv_info, **metrics,
-                    "lr": self.lr_scheduler.get_last_lr()[0],
-                    "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_train_s": t3 - t2,
-                }
-                alarms = self.guard.check_step(self.step, row)
-                if self.evaluator is not None and self.step % cfg.eval.every == 0:
-                    row.update(self._evaluate())
-                    alarms += self.guard.check_eval(self.step, row["eval/reward"], row.get("gold/reward"))
+                row = {"step": self.step, "reward_mean": float(totals.mean()),
+                       "reward_std": float(totals.std(unbiased=False)), **adv_info, **metrics,
+                       "lr": self.lr_scheduler.get_last_lr()[0],
+                       "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_train_s": t3 - t2}
+                alarms = self.guard.check_step(self.step, row) + self._maybe_evaluate(row)
                 logger.log(row)
                 self._act(alarms, logger)
-                if train.grid_every and (self.step % train.grid_every == 0 or self.step == 1) and self.dist.is_main:
-                    save_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png", rollout.sources,
-                              rollout.images, cfg.algorithm.group_size)
+                self._maybe_grid(rollout)
                 if self.dist.any(self._stop_requested):  # every rank stops after the same step
                     self.save_checkpoint()
                     print(f"stopped by signal after step {self.step}; resume with: rlkit resume {self.run_dir}")
@@ -165,6 +156,26 @@ class Trainer:
             self.save_checkpoint()
         self._save_final()
         return self.run_dir
+
+    def _advantages(self, reward, rollout):
+        """Advantages over the whole global batch (rewards gathered from every rank); this rank's share."""
+        totals = self.dist.gather(reward.total)
+        uncertainty = None if reward.uncertainty is None else self.dist.gather(reward.uncertainty)
+        adv, info = self.algorithm.advantages(totals, self.dist.gather(rollout.group_ids), uncertainty)
+        return totals, adv[self.dist.shard(len(adv))], info
+
+    def _maybe_evaluate(self, row: dict) -> list[Alarm]:
+        """Every eval.every steps: held-out figures into the row, and the guard's probe/gold test."""
+        if self.evaluator is None or self.step % self.cfg.eval.every:
+            return []
+        row.update(self._evaluate())
+        return self.guard.check_eval(self.step, row["eval/reward"], row.get("gold/reward"))
+
+    def _maybe_grid(self, rollout) -> None:
+        every = self.cfg.train.grid_every
+        if every and (self.step % every == 0 or self.step == 1) and self.dist.is_main:
+            save_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png", rollout.sources, rollout.images,
+                      self.cfg.algorithm.group_size)
 
     def _evaluate(self) -> dict:
         # every rank evaluates the same prompts with the same noise: identical figures, so the guard takes
