@@ -34,6 +34,15 @@ def _run(cmd, env_extra=None):
     return proc
 
 
+def _one_process(out, *args):
+    _run([sys.executable, "-m", "rlkit", "run", "tiny_edit", f"output_dir={out}", *args])
+
+
+def _two_processes(*args):
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+          str(_free_port()), "-m", "rlkit", *args])
+
+
 def _rows(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -41,10 +50,8 @@ def _rows(run):
 def test_two_processes_match_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     # micro_batch is per process: 2 ranks x 3 samples per optimizer step == 1 process x 6
-    _run([sys.executable, "-m", "rlkit", "run", "tiny_edit", f"output_dir={one}", *ARGS, "algorithm.micro_batch=6"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-          str(_free_port()), "-m", "rlkit", "run", "tiny_edit", f"output_dir={two}", *ARGS,
-          "algorithm.micro_batch=3"])
+    _one_process(one, *ARGS, "algorithm.micro_batch=6")
+    _two_processes("run", "tiny_edit", f"output_dir={two}", *ARGS, "algorithm.micro_batch=3")
     r1, r2 = _rows(one), _rows(two)
     assert [r["step"] for r in r2] == [1, 2]  # rank 0 alone writes the log
     assert r1[0]["reward_mean"] == pytest.approx(r2[0]["reward_mean"], abs=1e-6)  # same global rollout
@@ -64,10 +71,8 @@ def test_a_group_may_span_processes(tmp_path):
     common = [a for a in ARGS if not a.startswith("train.prompts_per_step")] + ["train.prompts_per_step=1",
                                                                               "algorithm.group_size=4"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "rlkit", "run", "tiny_edit", f"output_dir={one}", *common, "algorithm.micro_batch=4"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-          str(_free_port()), "-m", "rlkit", "run", "tiny_edit", f"output_dir={two}", *common,
-          "algorithm.micro_batch=2"])
+    _one_process(one, *common, "algorithm.micro_batch=4")
+    _two_processes("run", "tiny_edit", f"output_dir={two}", *common, "algorithm.micro_batch=2")
     r1, r2 = _rows(one), _rows(two)
     assert r1[0]["reward_mean"] == pytest.approx(r2[0]["reward_mean"], abs=1e-6)
     assert r1[0]["zero_std_frac"] == r2[0]["zero_std_frac"] == 0.0
@@ -87,13 +92,9 @@ def test_two_process_resume_is_exact(tmp_path):
     """Stop a 2-process run after step 2, resume it to step 3: the adapter equals the straight 3-step run's."""
     common = [a for a in ARGS if not a.startswith("train.steps")] + ["algorithm.micro_batch=3"]
 
-    def launch(*args):
-        _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-              str(_free_port()), "-m", "rlkit", *args])
-
-    launch("run", "tiny_edit", f"output_dir={tmp_path / 'straight'}", *common, "train.steps=3")
-    launch("run", "tiny_edit", f"output_dir={tmp_path / 'resumed'}", *common, "train.steps=2")
-    launch("resume", str(tmp_path / "resumed"), "train.steps=3")
+    _two_processes("run", "tiny_edit", f"output_dir={tmp_path / 'straight'}", *common, "train.steps=3")
+    _two_processes("run", "tiny_edit", f"output_dir={tmp_path / 'resumed'}", *common, "train.steps=2")
+    _two_processes("resume", str(tmp_path / "resumed"), "train.steps=3")
     a = load_file(tmp_path / "straight" / "final" / "pytorch_lora_weights.safetensors")
     b = load_file(tmp_path / "resumed" / "final" / "pytorch_lora_weights.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -104,10 +105,8 @@ def test_full_finetuning_sharded_over_two_processes_matches_one(tmp_path):
     """policy.finetune=full: FSDP2 shards the transformer over 2 gloo processes; same update as 1 process."""
     common = [*ARGS, "policy.finetune=full", "optim.lr=1e-4"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "rlkit", "run", "tiny_edit", f"output_dir={one}", *common, "algorithm.micro_batch=6"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-          str(_free_port()), "-m", "rlkit", "run", "tiny_edit", f"output_dir={two}", *common,
-          "algorithm.micro_batch=3"])
+    _one_process(one, *common, "algorithm.micro_batch=6")
+    _two_processes("run", "tiny_edit", f"output_dir={two}", *common, "algorithm.micro_batch=3")
     r1, r2 = _rows(one), _rows(two)
     assert r1[0]["grad_norm"] == pytest.approx(r2[0]["grad_norm"], rel=1e-5)  # every weight got its gradient
     name = "final/transformer/diffusion_pytorch_model.safetensors"
