@@ -29,6 +29,7 @@ def test_gold_divergence_needs_gold_falling_and_proxy_rising():
         pytest.approx({"gold": 0.41, "gold_best": 0.45, "gold_drop": 0.04, "proxy": 1.3, "proxy_rise": 0.2})
     # proxy falling too: the policy got worse, but that is not the proxy being gamed
     assert gold_divergence([1.3, 1.2, 1.1, 1.0], gold_falls, 2, 0.03, 0.0) is None
+    assert gold_divergence([1.3, 1.2, 1.1, 1.0], gold_falls, 2, 0.03, -1e9) is not None  # any fall of the gold
     # gold only slightly below its best: within noise
     assert gold_divergence([1.0, 1.1, 1.2, 1.3], [0.40, 0.45, 0.44, 0.43], 2, 0.03, 0.0) is None
     # both rising: learning
