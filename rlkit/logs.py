@@ -37,12 +37,10 @@ class RunLogger:
         self.alarms_path = run_dir / "alarms.jsonl"
         for path in (self.metrics_path, self.alarms_path):
             truncate_jsonl(path, start_step)
-        self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
-        self.progress = None
         if progress:
             self.progress = Progress(
                 TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),

@@ -29,8 +29,7 @@ from rlkit.stability import Alarm, StabilityGuard, StabilityTracker
 
 # Changing these between a checkpoint and its resume would load weights into another model.
 INCOMPATIBLE = ("policy.name", "policy.pretrained", "policy.seed", "policy.finetune", "policy.lora.rank",
-                "policy.lora.alpha",
-                "policy.lora.target_modules", "policy.resolution")
+                "policy.lora.alpha", "policy.lora.target_modules", "policy.resolution")
 
 
 def seed_everything(seed: int) -> None:
@@ -109,9 +108,10 @@ class Trainer:
         logger = RunLogger(self.run_dir, train.steps, self.step, progress=self.progress,
                            enabled=self.dist.is_main)
         if self.evaluator is not None and self.step == 0:  # the starting policy, before any update
-            figures = self._evaluate()
-            logger.log({"step": 0, **{k: None for k in REQUIRED_KEYS if k != "step"}, **figures})
-            self._act(self.guard.check_eval(0, figures["eval/reward"], figures.get("gold/reward")), logger)
+            row = {"step": 0, **{k: None for k in REQUIRED_KEYS if k != "step"}}
+            alarms = self._maybe_evaluate(row)
+            logger.log(row)
+            self._act(alarms, logger)
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             for step in range(self.step, train.steps):
@@ -183,8 +183,8 @@ class Trainer:
         figures, rollout = self.evaluator(self.policy)
         figures.update(self.stability.observe_probe(figures["eval/reward"]))
         if self.dist.is_main:
-            save_grid(self.run_dir / "samples" / f"eval_step_{self.step:06d}.png", rollout.sources, rollout.images,
-                  self.cfg.eval.samples_per_prompt)
+            save_grid(self.run_dir / "samples" / f"eval_step_{self.step:06d}.png", rollout.sources,
+                      rollout.images, self.cfg.eval.samples_per_prompt)
         return figures
 
     # ----------------------------------------------------------------- stability guard actions

@@ -100,6 +100,8 @@ def test_uncertainty_weights_down_weight_unsure_samples():
     w = uncertainty_weights(torch.tensor([0.5, 2.0, 2.0, 8.0]))  # scale = median = 2
     assert w[1] == pytest.approx(0.5) and w[0] > w[1] > w[3]
     assert uncertainty_weights(torch.zeros(3)).tolist() == [1.0, 1.0, 1.0]
+    w = uncertainty_weights(torch.tensor([0.0, 0.0, 0.0, 2.0]))  # median 0: the mean (0.5) is the scale
+    assert w.tolist() == pytest.approx([1.0, 1.0, 1.0, 1 / 17])
 
 
 def test_grpo_advantages_with_uncertainty_weighting():

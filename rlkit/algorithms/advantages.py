@@ -35,8 +35,8 @@ def uncertainty_weights(uncertainty: torch.Tensor, scale: float = 0.0) -> torch.
     scale) counts less; ``scale`` 0 = the batch's median uncertainty (so the typical sample keeps weight 1/2
     and only the relative confidence matters, not the reward model's units)."""
     u = uncertainty.float()
-    if scale <= 0:
-        scale = float(u.median())
-    if scale <= 0:  # the reward is certain about (at least half of) the batch: nothing to down-weight
-        return torch.where(u > 0, torch.zeros_like(u), torch.ones_like(u))
+    if scale <= 0:  # median, or the mean when most of the batch is certain (median 0)
+        scale = float(u.median()) or float(u.mean())
+    if scale <= 0:  # every sample is certain: nothing to down-weight
+        return torch.ones_like(u)
     return 1.0 / (1.0 + (u / scale) ** 2)
