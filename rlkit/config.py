@@ -109,7 +109,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     max_grad_norm: float = 1.0
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warm-up, in optimizer steps
+    schedule: str = "constant"  # or cosine: lr decays to 0 over train.steps (RL steps)
 
 
 @dataclass
@@ -136,6 +137,7 @@ class SandboxConfig:
     editor_batch: int = 32
     editor_lr: float = 1e-3
     washout: float = 0.0  # editor pre-trained on targets faded towards grey by this much (a flaw RL can fix)
+    skip_edit: float = 0.0  # fraction of pre-training examples whose target is the unedited source (see prepare.py)
     jrm_pairs: int = 384  # synthetic corruption pairs
     jrm_editor_prompts: int = 256  # + pairs from the pre-trained editor's samples (best vs worst of 4)
     jrm_epochs: int = 6
@@ -218,6 +220,7 @@ CHOICES = {
                     "qwen_image_edit_tiny"),
     "policy.dtype": ("float32", "bfloat16", "float16"),
     "policy.finetune": ("lora", "full"),
+    "optim.schedule": ("constant", "cosine"),
     "policy.attention_backend": ("auto", "default", "flash", "efficient", "cudnn", "math"),
     "sampler.kernel": ("flow_sde", "dance_sde", "cps"),
     "algorithm.name": ("grpo", "dpo"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -82,20 +83,27 @@ class Trainer:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=o.lr, betas=tuple(o.betas),
                                            eps=o.eps, weight_decay=o.weight_decay)
-        warmup = max(o.warmup_steps, 0)
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0)
+        self.step = 0
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.generators = {"rollout": torch.Generator().manual_seed(cfg.seed),
                            "train": torch.Generator().manual_seed(cfg.seed + 1)}
         self.stability = StabilityTracker()
         self.guard = StabilityGuard(cfg.stability)
         self.evaluator = (HeldoutEvaluator(cfg, self.rewards, self._reward_models) if cfg.eval.every > 0
                           else None)
-        self.step = 0
         if resume_from is not None:
             self._restore(resume_from)
         self.progress = progress
         self._stop_requested = False
+
+    def _lr_factor(self, optimizer_steps: int) -> float:
+        # warm-up counts optimizer steps (several per RL step: one per micro-batch); the decay follows RL steps,
+        # so it does not depend on the micro-batch or the number of processes
+        o = self.cfg.optim
+        warm = min(1.0, (optimizer_steps + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
+        if o.schedule == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, self.step / self.cfg.train.steps)))
+        return warm
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> Path:

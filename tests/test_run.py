@@ -181,3 +181,28 @@ def test_full_finetuning_trains_every_weight_and_resumes_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # exact resume with full weights + optimizer state
     rows = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["kl_ref"] > 0  # the reference is the frozen start, so the trained policy has moved off it
+
+
+def test_cosine_schedule_follows_rl_steps_and_resumes_exactly(tmp_path):
+    import math
+    import shutil
+
+    straight = _run(tiny_config(tmp_path / "a", "train.steps=4", "optim.schedule=cosine", "train.keep_last=4"))
+    rows = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    base = tiny_config(tmp_path / "a").optim.lr
+    # the lr logged after RL step s was set at the end of that step's update, from s - 1 steps done
+    expected = [base * 0.5 * (1 + math.cos(math.pi * (s - 1) / 4)) for s in (1, 2, 3, 4)]
+    assert [r["lr"] for r in rows] == pytest.approx(expected, rel=1e-6)
+
+    # resume from step 2 of the same run: the schedule picks up where it was
+    cut = tmp_path / "b" / "run"
+    shutil.copytree(straight, cut)
+    for name in ("step_000003", "step_000004"):
+        shutil.rmtree(cut / "checkpoints" / name)
+    shutil.rmtree(cut / "final")
+    (cut / "checkpoints" / "latest").write_text("step_000002\n")
+    assert main(["resume", str(cut)]) == 0
+    a = load_file(straight / "checkpoints" / "step_000004" / "adapter.safetensors")
+    b = load_file(cut / "checkpoints" / "step_000004" / "adapter.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(x)["lr"] for x in (cut / "metrics.jsonl").read_text().splitlines()] == [r["lr"] for r in rows]

@@ -127,13 +127,19 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
     cond = policy.encode(src, [p[1] for p in prompts])
     with torch.no_grad():
         lat = (vae.encode(tgt * 2 - 1).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
+        src_lat = (vae.encode(src * 2 - 1).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
     n, c, h, w = lat.shape
     targets = pipe._pack_latents(lat, n, c, h, w)
+    sources = pipe._pack_latents(src_lat, n, c, h, w)
     t0 = time.time()
     for step in range(cfg.editor_steps):
         idx = torch.randint(n, (cfg.editor_batch,), generator=g)
         x0 = targets[idx]
         b = len(idx)
+        if cfg.skip_edit:  # some examples teach "return the source": the editor learns to sometimes ignore the
+            # instruction, the commonest failure of real editors trained on noisy edit data; RL removes it
+            skip = torch.rand(b, generator=g) < cfg.skip_edit
+            x0 = torch.where(skip.view(-1, 1, 1), sources[idx], x0)
         noise = torch.randn(x0.shape, generator=g)
         s = torch.sigmoid(torch.randn(b, generator=g)).view(-1, 1, 1)  # logit-normal timesteps
         x_s = (1 - s) * x0 + s * noise
