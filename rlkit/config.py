@@ -132,15 +132,16 @@ class SandboxConfig:
     enabled: bool = False
     path: str = "~/.cache/rlkit/sandbox/seed_0"
     seed: int = 0
-    vae_steps: int = 600
-    editor_steps: int = 1500
+    vae_steps: int = 400
+    editor_steps: int = 800
     editor_batch: int = 32
     editor_lr: float = 1e-3
     washout: float = 0.0  # editor pre-trained on targets faded towards grey by this much (a flaw RL can fix)
-    skip_edit: float = 0.0  # fraction of pre-training examples whose target is the unedited source (see prepare.py)
-    jrm_pairs: int = 384  # synthetic corruption pairs
-    jrm_editor_prompts: int = 256  # + pairs from the pre-trained editor's samples (best vs worst of 4)
-    jrm_epochs: int = 6
+    skip_edit: float = 0.5  # fraction of pre-training examples whose target is the unedited source (prepare.py)
+    jrm_pairs: int = 256  # synthetic corruption pairs
+    jrm_editor_prompts: int = 384  # + pairs among the pre-trained editor's own samples (4 per prompt)
+    jrm_epochs: int = 4
+    jrm_patch: int = 4  # the judge's vision patch (x2 merge): 4 -> 16 tokens per 32 px image, 8 -> only 4
     train_prompts: int = 512
     heldout_prompts: int = 32
 

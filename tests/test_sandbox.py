@@ -114,3 +114,28 @@ def test_washout_is_a_global_flaw_the_truth_penalises():
     assert exact["overall"] == pytest.approx(1.0)
     assert faded["preserve"] < 0.9 * exact["preserve"] and faded["overall"] < exact["overall"]
     assert torch.allclose(washout(torch.full((3, 2, 2), 0.5), 0.3), torch.full((3, 2, 2), 0.5))
+
+
+def test_editor_pairs_keep_every_pair_of_samples_the_truth_separates(tmp_path):
+    """A stand-in editor whose 4 samples are: the exact target, the source, a half blend, the target again.
+    Every pair whose truth differs by >= 0.1 becomes a pair (exact/source, exact/blend, blend/source twice...),
+    chosen = the truer one; the two exact copies tie and give none."""
+    from types import SimpleNamespace
+
+    from rlkit.sandbox.data import sample_prompts
+    from rlkit.sandbox.prepare import write_editor_pairs
+
+    class StandIn:
+        def sample(self, batch, samples, generator):
+            out = []
+            for source, (_, _, target) in zip(batch.sources, sample_prompts(len(batch), seed=3)):
+                exact = to_tensor(render(target, 32))
+                out += [exact, source, 0.5 * (exact + source), exact.clone()]
+            return SimpleNamespace(images=torch.stack(out))
+
+    rows = write_editor_pairs(StandIn(), tmp_path, n_prompts=2, seed=3)
+    assert len(rows) == 2 * 5  # of the 6 pairs among 4 samples, only exact/exact ties
+    for r in rows:
+        assert r["gt1"] >= r["gt2"] + 0.1 and r["kinds"] == ["editor", "editor"]
+        assert (tmp_path / r["path1"]).is_file() and (tmp_path / r["path2"]).is_file()
+    assert {r["gt1"] for r in rows} > {1.0}  # the exact edit is chosen against the others

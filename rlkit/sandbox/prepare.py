@@ -162,7 +162,10 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
 def write_editor_pairs(policy, out_dir: Path, n_prompts: int, seed: int, samples: int = 4,
                        min_gap: float = 0.1) -> list[dict]:
     """Preference pairs between the pre-trained editor's own samples, ranked by the ground truth: the
-    reward model then learns on the kind of images RL will show it, not only on synthetic corruptions."""
+    reward model then learns on the kind of images RL will show it, not only on synthetic corruptions.
+    Every pair of a prompt's samples whose truth differs by at least `min_gap` is kept (up to 6 from 4)."""
+    from itertools import combinations
+
     from policies.base import PromptBatch
     from rlkit.sandbox.data import rationale, region_box
     from rlkit.sandbox.world import gt_scores
@@ -178,21 +181,22 @@ def write_editor_pairs(policy, out_dir: Path, n_prompts: int, seed: int, samples
         batch = PromptBatch(src, [p[1] for p in chunk], [str(start + i) for i in range(len(chunk))])
         images = policy.sample(batch, samples, g).images.view(len(chunk), samples, 3, SIZE, SIZE)
         for i, (scene, instruction, _) in enumerate(chunk):
-            scores = [gt_scores(images[i, k], src[i], tgt[i]) for k in range(samples)]
-            order = sorted(range(samples), key=lambda k: -scores[k]["overall"])
-            best, worst = order[0], order[-1]
-            if scores[best]["overall"] - scores[worst]["overall"] < min_gap:
-                continue
             j = start + i
-            names = [f"ed{j:05d}_{k}.png" for k in ("src", "a", "b")]
-            for img, name in zip((src[i], images[i, best], images[i, worst]), names):
+            scores = [gt_scores(images[i, k], src[i], tgt[i]) for k in range(samples)]
+            names = [f"ed{j:05d}_src.png"] + [f"ed{j:05d}_{k}.png" for k in range(samples)]
+            for img, name in zip((src[i], *images[i]), names):
                 Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(out_dir / name)
             box = region_box(src[i], tgt[i])
-            rows.append({"prompt": instruction, "path_src": names[0], "path1": names[1], "path2": names[2],
-                         "rationale1": rationale(instruction, box, scores[best]),
-                         "rationale2": rationale(instruction, box, scores[worst]),
-                         "gt1": scores[best]["overall"], "gt2": scores[worst]["overall"], "kinds": ["editor"] * 2,
-                         "score1": 1 + 4 * scores[best]["overall"], "score2": 1 + 4 * scores[worst]["overall"]})
+            for a, b in combinations(range(samples), 2):
+                if scores[a]["overall"] < scores[b]["overall"]:
+                    a, b = b, a
+                if scores[a]["overall"] - scores[b]["overall"] < min_gap:
+                    continue
+                rows.append({"prompt": instruction, "path_src": names[0], "path1": names[1 + a],
+                             "path2": names[1 + b], "rationale1": rationale(instruction, box, scores[a]),
+                             "rationale2": rationale(instruction, box, scores[b]), "gt1": scores[a]["overall"],
+                             "gt2": scores[b]["overall"], "kinds": ["editor"] * 2,
+                             "score1": 1 + 4 * scores[a]["overall"], "score2": 1 + 4 * scores[b]["overall"]})
     return rows
 
 
@@ -235,7 +239,7 @@ def prepare(out: Path, cfg, log=print) -> Path:
     pairs_eval = write_preference_pairs(out / "data" / "pairs_eval", 128, cfg.seed + 4, SIZE)
     jrm_cfg = load_recipe("jrm_tiny", [f"output_dir={out / 'jrm'}", f"data.train={pairs_train}",
                                        f"data.eval={pairs_eval}", f"train.epochs={cfg.jrm_epochs}",
-                                       f"seed={cfg.seed}"], schema_cls=RewardRecipe, check=check_reward_recipe)
+                                       f"seed={cfg.seed}", f"backbone.tiny_patch={cfg.jrm_patch}"], schema_cls=RewardRecipe, check=check_reward_recipe)
     train_reward(jrm_cfg)
     done.write_text(json.dumps({"config": _settings(cfg), "seconds": time.time() - t0}, indent=1))
     log(f"sandbox prepared in {out} ({time.time() - t0:.0f} s)")
