@@ -237,9 +237,9 @@ def prepare(out: Path, cfg, log=print) -> Path:
         f.writelines(json.dumps(r) + "\n" for r in editor_rows)
     log(f"reward pairs: {cfg.jrm_pairs} synthetic + {len(editor_rows)} from the editor's own samples")
     pairs_eval = write_preference_pairs(out / "data" / "pairs_eval", 128, cfg.seed + 4, SIZE)
-    jrm_cfg = load_recipe("jrm_tiny", [f"output_dir={out / 'jrm'}", f"data.train={pairs_train}",
-                                       f"data.eval={pairs_eval}", f"train.epochs={cfg.jrm_epochs}",
-                                       f"seed={cfg.seed}", f"backbone.tiny_patch={cfg.jrm_patch}"], schema_cls=RewardRecipe, check=check_reward_recipe)
+    overrides = [f"output_dir={out / 'jrm'}", f"data.train={pairs_train}", f"data.eval={pairs_eval}",
+                 f"train.epochs={cfg.jrm_epochs}", f"seed={cfg.seed}", f"backbone.tiny_patch={cfg.jrm_patch}"]
+    jrm_cfg = load_recipe("jrm_tiny", overrides, schema_cls=RewardRecipe, check=check_reward_recipe)
     train_reward(jrm_cfg)
     done.write_text(json.dumps({"config": _settings(cfg), "seconds": time.time() - t0}, indent=1))
     log(f"sandbox prepared in {out} ({time.time() - t0:.0f} s)")
