@@ -137,7 +137,7 @@ class SandboxConfig:
     editor_batch: int = 32
     editor_lr: float = 1e-3
     washout: float = 0.0  # editor pre-trained on targets faded towards grey by this much (a flaw RL can fix)
-    skip_edit: float = 0.5  # fraction of pre-training examples whose target is the unedited source (prepare.py)
+    skip_edit: float = 0.65  # fraction of pre-training examples whose target is the unedited source (prepare.py)
     jrm_pairs: int = 256  # synthetic corruption pairs
     jrm_editor_prompts: int = 384  # + pairs among the pre-trained editor's own samples (4 per prompt)
     jrm_epochs: int = 4
