@@ -392,6 +392,11 @@ def check_values(cfg: DictConfig, where: str) -> None:
         raise UserError(f"{where}: 'stability.rollback_lr_factor' must be in (0, 1]")
     if cfg.sampler.noise_level < 0:
         raise UserError(f"{where}: 'sampler.noise_level' must be >= 0")
+    for key in ("skip_edit", "washout"):
+        if not 0 <= cfg.sandbox[key] < 1:
+            raise UserError(f"{where}: 'sandbox.{key}' must be in [0, 1)")
+    if cfg.sandbox.jrm_patch not in (2, 4, 8, 16):  # x2 merge must tile the 32 px world images
+        raise UserError(f"{where}: 'sandbox.jrm_patch' must be one of 2, 4, 8, 16")
     if cfg.policy.resolution % 16:
         raise UserError(f"{where}: 'policy.resolution' must be a multiple of 16 (VAE x patch size)")
     if cfg.policy.name in ("flux_kontext", "qwen_image_edit") and not cfg.policy.pretrained:

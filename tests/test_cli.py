@@ -26,6 +26,9 @@ def test_every_packaged_recipe_validates(name, capsys):
     ("rewards=[{name: targetcolor}]", "unknown reward 'targetcolor' (did you mean 'target_color'?)"),
     ("rewards=[{name: target_color, wieght: 2}]", "did you mean 'rewards.weight'"),
     ("algorithm.group_size=1", "must be >= 2"),
+    ("optim.schedule=cosin", "'optim.schedule' is 'cosin', expected one of: constant, cosine"),
+    ("sandbox.skip_edit=1.5", "'sandbox.skip_edit' must be in [0, 1)"),
+    ("sandbox.jrm_patch=3", "'sandbox.jrm_patch' must be one of 2, 4, 8, 16"),
 ])
 def test_recipe_errors_exit_2_with_one_clear_line(override, needle, capsys):
     assert main(["validate", str(TINY_RECIPE), override]) == 2

@@ -2,7 +2,8 @@
 
 1. a small AutoencoderKL trained to reconstruct world images (32 px -> 16 x 16 x 4 latents);
 2. a small FLUX.1 Kontext transformer pre-trained by flow matching on (source, instruction) -> target, stopped
-   early on purpose: a mediocre editor that RL can improve;
+   early and with `skip_edit` of the targets replaced by the source: a mediocre editor that often ignores the
+   instruction, which RL can fix;
 3. a tiny JRM trained with `rlkit train-reward` on in-world preference pairs with rationales.
 The editor is saved as a diffusers FluxKontextPipeline folder, so the sandbox recipe loads it like a real model
 (`policy.name: flux_kontext`, `policy.pretrained: <cache>/editor`).
