@@ -1,0 +1,76 @@
+"""How well a sandbox judge ranks the editor's *own* samples, the only ranking GRPO uses.
+
+Synthetic held-out accuracy (what `rlkit sandbox prepare` prints) predicts a run's success only loosely; this
+measures the judge where RL needs it: P prompts x K samples from the prepared editor, every within-group pair
+the truth separates by at least a gap, and the fraction the judge orders the same way.
+
+    python benchmarks/judge_agreement.py ~/.cache/rlkit/sandbox/seed_0            # the cache's own judge
+    python benchmarks/judge_agreement.py CACHE --judge runs/other_jrm/final --prompts 48 --samples 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import torch
+
+from policies import build_policy
+from policies.base import PromptBatch
+from rewards.jrm.model import JRMModel
+from rlkit.config import load_recipe
+from rlkit.sandbox.data import sample_prompts
+from rlkit.sandbox.world import gt_scores, render, to_tensor
+
+GAPS = (0.1, 0.2, 0.3)
+
+
+@torch.no_grad()
+def judge_agreement(cache: Path, judge_path: Path, n_prompts: int, samples: int, seed: int = 777,
+                    noise_seed: int = 0) -> dict:
+    cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}", "sandbox.enabled=false"])
+    policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
+    judge = JRMModel.load(str(judge_path), dtype=torch.float32, device="cpu")
+    prompts = sample_prompts(n_prompts, seed)  # not the training or held-out prompts' seeds
+    g = torch.Generator().manual_seed(noise_seed)
+    pairs, truth = [], []  # (truth gap, judge agrees)
+    for start in range(0, n_prompts, 8):
+        chunk = prompts[start : start + 8]
+        src = torch.stack([to_tensor(render(p[0], 32)) for p in chunk])
+        tgt = torch.stack([to_tensor(render(p[2], 32)) for p in chunk])
+        batch = PromptBatch(src, [p[1] for p in chunk], [str(start + i) for i in range(len(chunk))])
+        images = policy.sample(batch, samples, g).images.view(len(chunk), samples, *src.shape[1:])
+        for i, (_, instruction, _) in enumerate(chunk):
+            gt = [gt_scores(images[i, k], src[i], tgt[i])["overall"] for k in range(samples)]
+            mu, _ = judge.score([src[i]] * samples, list(images[i]), [instruction] * samples, samples)
+            truth += gt
+            for a, b in itertools.combinations(range(samples), 2):
+                pairs.append((abs(gt[a] - gt[b]), bool((mu[a] - mu[b]) * (gt[a] - gt[b]) > 0)))
+    out = {"mean_truth": sum(truth) / len(truth), "pairs": len(pairs)}
+    for gap in GAPS:
+        kept = [agree for d, agree in pairs if d >= gap]
+        out[f"gap>={gap}"] = {"pairs": len(kept), "agreement": sum(kept) / len(kept) if kept else float("nan")}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cache", type=Path, help="a prepared sandbox (sandbox.path)")
+    ap.add_argument("--judge", type=Path, help="a JRM final/ folder (default: the cache's jrm/final)")
+    ap.add_argument("--prompts", type=int, default=48)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=777, help="prompts")
+    ap.add_argument("--noise-seed", type=int, default=0, help="the editor's sampling noise")
+    args = ap.parse_args()
+    cache = args.cache.expanduser()
+    res = judge_agreement(cache, args.judge or cache / "jrm" / "final", args.prompts, args.samples, args.seed,
+                         args.noise_seed)
+    print(f"editor samples: {args.prompts} prompts x {args.samples}, mean truth {res['mean_truth']:.3f}")
+    for gap in GAPS:
+        r = res[f"gap>={gap}"]
+        print(f"  pairs the truth separates by >= {gap}: {r['pairs']:5d}, judge agrees on {r['agreement']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
