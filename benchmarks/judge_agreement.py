@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 
 from policies import build_policy
-from policies.base import PromptBatch
 from rewards.jrm.model import JRMModel
 from rlkit.config import load_recipe
 from rlkit.sandbox.data import sample_prompts
-from rlkit.sandbox.world import gt_scores, render, to_tensor
+from rlkit.sandbox.prepare import editor_samples
 
 GAPS = (0.1, 0.2, 0.3)
 
@@ -32,21 +31,15 @@ def judge_agreement(cache: Path, judge_path: Path, n_prompts: int, samples: int,
     cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}", "sandbox.enabled=false"])
     policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
     judge = JRMModel.load(str(judge_path), dtype=torch.float32, device="cpu")
-    prompts = sample_prompts(n_prompts, seed)  # not the training or held-out prompts' seeds
     g = torch.Generator().manual_seed(noise_seed)
     pairs, truth = [], []  # (truth gap, judge agrees)
-    for start in range(0, n_prompts, 8):
-        chunk = prompts[start : start + 8]
-        src = torch.stack([to_tensor(render(p[0], 32)) for p in chunk])
-        tgt = torch.stack([to_tensor(render(p[2], 32)) for p in chunk])
-        batch = PromptBatch(src, [p[1] for p in chunk], [str(start + i) for i in range(len(chunk))])
-        images = policy.sample(batch, samples, g).images.view(len(chunk), samples, *src.shape[1:])
-        for i, (_, instruction, _) in enumerate(chunk):
-            gt = [gt_scores(images[i, k], src[i], tgt[i])["overall"] for k in range(samples)]
-            mu, _ = judge.score([src[i]] * samples, list(images[i]), [instruction] * samples, samples)
-            truth += gt
-            for a, b in itertools.combinations(range(samples), 2):
-                pairs.append((abs(gt[a] - gt[b]), bool((mu[a] - mu[b]) * (gt[a] - gt[b]) > 0)))
+    prompts = sample_prompts(n_prompts, seed)  # not the training or held-out prompts' seeds
+    for _, instruction, src, _, images, scores in editor_samples(policy, prompts, samples, g):
+        gt = [x["overall"] for x in scores]
+        mu, _ = judge.score([src] * samples, list(images), [instruction] * samples, samples)
+        truth += gt
+        for a, b in itertools.combinations(range(samples), 2):
+            pairs.append((abs(gt[a] - gt[b]), bool((mu[a] - mu[b]) * (gt[a] - gt[b]) > 0)))
     out = {"mean_truth": sum(truth) / len(truth), "pairs": len(pairs)}
     for gap in GAPS:
         kept = [agree for d, agree in pairs if d >= gap]

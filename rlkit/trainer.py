@@ -83,7 +83,7 @@ class Trainer:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=o.lr, betas=tuple(o.betas),
                                            eps=o.eps, weight_decay=o.weight_decay)
-        self.step = 0
+        self.step = 0  # before the scheduler: _lr_factor reads it (and LambdaLR calls it at once)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.generators = {"rollout": torch.Generator().manual_seed(cfg.seed),
                            "train": torch.Generator().manual_seed(cfg.seed + 1)}

@@ -118,8 +118,8 @@ def test_washout_is_a_global_flaw_the_truth_penalises():
 
 def test_editor_pairs_keep_every_pair_of_samples_the_truth_separates(tmp_path):
     """A stand-in editor whose 4 samples are: the exact target, the source, a half blend, the target again.
-    Every pair whose truth differs by >= 0.1 becomes a pair (exact/source, exact/blend, blend/source twice...),
-    chosen = the truer one; the two exact copies tie and give none."""
+    Every pair whose truth differs by >= 0.1 becomes a pair (exact/source and exact/blend twice each,
+    blend/source once), chosen = the truer one; the two exact copies tie and give none."""
     from types import SimpleNamespace
 
     from rlkit.sandbox.data import sample_prompts

@@ -160,6 +160,23 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
 
 
 @torch.no_grad()
+def editor_samples(policy, prompts, samples: int, generator: torch.Generator):
+    """The editor's `samples` edits of each (scene, instruction, target) prompt, 8 prompts per batch. Yields
+    (index, instruction, source, target, images [samples, 3, H, W], ground-truth scores per image)."""
+    from policies.base import PromptBatch
+    from rlkit.sandbox.world import gt_scores
+
+    for start in range(0, len(prompts), 8):
+        chunk = prompts[start : start + 8]
+        src = torch.stack([to_tensor(render(p[0], SIZE)) for p in chunk])
+        tgt = torch.stack([to_tensor(render(p[2], SIZE)) for p in chunk])
+        batch = PromptBatch(src, [p[1] for p in chunk], [str(start + i) for i in range(len(chunk))])
+        images = policy.sample(batch, samples, generator).images.view(len(chunk), samples, 3, SIZE, SIZE)
+        for i, (_, instruction, _) in enumerate(chunk):
+            scores = [gt_scores(images[i, k], src[i], tgt[i]) for k in range(samples)]
+            yield start + i, instruction, src[i], tgt[i], images[i], scores
+
+
 def write_editor_pairs(policy, out_dir: Path, n_prompts: int, seed: int, samples: int = 4,
                        min_gap: float = 0.1) -> list[dict]:
     """Preference pairs between the pre-trained editor's own samples, ranked by the ground truth: the
@@ -167,37 +184,27 @@ def write_editor_pairs(policy, out_dir: Path, n_prompts: int, seed: int, samples
     Every pair of a prompt's samples whose truth differs by at least `min_gap` is kept (up to 6 from 4)."""
     from itertools import combinations
 
-    from policies.base import PromptBatch
     from rlkit.sandbox.data import rationale, region_box
-    from rlkit.sandbox.world import gt_scores
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    prompts = sample_prompts(n_prompts, seed)
     g = torch.Generator().manual_seed(seed)
     rows = []
-    for start in range(0, n_prompts, 8):
-        chunk = prompts[start : start + 8]
-        src = torch.stack([to_tensor(render(p[0], SIZE)) for p in chunk])
-        tgt = torch.stack([to_tensor(render(p[2], SIZE)) for p in chunk])
-        batch = PromptBatch(src, [p[1] for p in chunk], [str(start + i) for i in range(len(chunk))])
-        images = policy.sample(batch, samples, g).images.view(len(chunk), samples, 3, SIZE, SIZE)
-        for i, (scene, instruction, _) in enumerate(chunk):
-            j = start + i
-            scores = [gt_scores(images[i, k], src[i], tgt[i]) for k in range(samples)]
-            names = [f"ed{j:05d}_src.png"] + [f"ed{j:05d}_{k}.png" for k in range(samples)]
-            for img, name in zip((src[i], *images[i]), names):
-                Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(out_dir / name)
-            box = region_box(src[i], tgt[i])
-            for a, b in combinations(range(samples), 2):
-                if scores[a]["overall"] < scores[b]["overall"]:
-                    a, b = b, a
-                if scores[a]["overall"] - scores[b]["overall"] < min_gap:
-                    continue
-                rows.append({"prompt": instruction, "path_src": names[0], "path1": names[1 + a],
-                             "path2": names[1 + b], "rationale1": rationale(instruction, box, scores[a]),
-                             "rationale2": rationale(instruction, box, scores[b]), "gt1": scores[a]["overall"],
-                             "gt2": scores[b]["overall"], "kinds": ["editor"] * 2,
-                             "score1": 1 + 4 * scores[a]["overall"], "score2": 1 + 4 * scores[b]["overall"]})
+    for j, instruction, src, tgt, images, scores in editor_samples(policy, sample_prompts(n_prompts, seed),
+                                                                   samples, g):
+        names = [f"ed{j:05d}_src.png"] + [f"ed{j:05d}_{k}.png" for k in range(samples)]
+        for img, name in zip((src, *images), names):
+            Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(out_dir / name)
+        box = region_box(src, tgt)
+        for a, b in combinations(range(samples), 2):
+            if scores[a]["overall"] < scores[b]["overall"]:
+                a, b = b, a
+            if scores[a]["overall"] - scores[b]["overall"] < min_gap:
+                continue
+            rows.append({"prompt": instruction, "path_src": names[0], "path1": names[1 + a], "path2": names[1 + b],
+                         "rationale1": rationale(instruction, box, scores[a]),
+                         "rationale2": rationale(instruction, box, scores[b]), "gt1": scores[a]["overall"],
+                         "gt2": scores[b]["overall"], "kinds": ["editor"] * 2,
+                         "score1": 1 + 4 * scores[a]["overall"], "score2": 1 + 4 * scores[b]["overall"]})
     return rows
 
 
