@@ -11,7 +11,7 @@ the same `_transition`, so recomputed log-probs match the recorded ones.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -69,12 +69,17 @@ class FlowEditPolicy:
             module.requires_grad_(False)
             module.eval()  # no dropout: rollout and training forwards must be the same function
             module.to(self.device)
-        if pipe.transformer.dtype != self.dtype:
-            pipe.transformer.to(dtype=self.dtype)
-        self.transformer = pipe.transformer
         self.full = getattr(cfg, "finetune", "lora") == "full"
+        # Full fine-tuning in bf16/fp16 keeps fp32 master weights and runs the forward under autocast: an Adam
+        # step of lr 1e-5 on a bf16 weight of size 0.02 is below half its rounding step and would be lost.
+        self.mixed_precision = self.full and self.dtype != torch.float32
+        weight_dtype = torch.float32 if self.mixed_precision else self.dtype
+        if pipe.transformer.dtype != weight_dtype:
+            pipe.transformer.to(dtype=weight_dtype)
+        self.transformer = pipe.transformer
         lora = cfg.lora
-        if self.full:  # every transformer weight trains; the reference is a frozen copy of the start
+        if self.full:  # every transformer weight trains; the reference is a frozen copy of the start, run
+            # the same way (same dtype, same autocast), so it equals the policy exactly before the first update
             self.reference_transformer = copy.deepcopy(self.transformer)
             self.transformer.requires_grad_(True)
         elif with_adapter:  # without: the base weights alone (the sandbox pre-trains them)
@@ -105,6 +110,13 @@ class FlowEditPolicy:
                 f"or set policy.pretrained to a local folder with the diffusers layout."
             ) from None
         return cls(pipe, cfg, sampler_cfg, device, train_micro_batch)
+
+    def compute_precision(self):
+        """The context of every transformer call: autocast to `policy.dtype` over fp32 master weights (full
+        fine-tuning in bf16), else nothing (the weights already are in `policy.dtype`)."""
+        if self.mixed_precision:
+            return torch.autocast(self.device.type, dtype=self.dtype)
+        return nullcontext()
 
     # ----------------------------------------------------------------- per-pipeline parts
     def encode(self, sources: torch.Tensor, instructions: list[str]):

@@ -65,16 +65,17 @@ class FluxKontextPolicy(FlowEditPolicy):
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((n,), self.cfg.guidance_scale, device=self.device, dtype=torch.float32)
-        out = self.transformer(
-            hidden_states=hidden,
-            timestep=timestep.to(self.device, self.dtype).expand(n),
-            guidance=guidance,
-            pooled_projections=cond.pooled[idx],
-            encoder_hidden_states=cond.prompt_embeds[idx],
-            txt_ids=cond.text_ids,
-            img_ids=cond.img_ids,
-            return_dict=False,
-        )[0]
+        with self.compute_precision():
+            out = self.transformer(
+                hidden_states=hidden,
+                timestep=timestep.to(self.device, self.dtype).expand(n),
+                guidance=guidance,
+                pooled_projections=cond.pooled[idx],
+                encoder_hidden_states=cond.prompt_embeds[idx],
+                txt_ids=cond.text_ids,
+                img_ids=cond.img_ids,
+                return_dict=False,
+            )[0]
         return out[:, :length].float()  # drop the source tokens' predictions
 
     @torch.no_grad()

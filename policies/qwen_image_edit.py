@@ -93,11 +93,12 @@ class QwenImageEditPolicy(FlowEditPolicy):
         hidden = torch.cat([x.to(self.device, self.dtype), cond.image_latents[idx]], dim=1)
 
         def call(embeds, mask):
-            out = self.transformer(
-                hidden_states=hidden, timestep=timestep.to(self.device, self.dtype).expand(n),
-                encoder_hidden_states=embeds[idx], encoder_hidden_states_mask=mask[idx],
-                img_shapes=[cond.img_shapes] * n, return_dict=False,
-            )[0]
+            with self.compute_precision():
+                out = self.transformer(
+                    hidden_states=hidden, timestep=timestep.to(self.device, self.dtype).expand(n),
+                    encoder_hidden_states=embeds[idx], encoder_hidden_states_mask=mask[idx],
+                    img_shapes=[cond.img_shapes] * n, return_dict=False,
+                )[0]
             return out[:, :length].float()  # drop the source tokens' predictions
 
         v = call(cond.prompt_embeds, cond.prompt_mask)

@@ -144,6 +144,8 @@ class SandboxConfig:
     jrm_patch: int = 4  # the judge's vision patch (x2 merge): 4 -> 16 tokens per 32 px image, 8 -> only 4
     train_prompts: int = 512
     heldout_prompts: int = 32
+    editor_schedule: str = "constant"  # constant | cosine (the editor's lr after its warm-up)
+    device: str = "cpu"  # cpu | cuda: where preparation trains (a cache is not tied to it; seeded either way)
 
 
 @dataclass
@@ -222,6 +224,8 @@ CHOICES = {
     "policy.dtype": ("float32", "bfloat16", "float16"),
     "policy.finetune": ("lora", "full"),
     "optim.schedule": ("constant", "cosine"),
+    "sandbox.editor_schedule": ("constant", "cosine"),
+    "sandbox.device": ("cpu", "cuda"),
     "policy.attention_backend": ("auto", "default", "flash", "efficient", "cudnn", "math"),
     "sampler.kernel": ("flow_sde", "dance_sde", "cps"),
     "algorithm.name": ("grpo", "dpo"),

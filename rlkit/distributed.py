@@ -79,15 +79,18 @@ class Distributed:
     def fsdp(self, policy) -> None:
         """Full fine-tuning: shard the transformer (and its frozen reference copy) with FSDP2, block by block.
         Gradients are then reduce-scattered (averaged) by FSDP itself in backward."""
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        # fp32 master shards; bf16 (policy.dtype) gathered for compute, gradients reduced in fp32
+        mp = MixedPrecisionPolicy(param_dtype=policy.dtype, reduce_dtype=torch.float32)
+        kw = {"mp_policy": mp} if policy.mixed_precision else {}
         for model in (policy.transformer, policy.reference_transformer):
             for name in ("transformer_blocks", "single_transformer_blocks"):
                 for block in getattr(model, name, None) or []:
-                    fully_shard(block)
+                    fully_shard(block, **kw)
             # the root resharded after forward too: otherwise its parameters stay swapped for unsharded views
             # between a no-grad rollout and the update, and a parameter list taken then would miss gradients
-            fully_shard(model, reshard_after_forward=True)
+            fully_shard(model, reshard_after_forward=True, **kw)
 
     def any(self, flag: bool) -> bool:
         """True on every rank if it is true on any (a stop signal reaches the ranks at different moments)."""

@@ -183,6 +183,25 @@ def test_full_finetuning_trains_every_weight_and_resumes_exactly(tmp_path):
     assert rows[1]["kl_ref"] > 0  # the reference is the frozen start, so the trained policy has moved off it
 
 
+def test_full_finetuning_in_bf16_keeps_fp32_master_weights(tmp_path):
+    """A bf16 full fine-tune at a realistic lr: the update is far below bf16's rounding step of the weights,
+    so it must land in fp32 masters (forward under autocast), and the first ratio is still exactly 1."""
+    from policies.tiny import tiny_kontext_pipeline
+
+    run = _run(tiny_config(tmp_path, "train.steps=1", "policy.finetune=full", "policy.dtype=bfloat16",
+                           "optim.lr=1e-5"))
+    trained = load_file(run / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
+    start = {k: v.float() for k, v in tiny_kontext_pipeline(seed=0).transformer.to(torch.bfloat16).state_dict().items()}
+    assert all(v.dtype == torch.float32 for v in trained.values())
+    moved = [k for k, v in trained.items() if not torch.equal(v, start[k])]
+    assert len(moved) > 0.9 * len(start)
+    changed = sum(int((trained[k] != start[k]).sum()) for k in moved)
+    lost = sum(int(((trained[k] != start[k]) & (trained[k].bfloat16().float() == start[k])).sum()) for k in moved)
+    assert lost > 0.5 * changed  # stored in bf16, most of these updates would have rounded away
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["ratio_mean"] == 1.0
+
+
 def test_cosine_schedule_follows_rl_steps_and_resumes_exactly(tmp_path):
     import math
     import shutil

@@ -139,3 +139,32 @@ def test_editor_pairs_keep_every_pair_of_samples_the_truth_separates(tmp_path):
         assert r["gt1"] >= r["gt2"] + 0.1 and r["kinds"] == ["editor", "editor"]
         assert (tmp_path / r["path1"]).is_file() and (tmp_path / r["path2"]).is_file()
     assert {r["gt1"] for r in rows} > {1.0}  # the exact edit is chosen against the others
+
+
+def test_prepare_never_damages_an_existing_folder(tmp_path, monkeypatch):
+    """An interrupted preparation leaves the previous cache as it was; a folder that is not a sandbox cache is
+    refused, not overwritten."""
+    from rlkit.config import load_recipe
+    from rlkit.errors import UserError
+    from rlkit.sandbox import prepare as prep
+
+    cfg = load_recipe("sandbox_edit", []).sandbox
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(UserError, match="not a sandbox cache"):
+        prep.prepare(mine, cfg)
+    assert (mine / "thesis.tex").read_text() == "years of work" and len(list(mine.iterdir())) == 1
+
+    old = tmp_path / "cache"
+    (old / "editor").mkdir(parents=True)
+    (old / "prepared.json").write_text(json.dumps({"config": {"seed": 99}}))  # other settings: re-prepare
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep, "train_vae", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare(old, cfg)
+    assert json.loads((old / "prepared.json").read_text()) == {"config": {"seed": 99}}
+    assert (old / "editor").is_dir() and not (old / "data").exists()  # the half-built cache went elsewhere

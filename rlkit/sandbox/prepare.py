@@ -12,7 +12,9 @@ The editor is saved as a diffusers FluxKontextPipeline folder, so the sandbox re
 from __future__ import annotations
 
 import json
+import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from policies.tiny import tiny_clip_tokenizer
 from rlkit.config import SandboxConfig as PrepareConfig  # the recipe's `sandbox` section
+from rlkit.errors import UserError
 from rlkit.sandbox.data import sample_prompts, write_preference_pairs, write_prompts
 from rlkit.sandbox.world import (
     BACKGROUNDS,
@@ -57,14 +60,16 @@ def _images(n: int, rng: random.Random) -> torch.Tensor:
 
 def train_vae(cfg: PrepareConfig, log=print) -> AutoencoderKL:
     torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        layers_per_block=1, norm_num_groups=8, sample_size=SIZE, mid_block_add_attention=False)
+                        layers_per_block=1, norm_num_groups=8, sample_size=SIZE,
+                        mid_block_add_attention=False).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=cfg.vae_steps, pct_start=0.1)
     rng = random.Random(cfg.seed)
     for step in range(cfg.vae_steps):
-        x = _images(16, rng) * 2 - 1
+        x = _images(16, rng).to(device) * 2 - 1
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         kl = post.kl().mean() / x[0].numel()
@@ -77,9 +82,9 @@ def train_vae(cfg: PrepareConfig, log=print) -> AutoencoderKL:
             log(f"vae step {step}: mse {F.mse_loss(rec, x).item():.4f}")
     vae.eval().requires_grad_(False)
     with torch.no_grad():  # latent normalisation, as the real VAE's shift_factor / scaling_factor
-        lat = vae.encode(_images(128, rng) * 2 - 1).latent_dist.mode()
+        lat = vae.encode(_images(128, rng).to(device) * 2 - 1).latent_dist.mode()
     vae.register_to_config(shift_factor=float(lat.mean()), scaling_factor=float(1 / lat.std()))
-    return vae
+    return vae.cpu()
 
 
 def build_pipeline(vae: AutoencoderKL, seed: int) -> FluxKontextPipeline:
@@ -107,16 +112,24 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
     from policies.flux_kontext import FluxKontextPolicy
     from rlkit.config import PolicyConfig, SamplerConfig
 
-    pcfg = OmegaConf.structured(PolicyConfig(name="flux_kontext", dtype="float32", device="cpu", resolution=SIZE,
-                                             max_sequence_length=24))
-    policy = FluxKontextPolicy(pipe, pcfg, OmegaConf.structured(SamplerConfig(num_steps=8)), "cpu", with_adapter=False)
+    pcfg = OmegaConf.structured(PolicyConfig(name="flux_kontext", dtype="float32", device=cfg.device,
+                                             resolution=SIZE, max_sequence_length=24))
+    policy = FluxKontextPolicy(pipe, pcfg, OmegaConf.structured(SamplerConfig(num_steps=8)), cfg.device,
+                               with_adapter=False)
     tr = pipe.transformer
     base = list(tr.parameters())
     for p in base:
         p.requires_grad_(True)
     tr.train()
     opt = torch.optim.AdamW(base, lr=cfg.editor_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 100))
+    warm = 100
+
+    def lr_factor(i: int) -> float:
+        if cfg.editor_schedule == "cosine" and i >= warm:
+            return 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, cfg.editor_steps - warm)))
+        return min(1.0, (i + 1) / warm)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     prompts = sample_prompts(cfg.train_prompts, cfg.seed + 1)
     g = torch.Generator().manual_seed(cfg.seed)
     vae = pipe.vae
@@ -127,8 +140,10 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
         tgt = washout(tgt, cfg.washout)
     cond = policy.encode(src, [p[1] for p in prompts])
     with torch.no_grad():
-        lat = (vae.encode(tgt * 2 - 1).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
-        src_lat = (vae.encode(src * 2 - 1).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
+        lat = (vae.encode(tgt.to(vae.device) * 2 - 1).latent_dist.mode() - vae.config.shift_factor) \
+            * vae.config.scaling_factor
+        src_lat = (vae.encode(src.to(vae.device) * 2 - 1).latent_dist.mode() - vae.config.shift_factor) \
+            * vae.config.scaling_factor
     n, c, h, w = lat.shape
     targets = pipe._pack_latents(lat, n, c, h, w)
     sources = pipe._pack_latents(src_lat, n, c, h, w)
@@ -140,9 +155,9 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
         if cfg.skip_edit:  # some examples teach "return the source": the editor learns to sometimes ignore the
             # instruction, the commonest failure of real editors trained on noisy edit data; RL removes it
             skip = torch.rand(b, generator=g) < cfg.skip_edit
-            x0 = torch.where(skip.view(-1, 1, 1), sources[idx], x0)
-        noise = torch.randn(x0.shape, generator=g)
-        s = torch.sigmoid(torch.randn(b, generator=g)).view(-1, 1, 1)  # logit-normal timesteps
+            x0 = torch.where(skip.view(-1, 1, 1).to(x0.device), sources[idx], x0)
+        noise = torch.randn(x0.shape, generator=g).to(x0.device)  # drawn on the CPU: same noise on any device
+        s = torch.sigmoid(torch.randn(b, generator=g)).view(-1, 1, 1).to(x0.device)  # logit-normal timesteps
         x_s = (1 - s) * x0 + s * noise
         v = policy.predict_velocity(x_s, s.flatten(), cond, idx)
         loss = F.mse_loss(v, noise - x0)
@@ -212,7 +227,7 @@ def _settings(cfg) -> dict:
     from omegaconf import OmegaConf
 
     d = OmegaConf.to_container(OmegaConf.create(cfg))  # the recipe section or a SandboxConfig alike
-    return {k: v for k, v in d.items() if k not in ("enabled", "path")}
+    return {k: v for k, v in d.items() if k not in ("enabled", "path", "device")}
 
 
 def is_prepared(out: Path, cfg) -> bool:
@@ -222,13 +237,33 @@ def is_prepared(out: Path, cfg) -> bool:
 
 def prepare(out: Path, cfg, log=print) -> Path:
     """Build everything into `out` (data/, editor/, jrm/final); returns `out`. Skips it when already done with
-    the same settings. `cfg` is the recipe's `sandbox` section (rlkit.config.SandboxConfig)."""
-    out.mkdir(parents=True, exist_ok=True)
+    the same settings. `cfg` is the recipe's `sandbox` section (rlkit.config.SandboxConfig).
+
+    Built in a sibling folder and swapped in only when complete: an interrupted preparation (Ctrl-C, a crash)
+    leaves the previous cache as it was. A folder that is neither empty nor a sandbox cache is never touched."""
+    out = out.expanduser()
     done = out / "prepared.json"
     if is_prepared(out, cfg):
         log(f"sandbox already prepared in {out}")
         return out
+    if out.exists() and any(out.iterdir()) and not done.exists():
+        raise UserError(f"sandbox.path {out} exists and is not a sandbox cache (no prepared.json); "
+                        f"choose an empty or new folder")
+    work = out.parent / f".{out.name}.preparing"
+    shutil.rmtree(work, ignore_errors=True)  # a previous interrupted attempt
     t0 = time.time()
+    _build(work, cfg, log)
+    (work / "prepared.json").write_text(json.dumps({"config": _settings(cfg), "seconds": time.time() - t0},
+                                                   indent=1))
+    if out.exists():  # an older preparation with other settings
+        shutil.rmtree(out)
+    work.rename(out)
+    log(f"sandbox prepared in {out} ({time.time() - t0:.0f} s)")
+    return out
+
+
+def _build(out: Path, cfg, log) -> None:
+    out.mkdir(parents=True)
     write_prompts(out / "data" / "train", cfg.train_prompts, cfg.seed + 1)
     write_prompts(out / "data" / "heldout", cfg.heldout_prompts, cfg.seed + 2)
     vae = train_vae(cfg, log)
@@ -246,9 +281,7 @@ def prepare(out: Path, cfg, log=print) -> Path:
     log(f"reward pairs: {cfg.jrm_pairs} synthetic + {len(editor_rows)} from the editor's own samples")
     pairs_eval = write_preference_pairs(out / "data" / "pairs_eval", 128, cfg.seed + 4, SIZE)
     overrides = [f"output_dir={out / 'jrm'}", f"data.train={pairs_train}", f"data.eval={pairs_eval}",
-                 f"train.epochs={cfg.jrm_epochs}", f"seed={cfg.seed}", f"backbone.tiny_patch={cfg.jrm_patch}"]
+                 f"train.epochs={cfg.jrm_epochs}", f"seed={cfg.seed}", f"backbone.tiny_patch={cfg.jrm_patch}",
+                 f"train.device={cfg.device}"]
     jrm_cfg = load_recipe("jrm_tiny", overrides, schema_cls=RewardRecipe, check=check_reward_recipe)
     train_reward(jrm_cfg)
-    done.write_text(json.dumps({"config": _settings(cfg), "seconds": time.time() - t0}, indent=1))
-    log(f"sandbox prepared in {out} ({time.time() - t0:.0f} s)")
-    return out
