@@ -11,6 +11,7 @@ rationale first, and Z-Reward's teacher, which is given one).
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,6 +75,10 @@ class JRMOutput:
     logits: torch.Tensor | None = None  # [B, K] score-bin logits (distribution head only)
 
 
+def accepts_vision_features(vlm_model) -> bool:
+    return "mm_encoder_outputs" in inspect.signature(type(vlm_model).forward).parameters
+
+
 class JRMModel(nn.Module):
     def __init__(self, backbone: Backbone, config: JRMConfig):
         super().__init__()
@@ -86,8 +91,9 @@ class JRMModel(nn.Module):
         self.register_buffer("bins", torch.tensor(list(config.bins), dtype=torch.float32), persistent=False)
         self.encoder = JRMEncoder(backbone, config.image_size, config.rubric, config.layout)
         # Qwen3-VL's forward takes precomputed vision features (mm_encoder_outputs): use them to encode a
-        # group's shared source image once instead of once per candidate
-        self.dedupe = backbone.kind == "qwen3_vl"
+        # group's shared source image once instead of once per candidate. Only where this transformers has
+        # the argument: older versions swallow it in **kwargs and the judge would silently see no images.
+        self.dedupe = backbone.kind == "qwen3_vl" and accepts_vision_features(self.causal_lm.model)
 
     @property
     def causal_lm(self):
