@@ -11,7 +11,6 @@ the truth separates by at least a gap, and the fraction the judge orders the sam
 from __future__ import annotations
 
 import argparse
-import itertools
 from pathlib import Path
 
 import torch
@@ -20,31 +19,9 @@ from policies import build_policy
 from rewards.jrm.model import JRMModel
 from rlkit.config import load_recipe
 from rlkit.sandbox.data import sample_prompts
-from rlkit.sandbox.prepare import editor_samples
+from rlkit.sandbox.prepare import judge_agreement
 
 GAPS = (0.1, 0.2, 0.3)
-
-
-@torch.no_grad()
-def judge_agreement(cache: Path, judge_path: Path, n_prompts: int, samples: int, seed: int = 777,
-                    noise_seed: int = 0) -> dict:
-    cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}", "sandbox.enabled=false"])
-    policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
-    judge = JRMModel.load(str(judge_path), dtype=torch.float32, device="cpu")
-    g = torch.Generator().manual_seed(noise_seed)
-    pairs, truth = [], []  # (truth gap, judge agrees)
-    prompts = sample_prompts(n_prompts, seed)  # not the training or held-out prompts' seeds
-    for _, instruction, src, _, images, scores in editor_samples(policy, prompts, samples, g):
-        gt = [x["overall"] for x in scores]
-        mu, _ = judge.score([src] * samples, list(images), [instruction] * samples, samples)
-        truth += gt
-        for a, b in itertools.combinations(range(samples), 2):
-            pairs.append((abs(gt[a] - gt[b]), bool((mu[a] - mu[b]) * (gt[a] - gt[b]) > 0)))
-    out = {"mean_truth": sum(truth) / len(truth), "pairs": len(pairs)}
-    for gap in GAPS:
-        kept = [agree for d, agree in pairs if d >= gap]
-        out[f"gap>={gap}"] = {"pairs": len(kept), "agreement": sum(kept) / len(kept) if kept else float("nan")}
-    return out
 
 
 def main() -> None:
@@ -57,8 +34,11 @@ def main() -> None:
     ap.add_argument("--noise-seed", type=int, default=0, help="the editor's sampling noise")
     args = ap.parse_args()
     cache = args.cache.expanduser()
-    res = judge_agreement(cache, args.judge or cache / "jrm" / "final", args.prompts, args.samples, args.seed,
-                         args.noise_seed)
+    cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}", "sandbox.enabled=false"])
+    policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
+    judge = JRMModel.load(str(args.judge or cache / "jrm" / "final"), dtype=torch.float32, device="cpu")
+    res = judge_agreement(policy, judge, sample_prompts(args.prompts, args.seed), args.samples,
+                          torch.Generator().manual_seed(args.noise_seed), GAPS)
     print(f"editor samples: {args.prompts} prompts x {args.samples}, mean truth {res['mean_truth']:.3f}")
     for gap in GAPS:
         r = res[f"gap>={gap}"]

@@ -133,7 +133,7 @@ class SandboxConfig:
     path: str = "~/.cache/rlkit/sandbox/seed_0"
     seed: int = 0
     vae_steps: int = 400
-    editor_steps: int = 800
+    editor_steps: int = 1000
     editor_batch: int = 32
     editor_lr: float = 1e-3
     washout: float = 0.0  # editor pre-trained on targets faded towards grey by this much (a flaw RL can fix)
@@ -144,7 +144,9 @@ class SandboxConfig:
     jrm_patch: int = 4  # the judge's vision patch (x2 merge): 4 -> 16 tokens per 32 px image, 8 -> only 4
     train_prompts: int = 512
     heldout_prompts: int = 32
-    editor_schedule: str = "constant"  # constant | cosine (the editor's lr after its warm-up)
+    editor_schedule: str = "cosine"  # constant | cosine (the editor's lr after its warm-up)
+    judge_tries: int = 2  # judges trained (other init seeds) until one agrees with the truth on the editor's
+    judge_min_agreement: float = 0.58  # samples at least this often (chance: 0.5); the best is kept
     device: str = "cpu"  # cpu | cuda: where preparation trains (a cache is not tied to it; seeded either way)
 
 
@@ -399,6 +401,8 @@ def check_values(cfg: DictConfig, where: str) -> None:
     for key in ("skip_edit", "washout"):
         if not 0 <= cfg.sandbox[key] < 1:
             raise UserError(f"{where}: 'sandbox.{key}' must be in [0, 1)")
+    if cfg.sandbox.judge_tries < 1 or not 0 <= cfg.sandbox.judge_min_agreement <= 1:
+        raise UserError(f"{where}: 'sandbox.judge_tries' must be >= 1 and 'sandbox.judge_min_agreement' in [0, 1]")
     if cfg.sandbox.jrm_patch not in (2, 4, 8, 16):  # x2 merge must tile the 32 px world images
         raise UserError(f"{where}: 'sandbox.jrm_patch' must be one of 2, 4, 8, 16")
     if cfg.policy.resolution % 16:

@@ -37,7 +37,8 @@ def test_tiny_run_on_cuda(tmp_path):
 
 
 def test_full_finetuning_on_cuda_resumes_exactly(tmp_path):
-    """policy.finetune=full in bf16 on the GPU: first ratio 1, every weight moves, a resumed run equals the straight one."""
+    """policy.finetune=full in bf16 on the GPU (fp32 masters): first ratio 1, and a resumed run equals the
+    straight one bit for bit."""
     from safetensors.torch import load_file
 
     from rlkit.trainer import Trainer

@@ -75,6 +75,9 @@ def test_prepare_and_run_the_sandbox_end_to_end(tmp_path):
     assert main(["sandbox", "prepare", "sandbox_edit", *small]) == 0
     cache = tmp_path / "cache"
     assert (cache / "editor" / "model_index.json").is_file() and (cache / "jrm" / "final" / "jrm.json").is_file()
+    report = json.loads((cache / "prepared.json").read_text())
+    assert 0 <= report["judge_agreement"]["gap>=0.1"]["pairs"] <= report["judge_agreement"]["pairs"]
+    assert 0 <= report["editor_mean_truth"] <= 1
     from safetensors.torch import load_file
 
     weights = load_file(next((cache / "editor" / "transformer").glob("*.safetensors")))
@@ -139,6 +142,28 @@ def test_editor_pairs_keep_every_pair_of_samples_the_truth_separates(tmp_path):
         assert r["gt1"] >= r["gt2"] + 0.1 and r["kinds"] == ["editor", "editor"]
         assert (tmp_path / r["path1"]).is_file() and (tmp_path / r["path2"]).is_file()
     assert {r["gt1"] for r in rows} > {1.0}  # the exact edit is chosen against the others
+
+    # the judge check on the same samples: a "do nothing" judge (prefers whatever is nearest the source) orders
+    # every separable pair against the truth; an oracle (nearest the target) orders all of them with it
+    from rlkit.sandbox.prepare import judge_agreement
+
+    class NearSource:
+        def score(self, sources, edited, instructions, batch_size):
+            return torch.stack([-(e - s).abs().mean() for s, e in zip(sources, edited)]), None
+
+    prompts = sample_prompts(2, seed=3)
+    wrong = judge_agreement(StandIn(), NearSource(), prompts, 4, torch.Generator())
+    assert wrong["pairs"] == 2 * 6 and wrong["gap>=0.1"] == {"pairs": 10, "agreement": 0.0}
+
+    class NearTarget:  # knows the answer: agrees with the truth on every separable pair
+        def score(self, sources, edited, instructions, batch_size):
+            exact = to_tensor(render(prompts[self.i][2], 32))
+            self.i += 1
+            return torch.stack([-(e - exact).abs().mean() for e in edited]), None
+
+    oracle = NearTarget()
+    oracle.i = 0
+    assert judge_agreement(StandIn(), oracle, prompts, 4, torch.Generator())["gap>=0.1"]["agreement"] == 1.0
 
 
 def test_prepare_never_damages_an_existing_folder(tmp_path, monkeypatch):

@@ -41,6 +41,7 @@ from rlkit.sandbox.world import (
 )
 
 SIZE = 32
+AGREEMENT_PROMPTS = 48  # held-out prompts (x 8 samples) on which prepare checks the judge against the truth
 
 
 def world_t5_tokenizer() -> T5TokenizerFast:
@@ -192,6 +193,28 @@ def editor_samples(policy, prompts, samples: int, generator: torch.Generator):
             yield start + i, instruction, src[i], tgt[i], images[i], scores
 
 
+@torch.no_grad()
+def judge_agreement(policy, judge, prompts, samples: int, generator: torch.Generator,
+                    gaps: tuple[float, ...] = (0.1, 0.2, 0.3)) -> dict:
+    """How often the judge orders two of the editor's samples of one prompt as the truth does: the only ranking
+    GRPO uses (a judge's accuracy on synthetic pairs predicts a run's success only loosely). Pairs are split by
+    how far apart the truth puts them."""
+    from itertools import combinations
+
+    pairs, truth = [], []  # (truth gap, judge agrees)
+    for _, instruction, src, _, images, scores in editor_samples(policy, prompts, samples, generator):
+        gt = [x["overall"] for x in scores]
+        mu, _ = judge.score([src] * samples, list(images), [instruction] * samples, samples)
+        truth += gt
+        for a, b in combinations(range(samples), 2):
+            pairs.append((abs(gt[a] - gt[b]), bool((mu[a] - mu[b]) * (gt[a] - gt[b]) > 0)))
+    out = {"mean_truth": sum(truth) / len(truth), "pairs": len(pairs)}
+    for gap in gaps:
+        kept = [agree for d, agree in pairs if d >= gap]
+        out[f"gap>={gap}"] = {"pairs": len(kept), "agreement": sum(kept) / len(kept) if kept else float("nan")}
+    return out
+
+
 def write_editor_pairs(policy, out_dir: Path, n_prompts: int, seed: int, samples: int = 4,
                        min_gap: float = 0.1) -> list[dict]:
     """Preference pairs between the pre-trained editor's own samples, ranked by the ground truth: the
@@ -252,9 +275,9 @@ def prepare(out: Path, cfg, log=print) -> Path:
     work = out.parent / f".{out.name}.preparing"
     shutil.rmtree(work, ignore_errors=True)  # a previous interrupted attempt
     t0 = time.time()
-    _build(work, cfg, log)
-    (work / "prepared.json").write_text(json.dumps({"config": _settings(cfg), "seconds": time.time() - t0},
-                                                   indent=1))
+    report = _build(work, cfg, log)
+    (work / "prepared.json").write_text(json.dumps({"config": _settings(cfg), "seconds": time.time() - t0,
+                                                    **report}, indent=1))
     if out.exists():  # an older preparation with other settings
         shutil.rmtree(out)
     work.rename(out)
@@ -262,7 +285,7 @@ def prepare(out: Path, cfg, log=print) -> Path:
     return out
 
 
-def _build(out: Path, cfg, log) -> None:
+def _build(out: Path, cfg, log) -> dict:
     out.mkdir(parents=True)
     write_prompts(out / "data" / "train", cfg.train_prompts, cfg.seed + 1)
     write_prompts(out / "data" / "heldout", cfg.heldout_prompts, cfg.seed + 2)
@@ -280,8 +303,31 @@ def _build(out: Path, cfg, log) -> None:
         f.writelines(json.dumps(r) + "\n" for r in editor_rows)
     log(f"reward pairs: {cfg.jrm_pairs} synthetic + {len(editor_rows)} from the editor's own samples")
     pairs_eval = write_preference_pairs(out / "data" / "pairs_eval", 128, cfg.seed + 4, SIZE)
-    overrides = [f"output_dir={out / 'jrm'}", f"data.train={pairs_train}", f"data.eval={pairs_eval}",
-                 f"train.epochs={cfg.jrm_epochs}", f"seed={cfg.seed}", f"backbone.tiny_patch={cfg.jrm_patch}",
-                 f"train.device={cfg.device}"]
-    jrm_cfg = load_recipe("jrm_tiny", overrides, schema_cls=RewardRecipe, check=check_reward_recipe)
-    train_reward(jrm_cfg)
+    from rewards.jrm.model import JRMModel
+
+    # The judge is checked where RL needs it, on the editor's own samples of held-out prompts; a judge below
+    # `judge_min_agreement` is retrained from another initialisation (seeded: still reproducible), up to
+    # `judge_tries` times, and the best one is kept.
+    prompts = sample_prompts(AGREEMENT_PROMPTS, cfg.seed + 6)
+    best = None
+    for attempt in range(cfg.judge_tries):
+        folder = out / f"jrm_try{attempt}"
+        overrides = [f"output_dir={folder}", f"data.train={pairs_train}", f"data.eval={pairs_eval}",
+                     f"train.epochs={cfg.jrm_epochs}", f"seed={cfg.seed + 1000 * attempt}",
+                     f"backbone.tiny_patch={cfg.jrm_patch}", f"train.device={cfg.device}"]
+        train_reward(load_recipe("jrm_tiny", overrides, schema_cls=RewardRecipe, check=check_reward_recipe))
+        judge = JRMModel.load(str(folder / "final"), dtype=torch.float32, device=cfg.device)
+        check = judge_agreement(policy, judge, prompts, 8, torch.Generator().manual_seed(cfg.seed + 6))
+        agreement = check["gap>=0.1"]["agreement"]
+        log(f"judge {attempt}: agrees with the truth on {agreement:.3f} of {check['gap>=0.1']['pairs']} pairs of "
+            f"the editor's samples (held-out prompts, >= 0.1 apart)")
+        if best is None or agreement > best[0]:
+            best = (agreement, folder, check)
+        if agreement >= cfg.judge_min_agreement:
+            break
+    agreement, folder, check = best
+    kept = int(folder.name.removeprefix("jrm_try"))
+    folder.rename(out / "jrm")
+    for other in out.glob("jrm_try*"):
+        shutil.rmtree(other)
+    return {"editor_mean_truth": check["mean_truth"], "judge_agreement": check, "judge_kept": kept}
