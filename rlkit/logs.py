@@ -105,9 +105,10 @@ def _line_step(line: str) -> int | None:
         return None
 
 
-def save_grid(path: Path, sources: torch.Tensor, samples: torch.Tensor, group_size: int) -> None:
-    """One row per prompt: the source, then its group's samples. Tensors in [0, 1], [N, 3, H, W]."""
-    n_prompts = samples.shape[0] // group_size
+def save_grid(path: Path, sources: torch.Tensor, samples: torch.Tensor, group_size: int, max_rows: int = 32) -> None:
+    """One row per prompt (the first `max_rows`): the source, then its group's samples. Tensors in [0, 1],
+    [N, 3, H, W]."""
+    n_prompts = min(samples.shape[0] // group_size, max_rows)
     rows = []
     for p in range(n_prompts):
         group = samples[p * group_size : (p + 1) * group_size]

@@ -12,7 +12,7 @@ from conftest import REPO, TINY_RECIPE, tiny_config
 from safetensors.torch import load_file
 
 from rlkit.cli import main
-from rlkit.logs import REQUIRED_KEYS
+from rlkit.logs import REQUIRED_KEYS, save_grid
 from rlkit.trainer import Trainer
 
 
@@ -225,3 +225,15 @@ def test_cosine_schedule_follows_rl_steps_and_resumes_exactly(tmp_path):
     b = load_file(cut / "checkpoints" / "step_000004" / "adapter.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [json.loads(x)["lr"] for x in (cut / "metrics.jsonl").read_text().splitlines()] == [r["lr"] for r in rows]
+
+
+def test_sample_grid_rows_are_capped(tmp_path):
+    """A 128-prompt evaluation must not write a 4,000-pixel-tall grid: the first `max_rows` prompts only."""
+    from PIL import Image
+
+    sources = torch.rand(40 * 2, 3, 8, 8)
+    samples = torch.rand(40 * 2, 3, 8, 8)
+    save_grid(tmp_path / "all.png", sources, samples, group_size=2, max_rows=64)
+    save_grid(tmp_path / "capped.png", sources, samples, group_size=2, max_rows=5)
+    assert Image.open(tmp_path / "all.png").size == (8 * 3 + 2, 40 * 8)
+    assert Image.open(tmp_path / "capped.png").size == (8 * 3 + 2, 5 * 8)

@@ -23,6 +23,7 @@ def test_every_operation_has_an_exact_target_that_scores_one(op):
         if edit is None:
             continue
         instruction, target = edit
+        assert (" and " in instruction) == (op == "compose"), instruction
         S, T = to_tensor(render(scene)), to_tensor(render(target))
         assert not torch.equal(S, T), instruction  # the instruction changes something
         assert gt_scores(T, S, T) == {"follow": 1.0, "preserve": 1.0, "overall": 1.0}
@@ -193,3 +194,18 @@ def test_prepare_never_damages_an_existing_folder(tmp_path, monkeypatch):
         prep.prepare(old, cfg)
     assert json.loads((old / "prepared.json").read_text()) == {"config": {"seed": 99}}
     assert (old / "editor").is_dir() and not (old / "data").exists()  # the half-built cache went elsewhere
+
+
+def test_a_cache_from_another_world_version_is_not_reused(tmp_path):
+    """Settings alone do not say what the cached prompts and targets are: the world's version is part of them."""
+    from omegaconf import OmegaConf
+
+    from rlkit.config import SandboxConfig
+    from rlkit.sandbox import prepare as prep
+
+    cfg = OmegaConf.structured(SandboxConfig)
+    settings = prep._settings(cfg)
+    (tmp_path / "prepared.json").write_text(json.dumps({"config": settings}))
+    assert prep.is_prepared(tmp_path, cfg)
+    (tmp_path / "prepared.json").write_text(json.dumps({"config": settings | {"world": prep.WORLD_VERSION - 1}}))
+    assert not prep.is_prepared(tmp_path, cfg)

@@ -34,6 +34,7 @@ from rlkit.sandbox.world import (
     DIRECTIONS,
     PLACES,
     SHAPES,
+    WORLD_VERSION,
     random_scene,
     render,
     to_tensor,
@@ -250,7 +251,7 @@ def _settings(cfg) -> dict:
     from omegaconf import OmegaConf
 
     d = OmegaConf.to_container(OmegaConf.create(cfg))  # the recipe section or a SandboxConfig alike
-    return {k: v for k, v in d.items() if k not in ("enabled", "path", "device")}
+    return {"world": WORLD_VERSION} | {k: v for k, v in d.items() if k not in ("enabled", "path", "device")}
 
 
 def is_prepared(out: Path, cfg) -> bool:

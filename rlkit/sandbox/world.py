@@ -27,7 +27,9 @@ SIZES = {"small": 0.22, "large": 0.34}  # half-extent as a fraction of the canva
 PLACES = {(0, 0): "top left", (1, 0): "top", (2, 0): "top right", (0, 1): "left", (1, 1): "centre",
           (2, 1): "right", (0, 2): "bottom left", (1, 2): "bottom", (2, 2): "bottom right"}
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-OPERATIONS = ("recolour", "remove", "move", "add", "resize")
+SINGLE_OPERATIONS = ("recolour", "remove", "move", "add", "resize")
+OPERATIONS = (*SINGLE_OPERATIONS, "compose")  # compose: two single edits in one instruction, joined by "and"
+WORLD_VERSION = 2  # bumped when instructions or rendering change: a cache prepared with another one is rebuilt
 PRESERVE_SCALE = 0.15
 
 
@@ -138,6 +140,12 @@ def random_edit(scene: Scene, rng: random.Random, operations=OPERATIONS) -> tupl
             word = "bigger" if bigger else "smaller"
             return f"make the {o.name} {word}", Scene(scene.background, [
                 replace(x, size="large" if bigger else "small") if x == o else x for x in objs])
+        if op == "compose" and (first := random_edit(scene, rng, SINGLE_OPERATIONS)) is not None:
+            untouched = set(objs) & set(first[1].objects)  # the second edit names one of these (or adds one),
+            for _ in range(8):  # so every name in the instruction means the same object before and after
+                second = random_edit(first[1], rng, SINGLE_OPERATIONS)
+                if second is not None and set(first[1].objects) - set(second[1].objects) <= untouched:
+                    return f"{first[0]} and {second[0]}", second[1]
     return None
 
 

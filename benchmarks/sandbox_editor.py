@@ -1,0 +1,100 @@
+"""What a sandbox editor's samples are made of: per edit kind, the ground truth of P held-out prompts x K samples.
+
+GRPO can only re-weight what the editor already samples, so these figures bound what RL can gain: the skipped
+edits it can undo, and how good the attempted edits are. `--train key=value ...` first trains another editor
+with the cache's VAE and those `sandbox.*` settings (the cache is not changed; `--save DIR` keeps the editor).
+The first line is the VAE's own ceiling: every target encoded and decoded, scored like an edit.
+
+    python benchmarks/sandbox_editor.py ~/.cache/rlkit/sandbox/seed_0
+    python benchmarks/sandbox_editor.py CACHE --train seed=2 skip_edit=0.0        # about 6 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FluxKontextPipeline
+from omegaconf import OmegaConf
+
+from rlkit.config import SandboxConfig
+from rlkit.sandbox.data import sample_prompts
+from rlkit.sandbox.prepare import SIZE, build_pipeline, editor_samples, pretrain_editor
+from rlkit.sandbox.world import gt_scores, render, to_tensor
+
+SKIP_DRIFT = 0.04  # a sample this close to its source (mean |difference|) that follows nothing is a skipped edit
+
+
+def kind(instruction: str) -> str:
+    if " and " in instruction:
+        return "composed"
+    if instruction.endswith(("bigger", "smaller")):
+        return "resize"
+    return {"make": "recolour"}.get(instruction.split()[0], instruction.split()[0])
+
+
+@torch.no_grad()
+def vae_ceiling(vae: AutoencoderKL, prompts) -> float:
+    src = torch.stack([to_tensor(render(p[0], SIZE)) for p in prompts])
+    tgt = torch.stack([to_tensor(render(p[2], SIZE)) for p in prompts])
+    rec = ((vae.decode(vae.encode(tgt * 2 - 1).latent_dist.mode()).sample + 1) / 2).clamp(0, 1)
+    return sum(gt_scores(r, s, t)["overall"] for r, s, t in zip(rec, src, tgt)) / len(prompts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cache", type=Path, help="a prepared sandbox (sandbox.path)")
+    ap.add_argument("--train", nargs="*", metavar="KEY=VALUE", help="train an editor with these sandbox settings")
+    ap.add_argument("--save", type=Path, help="where to keep the trained editor (a FluxKontextPipeline folder)")
+    ap.add_argument("--prompts", type=int, default=48)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=777, help="prompts")
+    args = ap.parse_args()
+    cache = args.cache.expanduser()
+    prompts = sample_prompts(args.prompts, args.seed)
+    if args.train is None:
+        from policies import build_policy
+        from rlkit.config import load_recipe
+
+        cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}", "sandbox.enabled=false"])
+        policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
+        vae = FluxKontextPipeline.from_pretrained(cache / "editor").vae
+    else:
+        cfg = OmegaConf.merge(OmegaConf.structured(SandboxConfig), OmegaConf.from_dotlist(args.train))
+        vae = AutoencoderKL.from_pretrained(cache / "editor", subfolder="vae").eval()
+        pipe = build_pipeline(vae, cfg.seed)
+        t0 = time.time()
+        policy = pretrain_editor(pipe, cfg, log=lambda _: None)
+        print(f"editor trained in {time.time() - t0:.0f} s with {' '.join(args.train)}")
+        if args.save:
+            pipe.save_pretrained(args.save)
+    print(f"VAE ceiling (targets encoded and decoded): overall {vae_ceiling(vae, prompts):.3f}")
+
+    rows = defaultdict(list)  # kind -> one (scores, skipped) list per prompt
+    g = torch.Generator().manual_seed(0)
+    for _, instruction, src, _, images, scores in editor_samples(policy, prompts, args.samples, g):
+        skipped = [float((im - src).abs().mean()) < SKIP_DRIFT and s["follow"] < 0.1 for im, s in zip(images, scores)]
+        for key in (kind(instruction), "all"):
+            rows[key].append(list(zip(scores, skipped)))
+    print(f"{args.prompts} held-out prompts x {args.samples} samples: mean ground truth per sample, best of "
+          f"{args.samples} per prompt, share of samples that skip the edit, mean overall of the others")
+    print(f"{'kind':10s} {'prompts':>7s} {'overall':>8s} {'best':>6s} {'follow':>7s} {'preserve':>9s} {'skipped':>8s} "
+          f"{'attempts':>9s}")
+    for key, groups in sorted(rows.items(), key=lambda kv: kv[0] != "all"):
+        flat = [x for grp in groups for x in grp]
+        attempts = [s["overall"] for s, skipped in flat if not skipped]
+
+        def mean(m, flat=flat):
+            return sum(s[m] for s, _ in flat) / len(flat)
+
+        best = sum(max(s["overall"] for s, _ in grp) for grp in groups) / len(groups)
+        print(f"{key:10s} {len(groups):7d} {mean('overall'):8.3f} {best:6.3f} {mean('follow'):7.3f} "
+              f"{mean('preserve'):9.3f} {sum(k for _, k in flat) / len(flat):8.2f} "
+              f"{sum(attempts) / max(1, len(attempts)):9.3f}")
+
+
+if __name__ == "__main__":
+    main()
