@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FluxKontextPipeline
+from diffusers import AutoencoderKL
 from omegaconf import OmegaConf
 
 from rlkit.config import SandboxConfig
@@ -55,16 +55,15 @@ def main() -> None:
     args = ap.parse_args()
     cache = args.cache.expanduser()
     prompts = sample_prompts(args.prompts, args.seed)
+    vae = AutoencoderKL.from_pretrained(cache / "editor", subfolder="vae").eval()
     if args.train is None:
         from policies import build_policy
         from rlkit.config import load_recipe
 
         cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}", "sandbox.enabled=false"])
         policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
-        vae = FluxKontextPipeline.from_pretrained(cache / "editor").vae
     else:
         cfg = OmegaConf.merge(OmegaConf.structured(SandboxConfig), OmegaConf.from_dotlist(args.train))
-        vae = AutoencoderKL.from_pretrained(cache / "editor", subfolder="vae").eval()
         pipe = build_pipeline(vae, cfg.seed)
         t0 = time.time()
         policy = pretrain_editor(pipe, cfg, log=lambda _: None)
@@ -85,14 +84,11 @@ def main() -> None:
           f"{'attempts':>9s}")
     for key, groups in sorted(rows.items(), key=lambda kv: kv[0] != "all"):
         flat = [x for grp in groups for x in grp]
+        mean = {m: sum(s[m] for s, _ in flat) / len(flat) for m in ("overall", "follow", "preserve")}
         attempts = [s["overall"] for s, skipped in flat if not skipped]
-
-        def mean(m, flat=flat):
-            return sum(s[m] for s, _ in flat) / len(flat)
-
         best = sum(max(s["overall"] for s, _ in grp) for grp in groups) / len(groups)
-        print(f"{key:10s} {len(groups):7d} {mean('overall'):8.3f} {best:6.3f} {mean('follow'):7.3f} "
-              f"{mean('preserve'):9.3f} {sum(k for _, k in flat) / len(flat):8.2f} "
+        print(f"{key:10s} {len(groups):7d} {mean['overall']:8.3f} {best:6.3f} {mean['follow']:7.3f} "
+              f"{mean['preserve']:9.3f} {sum(k for _, k in flat) / len(flat):8.2f} "
               f"{sum(attempts) / max(1, len(attempts)):9.3f}")
 
 

@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -11,7 +12,17 @@ from rlkit.config import DataConfig
 from rlkit.data import PromptStream, read_items
 from rlkit.plugins import build_reward
 from rlkit.sandbox.data import write_preference_pairs, write_prompts
-from rlkit.sandbox.world import OPERATIONS, Scene, gt_scores, random_edit, random_scene, render, to_tensor
+from rlkit.sandbox.world import (
+    COLOURS,
+    OPERATIONS,
+    SHAPES,
+    Scene,
+    gt_scores,
+    random_edit,
+    random_scene,
+    render,
+    to_tensor,
+)
 
 
 @pytest.mark.parametrize("op", OPERATIONS)
@@ -24,6 +35,8 @@ def test_every_operation_has_an_exact_target_that_scores_one(op):
             continue
         instruction, target = edit
         assert (" and " in instruction) == (op == "compose"), instruction
+        named = re.findall(rf"the ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})", instruction)
+        assert {f"{c} {s}" for c, s in named} <= {o.name for o in scene.objects}, instruction  # one meaning each
         S, T = to_tensor(render(scene)), to_tensor(render(target))
         assert not torch.equal(S, T), instruction  # the instruction changes something
         assert gt_scores(T, S, T) == {"follow": 1.0, "preserve": 1.0, "overall": 1.0}
