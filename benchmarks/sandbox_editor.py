@@ -7,6 +7,7 @@ The first line is the VAE's own ceiling: every target encoded and decoded, score
 
     python benchmarks/sandbox_editor.py ~/.cache/rlkit/sandbox/seed_0
     python benchmarks/sandbox_editor.py CACHE --train seed=2 skip_edit=0.0        # about 6 minutes on 2 cores
+    python benchmarks/sandbox_editor.py CACHE --new-vae --train vae_blocks=[16,32] latent_channels=4
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from omegaconf import OmegaConf
 
 from rlkit.config import SandboxConfig
 from rlkit.sandbox.data import sample_prompts
-from rlkit.sandbox.prepare import SIZE, build_pipeline, editor_samples, pretrain_editor
+from rlkit.sandbox.prepare import SIZE, build_pipeline, editor_samples, pretrain_editor, train_vae
 from rlkit.sandbox.world import gt_scores, render, to_tensor
 
 SKIP_DRIFT = 0.04  # a sample this close to its source (mean |difference|) that follows nothing is a skipped edit
@@ -48,6 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cache", type=Path, help="a prepared sandbox (sandbox.path)")
     ap.add_argument("--train", nargs="*", metavar="KEY=VALUE", help="train an editor with these sandbox settings")
+    ap.add_argument("--new-vae", action="store_true", help="--train also trains a VAE (with its vae_* settings)")
     ap.add_argument("--save", type=Path, help="where to keep the trained editor (a FluxKontextPipeline folder)")
     ap.add_argument("--prompts", type=int, default=48)
     ap.add_argument("--samples", type=int, default=8)
@@ -64,6 +66,8 @@ def main() -> None:
         policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
     else:
         cfg = OmegaConf.merge(OmegaConf.structured(SandboxConfig), OmegaConf.from_dotlist(args.train))
+        if args.new_vae:
+            vae = train_vae(cfg, log=lambda _: None)
         pipe = build_pipeline(vae, cfg.seed)
         t0 = time.time()
         policy = pretrain_editor(pipe, cfg, log=lambda _: None)

@@ -65,10 +65,11 @@ def cmd_validate(args) -> int:
     for spec in [*cfg.rewards, *cfg.eval.rewards]:
         load_reward_class(spec.name)
     if cfg.sandbox.enabled:
-        from rlkit.sandbox.prepare import is_prepared
+        from rlkit.sandbox.prepare import is_prepared, shipped_preparation
 
         if not is_prepared(Path(cfg.sandbox.path), cfg.sandbox):
-            print(f"ok: {args.recipe} (the sandbox in {cfg.sandbox.path} is prepared on the first run; "
+            how = "copied from rlkit's shipped one" if shipped_preparation(cfg.sandbox) else "prepared"
+            print(f"ok: {args.recipe} (the sandbox in {cfg.sandbox.path} is {how} on the first run; "
                   f"data checked then)")
             return 0
     items = read_items(cfg.data)

@@ -132,10 +132,16 @@ class SandboxConfig:
     enabled: bool = False
     path: str = "~/.cache/rlkit/sandbox/seed_0"
     seed: int = 0
-    vae_steps: int = 400
+    vae_steps: int = 600
+    # The VAE: 32 px -> (32 / 2^(len(vae_blocks) - 1))^2 latents of latent_channels, 2 x 2 of them per editor
+    # token (FLUX packing). 8 x 8 x 16 (FLUX's own 16 channels) gives the editor 16 tokens per image, and steps
+    # 3x faster than 16 x 16 x 4 (64 tokens) for the same reconstruction (BENCHMARKS.md, session 6).
+    vae_blocks: list[int] = field(default_factory=lambda: [16, 32, 64])
+    latent_channels: int = 16
     editor_steps: int = 1000
     editor_batch: int = 32
     editor_lr: float = 1e-3
+    editor_prompts: int = 512  # distinct (source, instruction, target) examples the editor pre-trains on
     washout: float = 0.0  # editor pre-trained on targets faded towards grey by this much (a flaw RL can fix)
     skip_edit: float = 0.65  # fraction of pre-training examples whose target is the unedited source (prepare.py)
     jrm_pairs: int = 256  # synthetic corruption pairs
@@ -148,6 +154,7 @@ class SandboxConfig:
     judge_tries: int = 2  # judges trained (other init seeds) until one agrees with the truth on the editor's
     judge_min_agreement: float = 0.58  # samples at least this often (chance: 0.5); the best is kept
     device: str = "cpu"  # cpu | cuda: where preparation trains (a cache is not tied to it; seeded either way)
+    use_shipped: bool = True  # copy rlkit's shipped preparation when one matches these settings exactly
 
 
 @dataclass

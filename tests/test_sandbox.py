@@ -187,7 +187,7 @@ def test_prepare_never_damages_an_existing_folder(tmp_path, monkeypatch):
     from rlkit.errors import UserError
     from rlkit.sandbox import prepare as prep
 
-    cfg = load_recipe("sandbox_edit", []).sandbox
+    cfg = load_recipe("sandbox_edit", ["sandbox.use_shipped=false"]).sandbox
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
@@ -222,3 +222,40 @@ def test_a_cache_from_another_world_version_is_not_reused(tmp_path):
     assert prep.is_prepared(tmp_path, cfg)
     (tmp_path / "prepared.json").write_text(json.dumps({"config": settings | {"world": prep.WORLD_VERSION - 1}}))
     assert not prep.is_prepared(tmp_path, cfg)
+
+
+def test_the_default_recipe_starts_from_the_shipped_preparation():
+    """rlkit ships what `rlkit sandbox prepare` made for sandbox_edit (seed 0). A change to the recipe's sandbox
+    settings that is not re-shipped would make every first run prepare for half an hour instead: caught here."""
+    from rlkit.config import load_recipe
+    from rlkit.sandbox.prepare import shipped_preparation
+
+    cfg = load_recipe("sandbox_edit", []).sandbox
+    assert shipped_preparation(cfg) is not None
+    assert shipped_preparation(load_recipe("sandbox_edit", ["sandbox.use_shipped=false"]).sandbox) is None
+    assert shipped_preparation(load_recipe("sandbox_edit", ["sandbox.editor_steps=10"]).sandbox) is None
+    assert shipped_preparation(load_recipe("sandbox_edit", ["sandbox.seed=1"]).sandbox) is None
+
+
+def test_prepare_copies_the_shipped_preparation_that_then_edits(tmp_path):
+    from policies import build_policy
+    from policies.base import PromptBatch
+    from rlkit.config import load_recipe
+    from rlkit.data import read_items
+    from rlkit.sandbox.prepare import is_prepared, prepare
+
+    cache = tmp_path / "cache"
+    cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}"])
+    logged = []
+    prepare(cache, cfg.sandbox, log=logged.append)
+    assert is_prepared(cache, cfg.sandbox) and "shipped" in logged[0]
+    train = read_items(DataConfig(source="jsonl", path=str(cache / "data/train/prompts.jsonl")))
+    heldout = read_items(DataConfig(source="jsonl", path=str(cache / "data/heldout/prompts.jsonl")))
+    assert (len(train), len(heldout)) == (cfg.sandbox.train_prompts, cfg.sandbox.heldout_prompts)
+
+    policy = build_policy(cfg.policy, cfg.sampler, "cpu", 2)  # the shipped editor loads and edits
+    item = heldout[0]
+    src = to_tensor(render(Scene.from_json(item.metadata["scene"]), 32))
+    images = policy.sample(PromptBatch(src[None], [item.instruction], ["0"]), 2, torch.Generator()).images
+    tgt = to_tensor(render(Scene.from_json(item.metadata["target_scene"]), 32))
+    assert images.shape == (2, 3, 32, 32) and all(0 <= gt_scores(im, src, tgt)["overall"] <= 1 for im in images)

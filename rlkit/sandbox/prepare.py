@@ -11,6 +11,7 @@ The editor is saved as a diffusers FluxKontextPipeline folder, so the sandbox re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -63,10 +64,11 @@ def _images(n: int, rng: random.Random) -> torch.Tensor:
 def train_vae(cfg: PrepareConfig, log=print) -> AutoencoderKL:
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        layers_per_block=1, norm_num_groups=8, sample_size=SIZE,
-                        mid_block_add_attention=False).to(device)
+    blocks = tuple(cfg.vae_blocks)  # n blocks downsample 2^(n-1) times
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+                        block_out_channels=blocks, down_block_types=["DownEncoderBlock2D"] * len(blocks),
+                        up_block_types=["UpDecoderBlock2D"] * len(blocks), layers_per_block=1, norm_num_groups=8,
+                        sample_size=SIZE, mid_block_add_attention=False).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=cfg.vae_steps, pct_start=0.1)
     rng = random.Random(cfg.seed)
@@ -98,8 +100,9 @@ def build_pipeline(vae: AutoencoderKL, seed: int) -> FluxKontextPipeline:
     text_encoder_2 = T5EncoderModel(T5Config(
         vocab_size=len(t5_tok), d_model=64, d_kv=16, d_ff=128, num_layers=1, num_heads=4, pad_token_id=0,
         eos_token_id=1, decoder_start_token_id=0))
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=32, num_attention_heads=4,
+    transformer = FluxTransformer2DModel(  # a token packs 2 x 2 latents, as in FLUX
+        patch_size=1, in_channels=4 * vae.config.latent_channels, num_layers=2, num_single_layers=2,
+        attention_head_dim=32, num_attention_heads=4,
         joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=[8, 12, 12])
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
@@ -132,23 +135,12 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
         return min(1.0, (i + 1) / warm)
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    prompts = sample_prompts(cfg.train_prompts, cfg.seed + 1)
+    # The world is procedural, so the editor learns from its own pool of examples (the first `train_prompts` of
+    # it are RL's training prompts): at 512 examples it memorised them and edited held-out prompts poorly.
+    prompts = sample_prompts(max(cfg.editor_prompts, 1), cfg.seed + 1)
     g = torch.Generator().manual_seed(cfg.seed)
-    vae = pipe.vae
-    # conditioning and target latents once for the whole training set; each step only indexes them
-    src = torch.stack([to_tensor(render(p[0], SIZE)) for p in prompts])
-    tgt = torch.stack([to_tensor(render(p[2], SIZE)) for p in prompts])
-    if cfg.washout:  # faded training targets: the editor learns a global flaw that RL can remove
-        tgt = washout(tgt, cfg.washout)
-    cond = policy.encode(src, [p[1] for p in prompts])
-    with torch.no_grad():
-        lat = (vae.encode(tgt.to(vae.device) * 2 - 1).latent_dist.mode() - vae.config.shift_factor) \
-            * vae.config.scaling_factor
-        src_lat = (vae.encode(src.to(vae.device) * 2 - 1).latent_dist.mode() - vae.config.shift_factor) \
-            * vae.config.scaling_factor
-    n, c, h, w = lat.shape
-    targets = pipe._pack_latents(lat, n, c, h, w)
-    sources = pipe._pack_latents(src_lat, n, c, h, w)
+    cond, targets, sources = _encode_examples(policy, prompts, cfg.washout)
+    n = len(prompts)
     t0 = time.time()
     for step in range(cfg.editor_steps):
         idx = torch.randint(n, (cfg.editor_batch,), generator=g)
@@ -174,6 +166,28 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
     for p in tr.parameters():
         p.requires_grad_(False)
     return policy
+
+
+@torch.no_grad()
+def _encode_examples(policy, prompts, fade: float, chunk: int = 512):
+    """Conditioning and packed target / source latents of every example, once (in chunks: bounded memory);
+    each training step then only indexes them."""
+    pipe, vae = policy.pipe, policy.pipe.vae
+    conds, targets, sources = [], [], []
+    for start in range(0, len(prompts), chunk):
+        part = prompts[start : start + chunk]
+        src = torch.stack([to_tensor(render(p[0], SIZE)) for p in part])
+        tgt = torch.stack([to_tensor(render(p[2], SIZE)) for p in part])
+        if fade:  # faded training targets: the editor learns a global flaw that RL can remove
+            tgt = washout(tgt, fade)
+        conds.append(policy.encode(src, [p[1] for p in part]))
+        for images, out in ((tgt, targets), (src, sources)):
+            lat = (vae.encode(images.to(vae.device) * 2 - 1).latent_dist.mode() - vae.config.shift_factor) \
+                * vae.config.scaling_factor
+            out.append(pipe._pack_latents(lat, *lat.shape))
+    cond = dataclasses.replace(conds[0], **{k: torch.cat([getattr(c, k) for c in conds])
+                                            for k in ("prompt_embeds", "pooled", "image_latents")})
+    return cond, torch.cat(targets), torch.cat(sources)
 
 
 @torch.no_grad()
@@ -247,11 +261,23 @@ def write_editor_pairs(policy, out_dir: Path, n_prompts: int, seed: int, samples
     return rows
 
 
+SHIPPED = Path(__file__).parent / "shipped"  # preparations rlkit ships: seed_<N>/{editor, jrm, prepared.json}
+
+
 def _settings(cfg) -> dict:
     from omegaconf import OmegaConf
 
     d = OmegaConf.to_container(OmegaConf.create(cfg))  # the recipe section or a SandboxConfig alike
-    return {"world": WORLD_VERSION} | {k: v for k, v in d.items() if k not in ("enabled", "path", "device")}
+    where = ("enabled", "path", "device", "use_shipped")  # how and where it is made, not what
+    return {"world": WORLD_VERSION} | {k: v for k, v in d.items() if k not in where}
+
+
+def shipped_preparation(cfg) -> Path | None:
+    """The preparation rlkit ships for these exact settings (made by `rlkit sandbox prepare` with them), if any."""
+    done = SHIPPED / f"seed_{cfg.seed}" / "prepared.json"
+    if cfg.use_shipped and done.is_file() and json.loads(done.read_text()).get("config") == _settings(cfg):
+        return done.parent
+    return None
 
 
 def is_prepared(out: Path, cfg) -> bool:
@@ -276,9 +302,16 @@ def prepare(out: Path, cfg, log=print) -> Path:
     work = out.parent / f".{out.name}.preparing"
     shutil.rmtree(work, ignore_errors=True)  # a previous interrupted attempt
     t0 = time.time()
-    report = _build(work, cfg, log)
-    (work / "prepared.json").write_text(json.dumps({"config": _settings(cfg), "seconds": time.time() - t0,
-                                                    **report}, indent=1))
+    shipped = shipped_preparation(cfg)
+    if shipped is not None:  # the editor and judge as `rlkit sandbox prepare` made them; the prompts are cheap
+        shutil.copytree(shipped, work)
+        _write_data(work, cfg)
+        log(f"using the sandbox preparation shipped with rlkit ({shipped}); sandbox.use_shipped=false "
+            f"prepares it here instead")
+    else:
+        report = _build(work, cfg, log)
+        (work / "prepared.json").write_text(json.dumps({"config": _settings(cfg), "seconds": time.time() - t0,
+                                                        **report}, indent=1))
     if out.exists():  # an older preparation with other settings
         shutil.rmtree(out)
     work.rename(out)
@@ -286,10 +319,15 @@ def prepare(out: Path, cfg, log=print) -> Path:
     return out
 
 
-def _build(out: Path, cfg, log) -> dict:
-    out.mkdir(parents=True)
+def _write_data(out: Path, cfg) -> None:
+    """RL's training prompts and the held-out prompts of gt_heldout (seeded: the same on every machine)."""
     write_prompts(out / "data" / "train", cfg.train_prompts, cfg.seed + 1)
     write_prompts(out / "data" / "heldout", cfg.heldout_prompts, cfg.seed + 2)
+
+
+def _build(out: Path, cfg, log) -> dict:
+    out.mkdir(parents=True)
+    _write_data(out, cfg)
     vae = train_vae(cfg, log)
     pipe = build_pipeline(vae, cfg.seed)
     policy = pretrain_editor(pipe, cfg, log)
