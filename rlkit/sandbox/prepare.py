@@ -139,9 +139,10 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
     # The world is procedural, so the editor can have its own pool of examples (the first `train_prompts` of it
     # are RL's training prompts). At 1000 steps 512 and 8192 examples make equal editors; the shipped 9000-step
     # editor uses 8192, so that it does not see each example 560 times.
-    prompts = sample_prompts(max(cfg.editor_prompts, 1), cfg.seed + 1)
+    prompts = sample_prompts(cfg.editor_prompts, cfg.seed + 1)
     g = torch.Generator().manual_seed(cfg.seed)
-    cond, targets, sources = _encode_examples(policy, prompts, cfg.washout)
+    cond, targets = _encode_examples(policy, prompts, cfg.washout)
+    sources = cond.image_latents  # the packed source latents (Kontext's extra tokens): what a skipped edit returns
     n = len(prompts)
     t0 = time.time()
     for step in range(cfg.editor_steps):
@@ -172,10 +173,11 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
 
 @torch.no_grad()
 def _encode_examples(policy, prompts, fade: float, chunk: int = 512):
-    """Conditioning and packed target / source latents of every example, once (in chunks: bounded memory);
-    each training step then only indexes them."""
-    pipe, vae = policy.pipe, policy.pipe.vae
-    conds, targets, sources = [], [], []
+    """Conditioning and packed target latents of every example, once (in chunks: bounded memory); each training
+    step then only indexes them. Targets are encoded as the pipeline encodes sources (posterior mode, shifted and
+    scaled)."""
+    pipe = policy.pipe
+    conds, targets = [], []
     for start in range(0, len(prompts), chunk):
         part = prompts[start : start + chunk]
         src = torch.stack([to_tensor(render(p[0], SIZE)) for p in part])
@@ -183,13 +185,11 @@ def _encode_examples(policy, prompts, fade: float, chunk: int = 512):
         if fade:  # faded training targets: the editor learns a global flaw that RL can remove
             tgt = washout(tgt, fade)
         conds.append(policy.encode(src, [p[1] for p in part]))
-        for images, out in ((tgt, targets), (src, sources)):
-            lat = (vae.encode(images.to(vae.device) * 2 - 1).latent_dist.mode() - vae.config.shift_factor) \
-                * vae.config.scaling_factor
-            out.append(pipe._pack_latents(lat, *lat.shape))
+        lat = pipe._encode_vae_image(tgt.to(pipe.vae.device) * 2 - 1, generator=None)
+        targets.append(pipe._pack_latents(lat, *lat.shape))
     cond = dataclasses.replace(conds[0], **{k: torch.cat([getattr(c, k) for c in conds])
                                             for k in ("prompt_embeds", "pooled", "image_latents")})
-    return cond, torch.cat(targets), torch.cat(sources)
+    return cond, torch.cat(targets)
 
 
 @torch.no_grad()
