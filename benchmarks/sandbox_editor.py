@@ -68,7 +68,7 @@ def main() -> None:
         cfg = OmegaConf.merge(OmegaConf.structured(SandboxConfig), OmegaConf.from_dotlist(args.train))
         if args.new_vae:
             vae = train_vae(cfg, log=lambda _: None)
-        pipe = build_pipeline(vae, cfg.seed)
+        pipe = build_pipeline(vae, cfg.seed, cfg.editor_heads)
         t0 = time.time()
         policy = pretrain_editor(pipe, cfg, log=lambda _: None)
         print(f"editor trained in {time.time() - t0:.0f} s with {' '.join(args.train)}")

@@ -65,10 +65,13 @@ def cmd_validate(args) -> int:
     for spec in [*cfg.rewards, *cfg.eval.rewards]:
         load_reward_class(spec.name)
     if cfg.sandbox.enabled:
-        from rlkit.sandbox.prepare import is_prepared, shipped_preparation
+        from rlkit.sandbox.prepare import is_prepared, reusable_editor, shipped_preparation
 
-        if not is_prepared(Path(cfg.sandbox.path), cfg.sandbox):
-            how = "copied from rlkit's shipped one" if shipped_preparation(cfg.sandbox) else "prepared"
+        cache = Path(cfg.sandbox.path).expanduser()
+        if not is_prepared(cache, cfg.sandbox):
+            editor = reusable_editor(cache, cfg.sandbox)
+            how = ("copied from rlkit's shipped one" if shipped_preparation(cfg.sandbox) else
+                   f"prepared with the editor of {editor.parent}" if editor else "prepared")
             print(f"ok: {args.recipe} (the sandbox in {cfg.sandbox.path} is {how} on the first run; "
                   f"data checked then)")
             return 0

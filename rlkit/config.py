@@ -138,6 +138,7 @@ class SandboxConfig:
     # 3x faster than 16 x 16 x 4 (64 tokens) for the same reconstruction (BENCHMARKS.md, session 6).
     vae_blocks: list[int] = field(default_factory=lambda: [16, 32, 64])
     latent_channels: int = 16
+    editor_heads: int = 4  # the editor transformer is editor_heads x 32 wide
     editor_steps: int = 1000
     editor_batch: int = 32
     editor_lr: float = 1e-3
@@ -148,6 +149,9 @@ class SandboxConfig:
     jrm_editor_prompts: int = 384  # + pairs among the pre-trained editor's own samples (4 per prompt)
     jrm_epochs: int = 4
     jrm_patch: int = 4  # the judge's vision patch (x2 merge): 4 -> 16 tokens per 32 px image, 8 -> only 4
+    jrm_hidden: int = 64  # the judge's width (its vision tower half of it)
+    jrm_layers: int = 2
+    jrm_lr: float = 1e-3
     train_prompts: int = 512
     heldout_prompts: int = 128  # gt_heldout prompts; at 32 its prompt sampling alone moved a gain by ~0.03
     editor_schedule: str = "cosine"  # constant | cosine (the editor's lr after its warm-up)
@@ -371,8 +375,17 @@ def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schem
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}' is not key=value")
+        key, value = item.split("=", 1)
+        parts = key.split(".")
+        at = next((i for i, p in enumerate(parts) if p.isdigit()), None)
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            if at is None:
+                cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            else:  # inside a list (rewards.0.kwargs.path=...): a merge would replace the list with a dict
+                items = OmegaConf.select(cfg, ".".join(parts[:at]))
+                if not isinstance(items, ListConfig) or int(parts[at]) >= len(items):
+                    raise UserError(f"override '{item}': '{'.'.join(parts[:at])}' has no item {parts[at]}")
+                OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"value={value}"]).value, merge=True)
         except OmegaConfBaseException as err:
             raise _user_error(err, f"override '{item}'", schema_cls, item.split("=")[0]) from None
     check(cfg, where)
@@ -412,6 +425,11 @@ def check_values(cfg: DictConfig, where: str) -> None:
         raise UserError(f"{where}: 'sandbox.judge_tries' must be >= 1 and 'sandbox.judge_min_agreement' in [0, 1]")
     if cfg.sandbox.jrm_patch not in (2, 4, 8, 16):  # x2 merge must tile the 32 px world images
         raise UserError(f"{where}: 'sandbox.jrm_patch' must be one of 2, 4, 8, 16")
+    if cfg.sandbox.jrm_hidden < 32 or cfg.sandbox.jrm_hidden % 32:  # 16-wide heads, half as many KV heads
+        raise UserError(f"{where}: 'sandbox.jrm_hidden' must be a multiple of 32")
+    for key in ("jrm_layers", "editor_heads"):
+        if cfg.sandbox[key] < 1:
+            raise UserError(f"{where}: 'sandbox.{key}' must be >= 1")
     if cfg.policy.resolution % 16:
         raise UserError(f"{where}: 'policy.resolution' must be a multiple of 16 (VAE x patch size)")
     if cfg.policy.name in ("flux_kontext", "qwen_image_edit") and not cfg.policy.pretrained:

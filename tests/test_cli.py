@@ -29,12 +29,24 @@ def test_every_packaged_recipe_validates(name, capsys):
     ("optim.schedule=cosin", "'optim.schedule' is 'cosin', expected one of: constant, cosine"),
     ("sandbox.skip_edit=1.5", "'sandbox.skip_edit' must be in [0, 1)"),
     ("sandbox.jrm_patch=3", "'sandbox.jrm_patch' must be one of 2, 4, 8, 16"),
+    ("sandbox.jrm_hidden=100", "'sandbox.jrm_hidden' must be a multiple of 32"),
+    ("rewards.3.weight=2", "'rewards' has no item 3"),
+    ("rewards.0.wieght=2", "did you mean 'rewards.weight'"),
 ])
 def test_recipe_errors_exit_2_with_one_clear_line(override, needle, capsys):
     assert main(["validate", str(TINY_RECIPE), override]) == 2
     err = capsys.readouterr().err
     assert needle in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_override_reaches_into_a_list_item():
+    """`rewards.0.kwargs.path=...` changes that one reward; it used to crash merging a dict into the list."""
+    from rlkit.config import load_recipe
+
+    cfg = load_recipe("sandbox_edit", ["rewards.0.kwargs.path=/judges/big", "eval.rewards.0.log_as=gold"])
+    assert cfg.rewards[0].name == "jrm" and cfg.rewards[0].kwargs.path == "/judges/big" and len(cfg.rewards) == 1
+    assert cfg.eval.rewards[0].log_as == "gold"
 
 
 def test_typo_in_a_recipe_file(tmp_path, capsys):

@@ -85,10 +85,12 @@ def test_prepare_and_run_the_sandbox_end_to_end(tmp_path):
 
     small = [f"sandbox.path={tmp_path / 'cache'}", "sandbox.vae_steps=2", "sandbox.editor_steps=2",
              "sandbox.editor_batch=4", "sandbox.jrm_pairs=8", "sandbox.jrm_editor_prompts=8", "sandbox.jrm_epochs=1",
-             "sandbox.train_prompts=16", "sandbox.heldout_prompts=4"]
+             "sandbox.train_prompts=16", "sandbox.heldout_prompts=4", "sandbox.editor_heads=2"]
     assert main(["sandbox", "prepare", "sandbox_edit", *small]) == 0
     cache = tmp_path / "cache"
     assert (cache / "editor" / "model_index.json").is_file() and (cache / "jrm" / "final" / "jrm.json").is_file()
+    transformer_config = json.loads((cache / "editor" / "transformer" / "config.json").read_text())
+    assert transformer_config["num_attention_heads"] == 2  # sandbox.editor_heads: 2 x 32 wide
     report = json.loads((cache / "prepared.json").read_text())
     assert 0 <= report["judge_agreement"]["gap>=0.1"]["pairs"] <= report["judge_agreement"]["pairs"]
     assert 0 <= report["editor_mean_truth"] <= 1
@@ -207,6 +209,34 @@ def test_prepare_never_damages_an_existing_folder(tmp_path, monkeypatch):
         prep.prepare(old, cfg)
     assert json.loads((old / "prepared.json").read_text()) == {"config": {"seed": 99}}
     assert (old / "editor").is_dir() and not (old / "data").exists()  # the half-built cache went elsewhere
+
+
+def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_path):
+    """The editor is the expensive part: changing only the judge's settings must not re-train it."""
+    from safetensors.torch import load_file
+
+    from rlkit.config import load_recipe
+    from rlkit.sandbox import prepare as prep
+
+    toy = ["sandbox.vae_steps=2", "sandbox.editor_steps=2", "sandbox.editor_batch=4", "sandbox.jrm_pairs=8",
+           "sandbox.jrm_editor_prompts=8", "sandbox.jrm_epochs=1", "sandbox.train_prompts=8",
+           "sandbox.heldout_prompts=4", "sandbox.editor_heads=2", "sandbox.judge_tries=1"]
+    cache = tmp_path / "cache"
+    first = load_recipe("sandbox_edit", toy).sandbox
+    prep.prepare(cache, first, log=lambda _: None)
+    weights = next((cache / "editor" / "transformer").glob("*.safetensors"))
+    before = load_file(weights)
+    assert prep.reusable_editor(cache, load_recipe("sandbox_edit", [*toy, "sandbox.editor_steps=3"]).sandbox) is None
+
+    second = load_recipe("sandbox_edit", [*toy, "sandbox.jrm_pairs=12"]).sandbox
+    logged = []
+    prep.prepare(cache, second, log=logged.append)
+    report = json.loads((cache / "prepared.json").read_text())
+    assert report["editor_reused"] and report["config"]["jrm_pairs"] == 12 and prep.is_prepared(cache, second)
+    assert any("reusing the editor" in line for line in logged)
+    after = load_file(weights)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert (cache / "jrm" / "final" / "jrm.json").is_file()
 
 
 def test_a_cache_from_another_world_version_is_not_reused(tmp_path):

@@ -92,7 +92,8 @@ def train_vae(cfg: PrepareConfig, log=print) -> AutoencoderKL:
     return vae.cpu()
 
 
-def build_pipeline(vae: AutoencoderKL, seed: int) -> FluxKontextPipeline:
+def build_pipeline(vae: AutoencoderKL, seed: int, heads: int = 4) -> FluxKontextPipeline:
+    """The sandbox editor: FLUX.1 Kontext's architecture, 2 double + 2 single blocks, `heads` x 32 wide."""
     torch.manual_seed(seed)
     clip_tok, t5_tok = tiny_clip_tokenizer(), world_t5_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -103,7 +104,7 @@ def build_pipeline(vae: AutoencoderKL, seed: int) -> FluxKontextPipeline:
         eos_token_id=1, decoder_start_token_id=0))
     transformer = FluxTransformer2DModel(  # a token packs 2 x 2 latents, as in FLUX
         patch_size=1, in_channels=4 * vae.config.latent_channels, num_layers=2, num_single_layers=2,
-        attention_head_dim=32, num_attention_heads=4,
+        attention_head_dim=32, num_attention_heads=heads,
         joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=[8, 12, 12])
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
@@ -111,17 +112,22 @@ def build_pipeline(vae: AutoencoderKL, seed: int) -> FluxKontextPipeline:
                                text_encoder_2=text_encoder_2, tokenizer_2=t5_tok, transformer=transformer)
 
 
-def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
-    """Flow matching on exact (source, instruction) -> target pairs, with the Kontext conditioning."""
+def editor_policy(pipe: FluxKontextPipeline, device: str):
+    """The editor as rlkit's Kontext policy without an adapter: what pre-training trains and the judge checks."""
     from omegaconf import OmegaConf
 
     from policies.flux_kontext import FluxKontextPolicy
     from rlkit.config import PolicyConfig, SamplerConfig
 
-    pcfg = OmegaConf.structured(PolicyConfig(name="flux_kontext", dtype="float32", device=cfg.device,
+    pcfg = OmegaConf.structured(PolicyConfig(name="flux_kontext", dtype="float32", device=device,
                                              resolution=SIZE, max_sequence_length=24))
-    policy = FluxKontextPolicy(pipe, pcfg, OmegaConf.structured(SamplerConfig(num_steps=8)), cfg.device,
-                               with_adapter=False)
+    return FluxKontextPolicy(pipe, pcfg, OmegaConf.structured(SamplerConfig(num_steps=8)), device,
+                             with_adapter=False)
+
+
+def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
+    """Flow matching on exact (source, instruction) -> target pairs, with the Kontext conditioning."""
+    policy = editor_policy(pipe, cfg.device)
     tr = pipe.transformer
     base = list(tr.parameters())
     for p in base:
@@ -274,6 +280,26 @@ def _settings(cfg) -> dict:
     return {"world": WORLD_VERSION} | {k: v for k, v in d.items() if k not in where}
 
 
+# The settings that make the editor (with its VAE): a preparation that changes only the others (the judge's,
+# the prompt counts) reuses an editor made with these, shipped or in the cache it replaces.
+EDITOR_SETTINGS = ("world", "seed", "vae_steps", "vae_blocks", "latent_channels", "editor_heads", "editor_steps",
+                   "editor_batch", "editor_lr", "editor_prompts", "washout", "skip_edit", "editor_schedule")
+
+
+def reusable_editor(out: Path, cfg) -> Path | None:
+    """An editor folder made with exactly these editor settings: the shipped one (unless use_shipped is off) or
+    the one in the cache at `out`."""
+    want = {k: _settings(cfg).get(k) for k in EDITOR_SETTINGS}
+    places = ([SHIPPED / f"seed_{cfg.seed}"] if cfg.use_shipped else []) + [out]
+    for folder in places:
+        done = folder / "prepared.json"
+        if done.is_file() and (folder / "editor" / "model_index.json").is_file():
+            made = json.loads(done.read_text()).get("config", {})
+            if {k: made.get(k) for k in EDITOR_SETTINGS} == want:
+                return folder / "editor"
+    return None
+
+
 def shipped_preparation(cfg) -> Path | None:
     """The preparation rlkit ships for these exact settings (made by `rlkit sandbox prepare` with them), if any."""
     done = SHIPPED / f"seed_{cfg.seed}" / "prepared.json"
@@ -311,7 +337,7 @@ def prepare(out: Path, cfg, log=print) -> Path:
         log(f"using the sandbox preparation shipped with rlkit ({shipped}); sandbox.use_shipped=false "
             f"prepares it here instead")
     else:
-        report = _build(work, cfg, log)
+        report = _build(work, cfg, log, reusable_editor(out, cfg))
         (work / "prepared.json").write_text(json.dumps({"config": _settings(cfg), "seconds": time.time() - t0,
                                                         **report}, indent=1))
     if out.exists():  # an older preparation with other settings
@@ -327,13 +353,18 @@ def _write_data(out: Path, cfg) -> None:
     write_prompts(out / "data" / "heldout", cfg.heldout_prompts, cfg.seed + 2)
 
 
-def _build(out: Path, cfg, log) -> dict:
+def _build(out: Path, cfg, log, editor: Path | None = None) -> dict:
     out.mkdir(parents=True)
     _write_data(out, cfg)
-    vae = train_vae(cfg, log)
-    pipe = build_pipeline(vae, cfg.seed)
-    policy = pretrain_editor(pipe, cfg, log)
-    pipe.save_pretrained(out / "editor")
+    if editor is not None:  # made with these very editor settings: only the judge changes
+        shutil.copytree(editor, out / "editor")
+        policy = editor_policy(FluxKontextPipeline.from_pretrained(out / "editor"), cfg.device)
+        log(f"reusing the editor of {editor.parent} (same editor settings); training the judge")
+    else:
+        vae = train_vae(cfg, log)
+        pipe = build_pipeline(vae, cfg.seed, cfg.editor_heads)
+        policy = pretrain_editor(pipe, cfg, log)
+        pipe.save_pretrained(out / "editor")
     from rewards.jrm.config import RewardRecipe, check_reward_recipe
     from rewards.jrm.train import train_reward
     from rlkit.config import load_recipe
@@ -355,7 +386,8 @@ def _build(out: Path, cfg, log) -> dict:
         folder = out / f"jrm_try{attempt}"
         overrides = [f"output_dir={folder}", f"data.train={pairs_train}", f"data.eval={pairs_eval}",
                      f"train.epochs={cfg.jrm_epochs}", f"seed={cfg.seed + 1000 * attempt}",
-                     f"backbone.tiny_patch={cfg.jrm_patch}", f"train.device={cfg.device}"]
+                     f"backbone.tiny_patch={cfg.jrm_patch}", f"backbone.tiny_hidden={cfg.jrm_hidden}",
+                     f"backbone.tiny_layers={cfg.jrm_layers}", f"train.lr={cfg.jrm_lr}", f"train.device={cfg.device}"]
         train_reward(load_recipe("jrm_tiny", overrides, schema_cls=RewardRecipe, check=check_reward_recipe))
         judge = JRMModel.load(str(folder / "final"), dtype=torch.float32, device=cfg.device)
         check = judge_agreement(policy, judge, prompts, 8, torch.Generator().manual_seed(cfg.seed + 6))
@@ -371,4 +403,5 @@ def _build(out: Path, cfg, log) -> dict:
     folder.rename(out / "jrm")
     for other in out.glob("jrm_try*"):
         shutil.rmtree(other)
-    return {"editor_mean_truth": check["mean_truth"], "judge_agreement": check, "judge_kept": kept}
+    return {"editor_mean_truth": check["mean_truth"], "judge_agreement": check, "judge_kept": kept,
+            "editor_reused": editor is not None}
