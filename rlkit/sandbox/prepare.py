@@ -1,10 +1,12 @@
 """`rlkit sandbox prepare`: the sandbox's small editor and its in-world JRM, seeded and reproducible.
 
-1. a small AutoencoderKL trained to reconstruct world images (32 px -> 16 x 16 x 4 latents);
+1. a small AutoencoderKL trained to reconstruct world images (32 px -> 8 x 8 x 16 latents by default);
 2. a small FLUX.1 Kontext transformer pre-trained by flow matching on (source, instruction) -> target, stopped
    early and with `skip_edit` of the targets replaced by the source: a mediocre editor that often ignores the
    instruction, which RL can fix;
 3. a tiny JRM trained with `rlkit train-reward` on in-world preference pairs with rationales.
+A preparation whose editor settings match an existing editor (shipped, or the cache it replaces) reuses it and
+trains only the judge.
 The editor is saved as a diffusers FluxKontextPipeline folder, so the sandbox recipe loads it like a real model
 (`policy.name: flux_kontext`, `policy.pretrained: <cache>/editor`). rlkit ships what this made for the
 sandbox_edit recipe (`shipped/seed_0`); `prepare` copies it instead when the settings match exactly.
