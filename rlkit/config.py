@@ -387,7 +387,7 @@ def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schem
                     raise UserError(f"override '{item}': '{'.'.join(parts[:at])}' has no item {parts[at]}")
                 OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"value={value}"]).value, merge=True)
         except OmegaConfBaseException as err:
-            raise _user_error(err, f"override '{item}'", schema_cls, item.split("=")[0]) from None
+            raise _user_error(err, f"override '{item}'", schema_cls, key) from None
     check(cfg, where)
     return cfg
 

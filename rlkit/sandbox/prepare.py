@@ -291,7 +291,8 @@ EDITOR_SETTINGS = ("world", "seed", "vae_steps", "vae_blocks", "latent_channels"
 def reusable_editor(out: Path, cfg) -> Path | None:
     """An editor folder made with exactly these editor settings: the shipped one (unless use_shipped is off) or
     the one in the cache at `out`."""
-    want = {k: _settings(cfg).get(k) for k in EDITOR_SETTINGS}
+    settings = _settings(cfg)
+    want = {k: settings.get(k) for k in EDITOR_SETTINGS}
     places = ([SHIPPED / f"seed_{cfg.seed}"] if cfg.use_shipped else []) + [out]
     for folder in places:
         done = folder / "prepared.json"
