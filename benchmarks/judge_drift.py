@@ -8,6 +8,9 @@ prompts x 8 samples, every pair the truth puts at least 0.1 / 0.2 / 0.3 apart).
 
     python benchmarks/judge_drift.py CACHE                                  # the cache's own judge, start only
     python benchmarks/judge_drift.py CACHE --judge OTHER/final RUN/checkpoints/step_000060
+    python benchmarks/judge_drift.py CACHE --judge A/final --judge B/final ...   # an ensemble: their mean
+
+A cache prepared with `sandbox.judge_ensemble: K` is scored by its K judges' mean (jrm/, jrm_1/, ...).
 """
 
 from __future__ import annotations
@@ -22,20 +25,25 @@ from rewards.jrm.model import JRMModel
 from rlkit import checkpoint as ckpt
 from rlkit.config import load_recipe
 from rlkit.sandbox.data import sample_prompts
-from rlkit.sandbox.prepare import AGREEMENT_PROMPTS, judge_agreement
+from rlkit.sandbox.prepare import AGREEMENT_PROMPTS, JudgeEnsemble, judge_agreement, judge_folder
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cache", type=Path, help="a prepared sandbox (sandbox.path)")
     ap.add_argument("checkpoints", nargs="*", type=Path, help="run checkpoints (checkpoints/step_NNNNNN)")
-    ap.add_argument("--judge", help="a JRM folder (default: the cache's jrm/final)")
+    ap.add_argument("--judge", action="append", help="a JRM folder; repeat for an ensemble (default: the cache's "
+                    "judges, jrm/final and any jrm_N/final)")
     ap.add_argument("--seed", type=int, default=6, help="held-out prompts and sampling noise (prepare uses 6)")
     args = ap.parse_args()
     cache = args.cache.expanduser()
     cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}", "sandbox.enabled=false"])
     policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
-    judge = JRMModel.load(args.judge or str(cache / "jrm" / "final"), dtype=torch.float32, device="cpu")
+    folders = args.judge or [str(cache / judge_folder(i) / "final") for i in range(100)
+                             if (cache / judge_folder(i) / "final").is_dir()]
+    judges = [JRMModel.load(f, dtype=torch.float32, device="cpu") for f in folders]
+    judge = judges[0] if len(judges) == 1 else JudgeEnsemble(judges)
+    print(f"judge: {' + '.join(folders)}")
     prompts = sample_prompts(AGREEMENT_PROMPTS, args.seed)
     start = policy.adapter_state_dict()  # the LoRA at its initialisation: the starting editor
     print(f"{'policy':40s} {'pairs>=0.1':>10s} {'agree':>6s} {'>=0.2':>6s} {'>=0.3':>6s} {'mean truth':>10s}")

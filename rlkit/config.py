@@ -157,6 +157,7 @@ class SandboxConfig:
     editor_schedule: str = "cosine"  # constant | cosine (the editor's lr after its warm-up)
     judge_tries: int = 2  # judges trained (other init seeds) until one agrees with the truth on the editor's
     judge_min_agreement: float = 0.58  # samples at least this often (chance: 0.5); the best is kept
+    judge_ensemble: int = 1  # the best K judges are kept (jrm/, jrm_1/, ...); the recipe lists each as a reward
     device: str = "cpu"  # cpu | cuda: where preparation trains (a cache is not tied to it; seeded either way)
     use_shipped: bool = True  # copy rlkit's shipped preparation when one matches these settings exactly
 
@@ -427,7 +428,7 @@ def check_values(cfg: DictConfig, where: str) -> None:
         raise UserError(f"{where}: 'sandbox.jrm_patch' must be one of 2, 4, 8, 16")
     if cfg.sandbox.jrm_hidden < 32 or cfg.sandbox.jrm_hidden % 32:  # 16-wide heads, half as many KV heads
         raise UserError(f"{where}: 'sandbox.jrm_hidden' must be a multiple of 32")
-    for key in ("jrm_layers", "editor_heads"):
+    for key in ("jrm_layers", "editor_heads", "judge_ensemble"):
         if cfg.sandbox[key] < 1:
             raise UserError(f"{where}: 'sandbox.{key}' must be >= 1")
     if cfg.policy.resolution % 16:

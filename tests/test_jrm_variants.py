@@ -135,3 +135,30 @@ def test_distill_reward_refuses_a_gaussian_teacher(tmp_path, capsys):
     teacher_dir = _score_first_dir(tmp_path / "x")
     code = main(["distill-reward", "jrm_tiny", f"output_dir={tmp_path / 's'}", f"distill.teacher={teacher_dir}"])
     assert code == 2 and "distribution" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- ensembles
+def test_an_ensemble_of_judges_scores_as_their_mean_or_their_minimum(tmp_path):
+    """`path` may list judges: the reward is their mean (or min), its uncertainty the mixture's spread."""
+    from rlkit.plugins import build_reward
+
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        JRMModel(tiny_backbone(seed), JRMConfig(image_size=32)).save(tmp_path / f"j{seed}")
+        paths.append(str(tmp_path / f"j{seed}"))
+    batch = _pair_input()
+    each = [build_reward("jrm", {"path": p})(batch) for p in paths]
+    mus, sigmas = torch.stack([o.scores for o in each]), torch.stack([o.uncertainty for o in each])
+    assert not torch.allclose(mus[0], mus[1])  # two different judges, or the test proves nothing
+
+    mean = build_reward("jrm", {"path": paths})(batch)
+    assert torch.allclose(mean.scores, mus.mean(0), atol=1e-6)
+    spread = (sigmas.pow(2).mean(0) + mus.var(0, unbiased=False)).sqrt()
+    assert torch.allclose(mean.uncertainty, spread, atol=1e-6)
+    assert torch.allclose(mean.details["disagreement"], mus.std(0), atol=1e-6)
+    assert torch.allclose(build_reward("jrm", {"path": paths, "combine": "min"})(batch).scores, mus.min(0).values)
+    from rlkit.errors import UserError
+
+    with pytest.raises(UserError, match="combine must be mean or min"):  # a recipe typo, said clearly
+        build_reward("jrm", {"path": paths, "combine": "max"})

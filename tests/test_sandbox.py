@@ -212,7 +212,8 @@ def test_prepare_never_damages_an_existing_folder(tmp_path, monkeypatch):
 
 
 def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_path):
-    """The editor is the expensive part: changing only the judge's settings must not re-train it."""
+    """The editor is the expensive part: changing only the judge's settings must not re-train it. The new
+    setting here is a two-judge ensemble: both are kept, and the ensemble scores as their mean."""
     from safetensors.torch import load_file
 
     from rlkit.config import load_recipe
@@ -228,15 +229,28 @@ def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_p
     before = load_file(weights)
     assert prep.reusable_editor(cache, load_recipe("sandbox_edit", [*toy, "sandbox.editor_steps=3"]).sandbox) is None
 
-    second = load_recipe("sandbox_edit", [*toy, "sandbox.jrm_pairs=12"]).sandbox
+    second = load_recipe("sandbox_edit", [*toy, "sandbox.jrm_pairs=12", "sandbox.judge_ensemble=2"]).sandbox
     logged = []
     prep.prepare(cache, second, log=logged.append)
     report = json.loads((cache / "prepared.json").read_text())
     assert report["editor_reused"] and report["config"]["jrm_pairs"] == 12 and prep.is_prepared(cache, second)
+    assert report["judge_kept"] == [0, 1] or report["judge_kept"] == [1, 0]
+    assert len(report["member_agreement"]) == 2 and report["member_agreement"][0] >= report["member_agreement"][1]
     assert any("reusing the editor" in line for line in logged)
     after = load_file(weights)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert (cache / "jrm" / "final" / "jrm.json").is_file()
+    assert (cache / "jrm" / "final" / "jrm.json").is_file() and (cache / "jrm_1" / "final" / "jrm.json").is_file()
+    assert not list(cache.glob("jrm_try*"))
+
+    from rewards.jrm.model import JRMModel
+    from rlkit.sandbox.world import random_scene, render, to_tensor
+
+    judges = [JRMModel.load(str(cache / d / "final"), dtype=torch.float32, device="cpu") for d in ("jrm", "jrm_1")]
+    src = to_tensor(render(random_scene(random.Random(0))))
+    args = ([src, src], [src, src.flip(-1)], ["make the circle red", "remove the square"], 2)
+    mu, spread = prep.JudgeEnsemble(judges).score(*args)
+    each = torch.stack([j.score(*args)[0] for j in judges])
+    assert torch.allclose(mu, each.mean(0)) and torch.allclose(spread, each.std(0))
 
 
 def test_a_cache_from_another_world_version_is_not_reused(tmp_path):

@@ -21,33 +21,53 @@ class JRMReward:
     Scores are the model's `mu`; `uncertainty` is its `sigma`. No decoding for score_first models.
     ``think`` (rationale_first models only; default on): generate up to ``max_new_tokens`` of rationale per
     candidate before scoring; off = score with the rationale masked (what stage-1 training's dropout allows).
+
+    ``path`` may list several judges (an ensemble, e.g. other initialisations on the same pairs): a policy that
+    exploits one judge's blind spots is caught by the others. ``combine``: ``mean`` of their scores, or ``min``
+    (the most pessimistic judge). The uncertainty is then the mixture's spread: each judge's own sigma and their
+    disagreement (sqrt(mean sigma^2 + var mu)).
     """
 
-    def __init__(self, path: str | None = None, batch_size: int = 16, device: str = "auto", dtype: str = "float32",
-                 think: bool | None = None, max_new_tokens: int = 128, random_size: str | None = None,
-                 image_size: int = 448):
+    def __init__(self, path: str | list[str] | None = None, batch_size: int = 16, device: str = "auto",
+                 dtype: str = "float32", think: bool | None = None, max_new_tokens: int = 128,
+                 random_size: str | None = None, image_size: int = 448, combine: str = "mean"):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if combine not in ("mean", "min"):
+            raise ValueError(f"combine must be mean or min, got {combine!r}")
         if random_size is not None:  # benchmarks only: the cost of a judge of that size, its scores are noise
-            self.model = random_jrm(random_size, image_size, device)
-        elif path is None:
-            raise ValueError("give 'path' (a trained JRM's final/ folder)")
+            self.models = [random_jrm(random_size, image_size, device)]
+        elif not path:
+            raise ValueError("give 'path' (a trained JRM's final/ folder, or a list of them)")
         else:
-            self.model = JRMModel.load(path, dtype=DTYPES[dtype], device=device)
-        if think and not self.model.thinks:
-            raise ValueError(f"think=true needs a rationale_first model; {path} scores first")
-        self.think = self.model.thinks if think is None else think
+            paths = [path] if isinstance(path, str) else list(path)
+            self.models = [JRMModel.load(str(p), dtype=DTYPES[dtype], device=device) for p in paths]
+        self.model, self.combine = self.models[0], combine
+        if think and not all(m.thinks for m in self.models):
+            raise ValueError(f"think=true needs rationale_first models; {path} scores first")
+        self.think = all(m.thinks for m in self.models) if think is None else think
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
 
     def __call__(self, batch: RewardInput) -> RewardOutput:
         sources, edited = list(batch.source), list(batch.edited)
-        rationales = None
-        if self.think:
-            mu, sigma, rationales = self.model.think_and_score(sources, edited, batch.instructions,
-                                                               self.max_new_tokens, self.batch_size)
-        else:
-            mu, sigma = self.model.score(sources, edited, batch.instructions, self.batch_size)
-        return RewardOutput(scores=mu, uncertainty=sigma, details={"sigma": sigma}, rationales=rationales)
+        mus, sigmas, rationales = [], [], None
+        for model in self.models:
+            if self.think:
+                mu, sigma, said = model.think_and_score(sources, edited, batch.instructions, self.max_new_tokens,
+                                                        self.batch_size)
+                rationales = rationales or said  # the first judge's
+            else:
+                mu, sigma = model.score(sources, edited, batch.instructions, self.batch_size)
+            mus.append(mu)
+            sigmas.append(sigma)
+        if len(self.models) == 1:
+            return RewardOutput(scores=mus[0], uncertainty=sigmas[0], details={"sigma": sigmas[0]},
+                                rationales=rationales)
+        mu, sigma = torch.stack(mus), torch.stack(sigmas)
+        spread = (sigma.pow(2).mean(0) + mu.var(0, unbiased=False)).sqrt()
+        scores = mu.mean(0) if self.combine == "mean" else mu.min(0).values
+        return RewardOutput(scores=scores, uncertainty=spread, rationales=rationales,
+                            details={"sigma": spread, "disagreement": mu.std(0), "members": mu.T})
 
     def explain(self, source, edited, instruction: str, max_new_tokens: int = 256) -> str:
         return self.model.explain(source, edited, instruction, max_new_tokens)

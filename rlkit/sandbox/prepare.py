@@ -382,10 +382,11 @@ def _build(out: Path, cfg, log, editor: Path | None = None) -> dict:
 
     # The judge is checked where RL needs it, on the editor's own samples of held-out prompts; a judge below
     # `judge_min_agreement` is retrained from another initialisation (seeded: still reproducible), up to
-    # `judge_tries` times, and the best one is kept.
+    # `judge_tries` times, and the best one is kept. With `judge_ensemble: K` the best K are kept (jrm/, jrm_1/,
+    # ...) and the recipe averages them: RL exploits one judge's blind spots, less easily several judges'.
     prompts = sample_prompts(AGREEMENT_PROMPTS, cfg.seed + 6)
-    best = None
-    for attempt in range(cfg.judge_tries):
+    tried = []  # (agreement, folder, check)
+    for attempt in range(max(cfg.judge_tries, cfg.judge_ensemble)):
         folder = out / f"jrm_try{attempt}"
         overrides = [f"output_dir={folder}", f"data.train={pairs_train}", f"data.eval={pairs_eval}",
                      f"train.epochs={cfg.jrm_epochs}", f"seed={cfg.seed + 1000 * attempt}",
@@ -397,14 +398,37 @@ def _build(out: Path, cfg, log, editor: Path | None = None) -> dict:
         agreement = check["gap>=0.1"]["agreement"]
         log(f"judge {attempt}: agrees with the truth on {agreement:.3f} of {check['gap>=0.1']['pairs']} pairs of "
             f"the editor's samples (held-out prompts, >= 0.1 apart)")
-        if best is None or agreement > best[0]:
-            best = (agreement, folder, check)
-        if agreement >= cfg.judge_min_agreement:
+        tried.append((agreement, folder, check))
+        if len(tried) >= cfg.judge_ensemble and max(t[0] for t in tried) >= cfg.judge_min_agreement:
             break
-    agreement, folder, check = best
-    kept = int(folder.name.removeprefix("jrm_try"))
-    folder.rename(out / "jrm")
+    kept = sorted(tried, key=lambda t: -t[0])[: cfg.judge_ensemble]
+    for i, (_, folder, _) in enumerate(kept):
+        folder.rename(out / judge_folder(i))
     for other in out.glob("jrm_try*"):
         shutil.rmtree(other)
-    return {"editor_mean_truth": check["mean_truth"], "judge_agreement": check, "judge_kept": kept,
-            "editor_reused": editor is not None}
+    check = kept[0][2]
+    if len(kept) > 1:
+        judges = JudgeEnsemble([JRMModel.load(str(out / judge_folder(i) / "final"), dtype=torch.float32,
+                                              device=cfg.device) for i in range(len(kept))])
+        check = judge_agreement(policy, judges, prompts, 8, torch.Generator().manual_seed(cfg.seed + 6))
+        log(f"the {len(kept)} judges together agree with the truth on {check['gap>=0.1']['agreement']:.3f}")
+    return {"editor_mean_truth": check["mean_truth"], "judge_agreement": check,
+            "judge_kept": [int(f.name.removeprefix("jrm_try")) for _, f, _ in kept],
+            "member_agreement": [a for a, _, _ in kept], "editor_reused": editor is not None}
+
+
+def judge_folder(i: int) -> str:
+    """Where a preparation keeps judge i of its ensemble (jrm/ alone when there is one judge)."""
+    return "jrm" if i == 0 else f"jrm_{i}"
+
+
+class JudgeEnsemble:
+    """Several judges scoring as one: their mean score (what the recipe's equally weighted jrm rewards sum to)
+    and, as the spread, their disagreement."""
+
+    def __init__(self, judges: list):
+        self.judges = judges
+
+    def score(self, sources, edited, instructions, batch_size: int):
+        mus = torch.stack([j.score(sources, edited, instructions, batch_size)[0] for j in self.judges])
+        return mus.mean(0), mus.std(0)
