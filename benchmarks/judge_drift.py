@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from policies import build_policy
-from rewards.jrm.model import JRMModel
+from rewards.jrm.reward import JRMReward
 from rlkit import checkpoint as ckpt
 from rlkit.config import load_recipe
 from rlkit.sandbox.data import sample_prompts
-from rlkit.sandbox.prepare import AGREEMENT_PROMPTS, JudgeEnsemble, judge_agreement, judge_folder
+from rlkit.sandbox.prepare import AGREEMENT_PROMPTS, judge_agreement, judge_folder
 
 
 def main() -> None:
@@ -41,8 +41,7 @@ def main() -> None:
     policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
     folders = args.judge or [str(cache / judge_folder(i) / "final") for i in range(100)
                              if (cache / judge_folder(i) / "final").is_dir()]
-    judges = [JRMModel.load(f, dtype=torch.float32, device="cpu") for f in folders]
-    judge = judges[0] if len(judges) == 1 else JudgeEnsemble(judges)
+    judge = JRMReward(folders, device="cpu")  # one judge, or their mean: the reward RL gets
     print(f"judge: {' + '.join(folders)}")
     prompts = sample_prompts(AGREEMENT_PROMPTS, args.seed)
     start = policy.adapter_state_dict()  # the LoRA at its initialisation: the starting editor

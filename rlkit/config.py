@@ -157,7 +157,7 @@ class SandboxConfig:
     editor_schedule: str = "cosine"  # constant | cosine (the editor's lr after its warm-up)
     judge_tries: int = 2  # judges trained (other init seeds) until one agrees with the truth on the editor's
     judge_min_agreement: float = 0.58  # samples at least this often (chance: 0.5); the best is kept
-    judge_ensemble: int = 1  # the best K judges are kept (jrm/, jrm_1/, ...); the recipe lists each as a reward
+    judge_ensemble: int = 1  # the best K judges are kept (jrm/, jrm_1/, ...): the jrm reward's path list
     device: str = "cpu"  # cpu | cuda: where preparation trains (a cache is not tied to it; seeded either way)
     use_shipped: bool = True  # copy rlkit's shipped preparation when one matches these settings exactly
 

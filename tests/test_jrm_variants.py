@@ -152,8 +152,11 @@ def test_an_ensemble_of_judges_scores_as_their_mean_or_their_minimum(tmp_path):
     mus, sigmas = torch.stack([o.scores for o in each]), torch.stack([o.uncertainty for o in each])
     assert not torch.allclose(mus[0], mus[1])  # two different judges, or the test proves nothing
 
-    mean = build_reward("jrm", {"path": paths})(batch)
+    reward = build_reward("jrm", {"path": paths})
+    mean = reward(batch)
     assert torch.allclose(mean.scores, mus.mean(0), atol=1e-6)
+    scores, _ = reward.score(list(batch.source), list(batch.edited), batch.instructions)  # the sandbox's checks
+    assert torch.equal(scores, mean.scores)
     spread = (sigmas.pow(2).mean(0) + mus.var(0, unbiased=False)).sqrt()
     assert torch.allclose(mean.uncertainty, spread, atol=1e-6)
     assert torch.allclose(mean.details["disagreement"], mus.std(0), atol=1e-6)

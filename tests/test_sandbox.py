@@ -213,7 +213,7 @@ def test_prepare_never_damages_an_existing_folder(tmp_path, monkeypatch):
 
 def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_path):
     """The editor is the expensive part: changing only the judge's settings must not re-train it. The new
-    setting here is a two-judge ensemble: both are kept, and the ensemble scores as their mean."""
+    setting here is a two-judge ensemble: both are kept (how the reward combines them: test_jrm_variants)."""
     from safetensors.torch import load_file
 
     from rlkit.config import load_recipe
@@ -241,16 +241,7 @@ def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_p
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert (cache / "jrm" / "final" / "jrm.json").is_file() and (cache / "jrm_1" / "final" / "jrm.json").is_file()
     assert not list(cache.glob("jrm_try*"))
-
-    from rewards.jrm.model import JRMModel
-    from rlkit.sandbox.world import random_scene, render, to_tensor
-
-    judges = [JRMModel.load(str(cache / d / "final"), dtype=torch.float32, device="cpu") for d in ("jrm", "jrm_1")]
-    src = to_tensor(render(random_scene(random.Random(0))))
-    args = ([src, src], [src, src.flip(-1)], ["make the circle red", "remove the square"], 2)
-    mu, spread = prep.JudgeEnsemble(judges).score(*args)
-    each = torch.stack([j.score(*args)[0] for j in judges])
-    assert torch.allclose(mu, each.mean(0)) and torch.allclose(spread, each.std(0))
+    assert any("the 2 judges together agree" in line for line in logged)  # checked as the reward scores them
 
 
 def test_a_cache_from_another_world_version_is_not_reused(tmp_path):

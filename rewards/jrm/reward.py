@@ -49,25 +49,33 @@ class JRMReward:
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
 
     def __call__(self, batch: RewardInput) -> RewardOutput:
-        sources, edited = list(batch.source), list(batch.edited)
+        scores, spread, details, rationales = self._judge(list(batch.source), list(batch.edited), batch.instructions)
+        return RewardOutput(scores=scores, uncertainty=spread, details=details, rationales=rationales)
+
+    def score(self, sources, edited, instructions, batch_size: int | None = None):
+        """(scores, uncertainty) as the reward gives them, with JRMModel.score's signature: what the sandbox's
+        judge checks measure, one judge or an ensemble."""
+        scores, spread, _, _ = self._judge(sources, edited, instructions, batch_size)
+        return scores, spread
+
+    def _judge(self, sources, edited, instructions, batch_size: int | None = None):
+        batch_size = batch_size or self.batch_size
         mus, sigmas, rationales = [], [], None
         for model in self.models:
             if self.think:
-                mu, sigma, said = model.think_and_score(sources, edited, batch.instructions, self.max_new_tokens,
-                                                        self.batch_size)
+                mu, sigma, said = model.think_and_score(sources, edited, instructions, self.max_new_tokens,
+                                                        batch_size)
                 rationales = rationales or said  # the first judge's
             else:
-                mu, sigma = model.score(sources, edited, batch.instructions, self.batch_size)
+                mu, sigma = model.score(sources, edited, instructions, batch_size)
             mus.append(mu)
             sigmas.append(sigma)
         if len(self.models) == 1:
-            return RewardOutput(scores=mus[0], uncertainty=sigmas[0], details={"sigma": sigmas[0]},
-                                rationales=rationales)
+            return mus[0], sigmas[0], {"sigma": sigmas[0]}, rationales
         mu, sigma = torch.stack(mus), torch.stack(sigmas)
         spread = (sigma.pow(2).mean(0) + mu.var(0, unbiased=False)).sqrt()
         scores = mu.mean(0) if self.combine == "mean" else mu.min(0).values
-        return RewardOutput(scores=scores, uncertainty=spread, rationales=rationales,
-                            details={"sigma": spread, "disagreement": mu.std(0), "members": mu.T})
+        return scores, spread, {"sigma": spread, "disagreement": mu.std(0), "members": mu.T}, rationales
 
     def explain(self, source, edited, instruction: str, max_new_tokens: int = 256) -> str:
         return self.model.explain(source, edited, instruction, max_new_tokens)

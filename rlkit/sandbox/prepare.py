@@ -379,11 +379,12 @@ def _build(out: Path, cfg, log, editor: Path | None = None) -> dict:
     log(f"reward pairs: {cfg.jrm_pairs} synthetic + {len(editor_rows)} from the editor's own samples")
     pairs_eval = write_preference_pairs(out / "data" / "pairs_eval", 128, cfg.seed + 4, SIZE)
     from rewards.jrm.model import JRMModel
+    from rewards.jrm.reward import JRMReward
 
     # The judge is checked where RL needs it, on the editor's own samples of held-out prompts; a judge below
     # `judge_min_agreement` is retrained from another initialisation (seeded: still reproducible), up to
     # `judge_tries` times, and the best one is kept. With `judge_ensemble: K` the best K are kept (jrm/, jrm_1/,
-    # ...) and the recipe averages them: RL exploits one judge's blind spots, less easily several judges'.
+    # ...) and the jrm reward averages them: RL exploits one judge's blind spots, less easily several judges'.
     prompts = sample_prompts(AGREEMENT_PROMPTS, cfg.seed + 6)
     tried = []  # (agreement, folder, check)
     for attempt in range(max(cfg.judge_tries, cfg.judge_ensemble)):
@@ -408,8 +409,7 @@ def _build(out: Path, cfg, log, editor: Path | None = None) -> dict:
         shutil.rmtree(other)
     check = kept[0][2]
     if len(kept) > 1:
-        judges = JudgeEnsemble([JRMModel.load(str(out / judge_folder(i) / "final"), dtype=torch.float32,
-                                              device=cfg.device) for i in range(len(kept))])
+        judges = JRMReward([str(out / judge_folder(i) / "final") for i in range(len(kept))], device=cfg.device)
         check = judge_agreement(policy, judges, prompts, 8, torch.Generator().manual_seed(cfg.seed + 6))
         log(f"the {len(kept)} judges together agree with the truth on {check['gap>=0.1']['agreement']:.3f}")
     return {"editor_mean_truth": check["mean_truth"], "judge_agreement": check,
@@ -421,14 +421,3 @@ def judge_folder(i: int) -> str:
     """Where a preparation keeps judge i of its ensemble (jrm/ alone when there is one judge)."""
     return "jrm" if i == 0 else f"jrm_{i}"
 
-
-class JudgeEnsemble:
-    """Several judges scoring as one: their mean score (what the recipe's equally weighted jrm rewards sum to)
-    and, as the spread, their disagreement."""
-
-    def __init__(self, judges: list):
-        self.judges = judges
-
-    def score(self, sources, edited, instructions, batch_size: int):
-        mus = torch.stack([j.score(sources, edited, instructions, batch_size)[0] for j in self.judges])
-        return mus.mean(0), mus.std(0)
