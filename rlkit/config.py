@@ -158,6 +158,10 @@ class SandboxConfig:
     judge_tries: int = 2  # judges trained (other init seeds) until one agrees with the truth on the editor's
     judge_min_agreement: float = 0.58  # samples at least this often (chance: 0.5); the best is kept
     judge_ensemble: int = 1  # the best K judges are kept (jrm/, jrm_1/, ...): the jrm reward's path list
+    # > 0: a second stage. GRPO of the sandbox_edit recipe runs this many steps against the first judge; pairs of
+    # that policy's samples join the judge's training pairs and the judge is trained again on all of them, so it
+    # knows where RL takes the editor (where the first judge ranks at chance: BENCHMARKS.md, session 7)
+    judge_refresh_steps: int = 0
     device: str = "cpu"  # cpu | cuda: where preparation trains (a cache is not tied to it; seeded either way)
     use_shipped: bool = True  # copy rlkit's shipped preparation when one matches these settings exactly
 
@@ -431,6 +435,8 @@ def check_values(cfg: DictConfig, where: str) -> None:
     for key in ("jrm_layers", "editor_heads", "judge_ensemble"):
         if cfg.sandbox[key] < 1:
             raise UserError(f"{where}: 'sandbox.{key}' must be >= 1")
+    if cfg.sandbox.judge_refresh_steps < 0:
+        raise UserError(f"{where}: 'sandbox.judge_refresh_steps' must be >= 0 (0: no second stage)")
     if cfg.policy.resolution % 16:
         raise UserError(f"{where}: 'policy.resolution' must be a multiple of 16 (VAE x patch size)")
     if cfg.policy.name in ("flux_kontext", "qwen_image_edit") and not cfg.policy.pretrained:

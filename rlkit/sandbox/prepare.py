@@ -241,7 +241,7 @@ def judge_agreement(policy, judge, prompts, samples: int, generator: torch.Gener
 
 
 def write_editor_pairs(policy, out_dir: Path, n_prompts: int, seed: int, samples: int = 4,
-                       min_gap: float = 0.1) -> list[dict]:
+                       min_gap: float = 0.1, prefix: str = "ed") -> list[dict]:
     """Preference pairs between the pre-trained editor's own samples, ranked by the ground truth: the
     reward model then learns on the kind of images RL will show it, not only on synthetic corruptions.
     Every pair of a prompt's samples whose truth differs by at least `min_gap` is kept (up to 6 from 4)."""
@@ -254,7 +254,7 @@ def write_editor_pairs(policy, out_dir: Path, n_prompts: int, seed: int, samples
     rows = []
     for j, instruction, src, tgt, images, scores in editor_samples(policy, sample_prompts(n_prompts, seed),
                                                                    samples, g):
-        names = [f"ed{j:05d}_src.png"] + [f"ed{j:05d}_{k}.png" for k in range(samples)]
+        names = [f"{prefix}{j:05d}_src.png"] + [f"{prefix}{j:05d}_{k}.png" for k in range(samples)]
         for img, name in zip((src, *images), names):
             Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(out_dir / name)
         box = region_box(src, tgt)
@@ -368,24 +368,32 @@ def _build(out: Path, cfg, log, editor: Path | None = None) -> dict:
         pipe = build_pipeline(vae, cfg.seed, cfg.editor_heads)
         policy = pretrain_editor(pipe, cfg, log)
         pipe.save_pretrained(out / "editor")
-    from rewards.jrm.config import RewardRecipe, check_reward_recipe
-    from rewards.jrm.train import train_reward
-    from rlkit.config import load_recipe
-
     pairs_train = write_preference_pairs(out / "data" / "pairs_train", cfg.jrm_pairs, cfg.seed + 3, SIZE)
     editor_rows = write_editor_pairs(policy, out / "data" / "pairs_train", cfg.jrm_editor_prompts, cfg.seed + 5)
     with open(pairs_train, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in editor_rows)
     log(f"reward pairs: {cfg.jrm_pairs} synthetic + {len(editor_rows)} from the editor's own samples")
     pairs_eval = write_preference_pairs(out / "data" / "pairs_eval", 128, cfg.seed + 4, SIZE)
-    from rewards.jrm.model import JRMModel
-    from rewards.jrm.reward import JRMReward
+    prompts = sample_prompts(AGREEMENT_PROMPTS, cfg.seed + 6)  # held-out: where the judges are checked
+    report = train_judges(out, cfg, pairs_train, pairs_eval, policy, prompts, log)
+    if cfg.judge_refresh_steps:
+        report = refresh_judges(out, cfg, pairs_train, pairs_eval, policy, prompts, report, log)
+    return report | {"editor_reused": editor is not None}
 
-    # The judge is checked where RL needs it, on the editor's own samples of held-out prompts; a judge below
-    # `judge_min_agreement` is retrained from another initialisation (seeded: still reproducible), up to
-    # `judge_tries` times, and the best one is kept. With `judge_ensemble: K` the best K are kept (jrm/, jrm_1/,
-    # ...) and the jrm reward averages them: RL exploits one judge's blind spots, less easily several judges'.
-    prompts = sample_prompts(AGREEMENT_PROMPTS, cfg.seed + 6)
+
+def train_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, policy, prompts, log) -> dict:
+    """Judges trained with `rlkit train-reward` on the pairs, checked on `policy`'s samples of `prompts`; the
+    best `judge_ensemble` of them are kept as jrm/, jrm_1/, ...
+
+    The judge is checked where RL needs it, on the editor's own samples of held-out prompts; a judge below
+    `judge_min_agreement` is retrained from another initialisation (seeded: still reproducible), up to
+    `judge_tries` times, and the best one is kept. With `judge_ensemble: K` the best K are kept and the jrm
+    reward averages them."""
+    from rewards.jrm.config import RewardRecipe, check_reward_recipe
+    from rewards.jrm.model import JRMModel
+    from rewards.jrm.train import train_reward
+    from rlkit.config import load_recipe
+
     tried = []  # (agreement, folder, check)
     for attempt in range(max(cfg.judge_tries, cfg.judge_ensemble)):
         folder = out / f"jrm_try{attempt}"
@@ -395,7 +403,7 @@ def _build(out: Path, cfg, log, editor: Path | None = None) -> dict:
                      f"backbone.tiny_layers={cfg.jrm_layers}", f"train.lr={cfg.jrm_lr}", f"train.device={cfg.device}"]
         train_reward(load_recipe("jrm_tiny", overrides, schema_cls=RewardRecipe, check=check_reward_recipe))
         judge = JRMModel.load(str(folder / "final"), dtype=torch.float32, device=cfg.device)
-        check = judge_agreement(policy, judge, prompts, 8, torch.Generator().manual_seed(cfg.seed + 6))
+        check = check_judge(policy, judge, prompts, cfg)
         agreement = check["gap>=0.1"]["agreement"]
         log(f"judge {attempt}: agrees with the truth on {agreement:.3f} of {check['gap>=0.1']['pairs']} pairs of "
             f"the editor's samples (held-out prompts, >= 0.1 apart)")
@@ -409,12 +417,67 @@ def _build(out: Path, cfg, log, editor: Path | None = None) -> dict:
         shutil.rmtree(other)
     check = kept[0][2]
     if len(kept) > 1:
-        judges = JRMReward([str(out / judge_folder(i) / "final") for i in range(len(kept))], device=cfg.device)
-        check = judge_agreement(policy, judges, prompts, 8, torch.Generator().manual_seed(cfg.seed + 6))
+        check = check_judge(policy, kept_judges(out, cfg), prompts, cfg)
         log(f"the {len(kept)} judges together agree with the truth on {check['gap>=0.1']['agreement']:.3f}")
     return {"editor_mean_truth": check["mean_truth"], "judge_agreement": check,
             "judge_kept": [int(f.name.removeprefix("jrm_try")) for _, f, _ in kept],
-            "member_agreement": [a for a, _, _ in kept], "editor_reused": editor is not None}
+            "member_agreement": [a for a, _, _ in kept]}
+
+
+def check_judge(policy, judge, prompts, cfg) -> dict:
+    """judge_agreement as prepare measures it: 8 samples of each held-out prompt, the same noise every time."""
+    return judge_agreement(policy, judge, prompts, 8, torch.Generator().manual_seed(cfg.seed + 6))
+
+
+def kept_judges(out: Path, cfg):
+    """The kept judges as the reward RL gets (one judge, or the ensemble's mean)."""
+    from rewards.jrm.reward import JRMReward
+
+    return JRMReward([str(out / judge_folder(i) / "final") for i in range(cfg.judge_ensemble)], device=cfg.device)
+
+
+def refresh_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, policy, prompts, first: dict, log) -> dict:
+    """The second stage (`judge_refresh_steps`). RL against the first judge moves the editor to samples it never
+    saw, where it ranks at chance within about 30 steps (BENCHMARKS.md, session 7). A short GRPO run of the
+    sandbox_edit recipe against it makes such a policy; every pair of that policy's samples the truth separates
+    joins the training pairs, and the judge is trained again, from scratch, on all of them: iterated reward
+    modelling in miniature. It changes what the judge knows, which more copies of it did not (session 8).
+    Returns train_judges' report for the new judge, with the first stage's under `judge_refresh`."""
+    from rlkit.config import load_recipe
+    from rlkit.trainer import Trainer
+
+    t0 = time.time()
+    run = out / "refresh_run"
+    rcfg = load_recipe("sandbox_edit", [
+        f"sandbox.path={out}", "sandbox.enabled=false", f"output_dir={run}", f"seed={cfg.seed + 7}",
+        f"train.steps={cfg.judge_refresh_steps}", "train.save_every=0", "train.grid_every=0", "train.report=false",
+        "eval.every=0", f"policy.device={cfg.device}"])
+    # the recipe's one reward is the jrm judge: all of the kept judges
+    rcfg.rewards[0].kwargs.path = [str(out / judge_folder(i) / "final") for i in range(cfg.judge_ensemble)]
+    log(f"judge refresh: {cfg.judge_refresh_steps} GRPO steps against the first judge")
+    trainer = Trainer(rcfg, progress=False)
+    trainer.fit()
+    refreshed = trainer.policy  # the editor with the refresh run's LoRA
+    before = check_judge(refreshed, kept_judges(out, cfg), prompts, cfg)
+    rows = write_editor_pairs(refreshed, out / "data" / "pairs_train", cfg.jrm_editor_prompts, cfg.seed + 8,
+                              prefix="rl")
+    with open(pairs_train, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    log(f"judge refresh: {len(rows)} pairs of the refreshed policy's samples added; on that policy's held-out "
+        f"samples the first judge agrees with the truth on {before['gap>=0.1']['agreement']:.3f}")
+    for i in range(cfg.judge_ensemble):
+        shutil.rmtree(out / judge_folder(i))
+    shutil.rmtree(run)
+    report = train_judges(out, cfg, pairs_train, pairs_eval, policy, prompts, log)
+    after = check_judge(refreshed, kept_judges(out, cfg), prompts, cfg)
+    log(f"judge refresh: the new judge agrees on {after['gap>=0.1']['agreement']:.3f} of the refreshed policy's "
+        f"pairs (first judge {before['gap>=0.1']['agreement']:.3f}) and on "
+        f"{report['judge_agreement']['gap>=0.1']['agreement']:.3f} of the starting editor's "
+        f"(first judge {first['judge_agreement']['gap>=0.1']['agreement']:.3f})")
+    return report | {"judge_refresh": {"steps": cfg.judge_refresh_steps, "pairs": len(rows),
+                                       "seconds": time.time() - t0, "first_judge": first,
+                                       "first_judge_on_refreshed_policy": before,
+                                       "judge_on_refreshed_policy": after}}
 
 
 def judge_folder(i: int) -> str:
