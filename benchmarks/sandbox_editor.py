@@ -6,6 +6,7 @@ with the cache's VAE and those `sandbox.*` settings (the cache is not changed; `
 The first line is the VAE's own ceiling: every target encoded and decoded, scored like an edit.
 
     python benchmarks/sandbox_editor.py ~/.cache/rlkit/sandbox/seed_0
+    python benchmarks/sandbox_editor.py CACHE --checkpoint RUN/checkpoints/step_000060   # what RL made of it
     python benchmarks/sandbox_editor.py CACHE --train seed=2 skip_edit=0.0        # about 6 minutes on 2 cores
     python benchmarks/sandbox_editor.py CACHE --new-vae --train vae_blocks=[16,32] latent_channels=4
 """
@@ -51,10 +52,13 @@ def main() -> None:
     ap.add_argument("--train", nargs="*", metavar="KEY=VALUE", help="train an editor with these sandbox settings")
     ap.add_argument("--new-vae", action="store_true", help="--train also trains a VAE (with its vae_* settings)")
     ap.add_argument("--save", type=Path, help="where to keep the trained editor (a FluxKontextPipeline folder)")
+    ap.add_argument("--checkpoint", type=Path, help="a run's checkpoint (checkpoints/step_N): its LoRA on the editor")
     ap.add_argument("--prompts", type=int, default=48)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=777, help="prompts")
     args = ap.parse_args()
+    if args.checkpoint and args.train is not None:
+        ap.error("--checkpoint applies to the cache's editor, not to one trained with --train")
     cache = args.cache.expanduser()
     prompts = sample_prompts(args.prompts, args.seed)
     vae = AutoencoderKL.from_pretrained(cache / "editor", subfolder="vae").eval()
@@ -64,6 +68,10 @@ def main() -> None:
 
         cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}", "sandbox.enabled=false"])
         policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
+        if args.checkpoint:
+            from rlkit import checkpoint as ckpt
+
+            policy.load_adapter_state_dict(ckpt.load_checkpoint(args.checkpoint)["adapter"])
     else:
         cfg = OmegaConf.merge(OmegaConf.structured(SandboxConfig), OmegaConf.from_dotlist(args.train))
         if args.new_vae:

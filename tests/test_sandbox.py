@@ -3,6 +3,7 @@
 import json
 import random
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from rlkit.sandbox.world import (
     COLOURS,
     OPERATIONS,
     SHAPES,
+    Obj,
     Scene,
     gt_scores,
     random_edit,
@@ -42,9 +44,34 @@ def test_every_operation_has_an_exact_target_that_scores_one(op):
         assert gt_scores(T, S, T) == {"follow": 1.0, "preserve": 1.0, "overall": 1.0}
         unchanged = gt_scores(S, S, T)
         assert unchanged["follow"] == 0.0 and unchanged["overall"] == 0.0
-        half = gt_scores((S + T) / 2, S, T)
-        assert half["follow"] == pytest.approx(0.5, abs=1e-3) and half["preserve"] == 1.0
+        half = gt_scores((S + T) / 2, S, T)  # every changed pixel half-way: a wrong colour, not half an edit
+        assert half["follow"] < 0.5 and half["preserve"] == 1.0
+        emptied = gt_scores(to_tensor(render(Scene(scene.background, []))), S, T)
+        assert emptied["overall"] == (1.0 if not target.objects else 0.0), instruction  # wiping is no edit
         assert Scene.from_json(target.to_json()) == target
+
+
+def test_half_the_pixels_of_an_edit_follow_half_of_it():
+    scene = Scene("grey", [Obj("square", "red", 1, 1, "large")])
+    S, T = to_tensor(render(scene)), to_tensor(render(Scene("grey", [Obj("square", "blue", 1, 1, "large")])))
+    half = S.clone()
+    half[:, :16] = T[:, :16]  # the top half of the square recoloured
+    scores = gt_scores(half, S, T)
+    assert scores["follow"] == pytest.approx(0.5, abs=0.03) and scores["preserve"] == 1.0
+
+
+def test_a_move_needs_both_halves_and_wiping_a_kept_object_costs_all_of_preserve():
+    red, blue = Obj("circle", "red", 0, 0), Obj("square", "blue", 2, 2)
+    scene = Scene("teal", [red, blue])
+    S = to_tensor(render(scene))
+    T = to_tensor(render(Scene("teal", [replace(red, x=1), blue])))  # "move the red circle right"
+    only_vacated = to_tensor(render(Scene("teal", [blue])))  # the circle cleared, never painted at its new place
+    half_move = gt_scores(only_vacated, S, T)
+    assert half_move["follow"] == 0.0 and half_move["preserve"] > 0.95  # (a few pixels where the two overlap)
+    T = to_tensor(render(Scene("teal", [replace(red, colour="green"), blue])))  # "make the red circle green"
+    recoloured_but_wiped = to_tensor(render(Scene("teal", [replace(red, colour="green")])))  # the square gone
+    scores = gt_scores(recoloured_but_wiped, S, T)
+    assert scores["follow"] == 1.0 and scores["preserve"] == 0.0 and scores["overall"] == 0.0
 
 
 def test_damage_outside_the_edit_region_lowers_preserve_only():
@@ -136,8 +163,8 @@ def test_washout_is_a_global_flaw_the_truth_penalises():
 
 
 def test_editor_pairs_keep_every_pair_of_samples_the_truth_separates(tmp_path):
-    """A stand-in editor whose 4 samples are: the exact target, the source, a half blend, the target again.
-    Every pair whose truth differs by >= 0.1 becomes a pair (exact/source and exact/blend twice each,
+    """A stand-in editor whose 4 samples are: the exact target, the source, a blend 80% of the way to the target,
+    the target again. Every pair whose truth differs by >= 0.1 becomes a pair (exact/source and exact/blend twice each,
     blend/source once), chosen = the truer one; the two exact copies tie and give none."""
     from types import SimpleNamespace
 
@@ -149,7 +176,7 @@ def test_editor_pairs_keep_every_pair_of_samples_the_truth_separates(tmp_path):
             out = []
             for source, (_, _, target) in zip(batch.sources, sample_prompts(len(batch), seed=3)):
                 exact = to_tensor(render(target, 32))
-                out += [exact, source, 0.5 * (exact + source), exact.clone()]
+                out += [exact, source, 0.8 * exact + 0.2 * source, exact.clone()]
             return SimpleNamespace(images=torch.stack(out))
 
     rows = write_editor_pairs(StandIn(), tmp_path, n_prompts=2, seed=3)
@@ -274,6 +301,23 @@ def test_a_cache_from_another_world_version_is_not_reused(tmp_path):
     assert prep.is_prepared(tmp_path, cfg)
     (tmp_path / "prepared.json").write_text(json.dumps({"config": settings | {"world": prep.WORLD_VERSION - 1}}))
     assert not prep.is_prepared(tmp_path, cfg)
+
+
+def test_a_judge_made_under_another_truth_is_rebuilt_on_the_same_editor(tmp_path):
+    """The truth ranks the judge's pairs, so a cache made under an older truth is re-prepared; its editor never
+    saw the truth and is reused (a cache from before truth versions has no "truth" key at all)."""
+    from omegaconf import OmegaConf
+
+    from rlkit.config import SandboxConfig
+    from rlkit.sandbox import prepare as prep
+
+    cfg = OmegaConf.structured(SandboxConfig)
+    older = {k: v for k, v in prep._settings(cfg).items() if k != "truth"}
+    (tmp_path / "editor").mkdir()
+    (tmp_path / "editor" / "model_index.json").write_text("{}")
+    (tmp_path / "prepared.json").write_text(json.dumps({"config": older}))
+    assert not prep.is_prepared(tmp_path, cfg)
+    assert prep.reusable_editor(tmp_path, OmegaConf.merge(cfg, {"use_shipped": False})) == tmp_path / "editor"
 
 
 def test_the_default_recipe_starts_from_the_shipped_preparation():

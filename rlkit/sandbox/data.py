@@ -87,6 +87,8 @@ def candidates(scene: Scene, target: Scene, instruction: str, rng: random.Random
     other = random_edit(scene, rng)
     if other is not None and other[0] != instruction:
         out.append(("wrong_edit", render(other[1], size)))
+    # the degenerate edit RL finds first: every object gone (right only when the instruction removes them all)
+    out.append(("emptied", render(Scene(scene.background, []), size)))
     return out
 
 

@@ -38,6 +38,7 @@ from rlkit.sandbox.world import (
     DIRECTIONS,
     PLACES,
     SHAPES,
+    TRUTH_VERSION,
     WORLD_VERSION,
     random_scene,
     render,
@@ -279,7 +280,9 @@ def _settings(cfg) -> dict:
 
     d = OmegaConf.to_container(OmegaConf.create(cfg))  # the recipe section or a SandboxConfig alike
     where = ("enabled", "path", "device", "use_shipped")  # how and where it is made, not what
-    return {"world": WORLD_VERSION} | {k: v for k, v in d.items() if k not in where}
+    # the truth ranks the judge's pairs (and checks the judge), so a judge made under another one is rebuilt;
+    # the editor never sees the truth, so "truth" is not one of EDITOR_SETTINGS
+    return {"world": WORLD_VERSION, "truth": TRUTH_VERSION} | {k: v for k, v in d.items() if k not in where}
 
 
 # The settings that make the editor (with its VAE): a preparation that changes only the others (the judge's,

@@ -1,10 +1,19 @@
 """A procedural editing world with ground truth: shapes in colours on plain backgrounds.
 
-Every (source, instruction) has an exact target, so any edited image can be scored against the truth:
-- `follow`: how much of the required change was made inside the edit region (the pixels where source and
-  target differ): 1 - err(edit, target) / err(source, target) there, clipped to [0, 1]; doing nothing is 0.
-- `preserve`: how untouched everything else is: 1 - mean |edit - source| outside the region / 0.15, clipped.
+Every (source, instruction) has an exact target, so any edited image can be scored against the truth. A pixel
+is right when its colour is within a tolerance of the colour it should have (the largest channel error; credit
+falls linearly from 1 at no error to 0 at the tolerance), so a colour half-way between two others is wrong, as
+the eye sees it:
+- `follow`: the share of the required change that was made, over the pixels where source and target differ.
+  Those are split into what must be cleared (the target shows the background there) and what must be painted
+  (a new or changed object); follow is the geometric mean of the two, so a move needs both halves and an
+  empty canvas does not half-follow it. The tolerance is never looser than the change itself: doing nothing is 0.
+- `preserve`: how untouched everything else is, outside the edit region (dilated by one pixel: edges may
+  blur): the geometric mean of the objects that must stay and of the background. Wiping an object that should
+  stay costs its whole share, not the few per cent of the canvas it covers.
 - `overall`: sqrt(follow * preserve), so an edit must both follow the instruction and keep the rest.
+World 2 scored by the mean colour error over the whole region and the whole rest: an empty canvas scored
+0.34 on the held-out prompts, twice the starting editor, and RL learnt to wipe scenes (BENCHMARKS.md, session 10).
 Scenes are plain JSON (`Scene.to_json`) so they travel in manifests and reward metadata.
 """
 
@@ -30,7 +39,8 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SINGLE_OPERATIONS = ("recolour", "remove", "move", "add", "resize")
 OPERATIONS = (*SINGLE_OPERATIONS, "compose")  # compose: two single edits in one instruction, joined by "and"
 WORLD_VERSION = 2  # bumped when instructions or rendering change: a cache prepared with another one is rebuilt
-PRESERVE_SCALE = 0.15
+TRUTH_VERSION = 3  # bumped when gt_scores changes: the editor is the same, the judge (trained on it) is not
+TOLERANCE = 0.25  # largest channel error at which a pixel earns no credit (palette colours differ by >= 0.275)
 
 
 @dataclass(frozen=True)
@@ -152,9 +162,20 @@ def random_edit(scene: Scene, rng: random.Random, operations=OPERATIONS) -> tupl
 # ------------------------------------------------------------------------------------------- ground truth
 def edit_region(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """[H, W] bool: pixels the instruction requires to change, dilated by one pixel (edges may blur)."""
-    changed = (source - target).abs().amax(dim=0) > 1e-3
-    dilated = torch.nn.functional.max_pool2d(changed[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
-    return dilated
+    dilated = torch.nn.functional.max_pool2d(_changed(source, target)[None, None].float(), 3, stride=1, padding=1)
+    return dilated[0, 0] > 0
+
+
+def _changed(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (source - target).abs().amax(dim=0) > 1e-3
+
+
+def background_mask(image: torch.Tensor) -> torch.Tensor:
+    """[H, W] bool: the pixels showing the scene's background colour (the background palette colour that covers
+    most of the image; object colours are never background colours). All False for an image of no scene."""
+    masks = [(image - torch.tensor(c).view(3, 1, 1) / 255).abs().amax(dim=0) < 1e-3 for c in BACKGROUNDS.values()]
+    best = max(masks, key=lambda m: int(m.sum()))
+    return best
 
 
 def washout(image: torch.Tensor, strength: float) -> torch.Tensor:
@@ -163,16 +184,23 @@ def washout(image: torch.Tensor, strength: float) -> torch.Tensor:
     return (1 - strength) * image + strength * 0.5
 
 
+def _credit(image: torch.Tensor, want: torch.Tensor, tolerance: torch.Tensor | float = TOLERANCE) -> torch.Tensor:
+    """Per pixel, 1 where the colour is right, falling to 0 at `tolerance` (largest channel error)."""
+    return (1 - (image - want).abs().amax(dim=0) / tolerance).clamp(0, 1)
+
+
+def _geometric_mean(credit: torch.Tensor, parts: list[torch.Tensor]) -> float:
+    """The geometric mean over the non-empty parts (masks) of each part's mean credit; 1 if all are empty."""
+    means = [float(credit[m].mean()) for m in parts if m.any()]
+    return math.prod(means) ** (1 / len(means)) if means else 1.0
+
+
 def gt_scores(edited: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """Ground truth for one edit; tensors [3, H, W] in [0, 1] at the same size."""
-    region = edit_region(source, target)
-    outside = ~region
-    if region.any():
-        need = (source - target).abs()[:, region].mean()
-        miss = (edited - target).abs()[:, region].mean()
-        follow = float((1 - miss / need).clamp(0, 1))
-    else:
-        follow = 1.0
-    drift = float((edited - source).abs()[:, outside].mean()) if outside.any() else 0.0
-    preserve = max(0.0, 1 - drift / PRESERVE_SCALE)
+    changed, outside = _changed(source, target), ~edit_region(source, target)
+    clear = changed & background_mask(target)
+    need = (source - target).abs().amax(dim=0).clamp(min=1e-3)  # never more tolerant than the change itself
+    follow = _geometric_mean(_credit(edited, target, need.clamp(max=TOLERANCE)), [clear, changed & ~clear])
+    bg = background_mask(source)
+    preserve = _geometric_mean(_credit(edited, source), [outside & ~bg, outside & bg])
     return {"follow": follow, "preserve": preserve, "overall": math.sqrt(follow * preserve)}

@@ -1,0 +1,61 @@
+"""The sandbox issue's bar, measured: `gt_heldout` gain of `rlkit run sandbox_edit` over several RL seeds.
+
+Runs the recipe once per seed, one after the other (two torch runs side by side on 2 cores are several times
+slower each), into OUT/seed_N, then prints gt_heldout at every evaluation, the gain of the last evaluation over
+step 0, and the mean and worst gain. A finished run is not run again (resume=auto), so an interrupted sweep
+picks up where it stopped; `--only-report` just reads the runs already in OUT.
+
+    python benchmarks/sandbox_seeds.py /tmp/seeds                       # seeds 0-4, the recipe as shipped
+    python benchmarks/sandbox_seeds.py /tmp/seeds_x --seeds 1 2 -- algorithm.kl_coef=0.04 sandbox.path=/tmp/c
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rlkit.logs import read_rows
+
+
+def gt_series(run: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["gt_heldout"]) for r in read_rows(run / "metrics.jsonl") if r.get("gt_heldout") is not None]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path, help="a folder for the runs (OUT/seed_N)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--recipe", default="sandbox_edit")
+    ap.add_argument("--only-report", action="store_true", help="read the runs in OUT, run nothing")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides for every run (after --)")
+    args = ap.parse_args()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for seed in args.seeds if not args.only_report else []:
+        run = args.out / f"seed_{seed}"
+        t0 = time.time()
+        cmd = ["rlkit", "run", args.recipe, f"seed={seed}", f"output_dir={run}", *args.overrides]
+        done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            sys.exit(f"seed {seed} failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
+        print(f"seed {seed}: {time.time() - t0:.0f} s", flush=True)
+    gains = []
+    for seed in args.seeds:
+        series = gt_series(args.out / f"seed_{seed}")
+        if len(series) < 2:
+            print(f"seed {seed}: no finished run in {args.out / f'seed_{seed}'}")
+            continue
+        gain = series[-1][1] - series[0][1]
+        gains.append(gain)
+        steps = " / ".join(f"{v:.3f}" for _, v in series)
+        print(f"seed {seed}: gt_heldout at steps {' / '.join(str(s) for s, _ in series)}: {steps}  gain {gain:+.3f}")
+    if gains:
+        print(f"{len(gains)} seeds: mean gain {sum(gains) / len(gains):+.3f}, worst {min(gains):+.3f}, "
+              f"best {max(gains):+.3f}")
+
+
+if __name__ == "__main__":
+    main()
