@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="sandbox_edit")
     ap.add_argument("--only-report", action="store_true", help="read the runs in OUT, run nothing")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every run (after --)")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # overrides may follow the options
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for seed in args.seeds if not args.only_report else []:
         run = args.out / f"seed_{seed}"

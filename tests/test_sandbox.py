@@ -148,6 +148,22 @@ def test_evaluation_reuses_the_training_reward_models():
     assert heldout.rewards[1][2] is not train.rewards[0][2]  # other kwargs: its own instance
 
 
+def test_the_judges_synthetic_outcomes_include_the_exploits_rl_found():
+    """RL against a judge that never saw an emptied or a splattered canvas learnt to make them (BENCHMARKS.md,
+    session 10): both are among the outcomes the judge's pairs are made of, and the truth puts them near 0."""
+    from rlkit.sandbox.data import candidates, sample_prompts
+
+    rng, splattered = random.Random(0), []
+    for scene, instruction, target in sample_prompts(20, seed=4):
+        outcomes = dict(candidates(scene, target, instruction, rng, 32))
+        S, T = to_tensor(render(scene)), to_tensor(render(target))
+        emptied = gt_scores(to_tensor(outcomes["emptied"]), S, T)["overall"]
+        assert emptied == (1.0 if not target.objects else 0.0)
+        assert not torch.equal(to_tensor(outcomes["splattered"]), S)
+        splattered.append(gt_scores(to_tensor(outcomes["splattered"]), S, T)["overall"])
+    assert sum(splattered) / len(splattered) < 0.1
+
+
 def test_washout_is_a_global_flaw_the_truth_penalises():
     from rlkit.sandbox.world import gt_scores, random_edit, random_scene, render, to_tensor, washout
 

@@ -8,9 +8,10 @@ import random
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from rlkit.sandbox.world import (
+    COLOURS,
     OPERATIONS,
     Scene,
     edit_region,
@@ -87,8 +88,20 @@ def candidates(scene: Scene, target: Scene, instruction: str, rng: random.Random
     other = random_edit(scene, rng)
     if other is not None and other[0] != instruction:
         out.append(("wrong_edit", render(other[1], size)))
-    # the degenerate edit RL finds first: every object gone (right only when the instruction removes them all)
+    # the degenerate edits RL finds against a judge that never saw them: every object gone (right only when the
+    # instruction removes them all), and blobs of colour splattered over the image with the edit left undone
     out.append(("emptied", render(Scene(scene.background, []), size)))
+    out.append(("splattered", splatter(src, rng)))
+    return out
+
+
+def splatter(image: Image.Image, rng: random.Random) -> Image.Image:
+    """2 to 5 blobs of palette colours at random places and sizes, painted over a copy of `image`."""
+    out = image.copy()
+    d, size = ImageDraw.Draw(out), image.width
+    for _ in range(rng.randint(2, 5)):
+        x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.08, 0.25) * size
+        d.ellipse((x - r, y - r, x + r, y + r), fill=COLOURS[rng.choice(list(COLOURS))])
     return out
 
 

@@ -174,8 +174,7 @@ def background_mask(image: torch.Tensor) -> torch.Tensor:
     """[H, W] bool: the pixels showing the scene's background colour (the background palette colour that covers
     most of the image; object colours are never background colours). All False for an image of no scene."""
     masks = [(image - torch.tensor(c).view(3, 1, 1) / 255).abs().amax(dim=0) < 1e-3 for c in BACKGROUNDS.values()]
-    best = max(masks, key=lambda m: int(m.sum()))
-    return best
+    return max(masks, key=lambda m: int(m.sum()))
 
 
 def washout(image: torch.Tensor, strength: float) -> torch.Tensor:
