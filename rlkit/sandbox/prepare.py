@@ -2,8 +2,10 @@
 
 1. a small AutoencoderKL trained to reconstruct world images (32 px -> 8 x 8 x 16 latents by default);
 2. a small FLUX.1 Kontext transformer pre-trained by flow matching on (source, instruction) -> target, stopped
-   early and with `skip_edit` of the targets replaced by the source: a mediocre editor that often ignores the
-   instruction, which RL can fix;
+   early, with a flaw RL can remove: `washout` fades the targets towards grey (the recipe's 0.4: a global,
+   faded look the truth penalises everywhere), `skip_edit` replaces that share of the targets by the source
+   (an editor that often ignores the instruction; it also spoils the edits it attempts, BENCHMARKS.md,
+   session 11);
 3. a tiny JRM trained with `rlkit train-reward` on in-world preference pairs with rationales.
 A preparation whose editor settings match an existing editor (shipped, or the cache it replaces) reuses it and
 trains only the judge.
