@@ -150,6 +150,9 @@ class SandboxConfig:
     skip_edit: float = 0.0
     jrm_pairs: int = 256  # synthetic corruption pairs
     jrm_editor_prompts: int = 384  # + pairs among the pre-trained editor's own samples (4 per prompt)
+    # + each of those samples against itself at one of these contrasts about mid-grey (< 1 fades, > 1 undoes
+    # fading): the washout flaw's axis, which a prompt's samples barely span (prepare.write_editor_pairs)
+    jrm_editor_contrast: list[float] = field(default_factory=list)
     jrm_epochs: int = 4
     jrm_patch: int = 4  # the judge's vision patch (x2 merge): 4 -> 16 tokens per 32 px image, 8 -> only 4
     jrm_hidden: int = 64  # the judge's width (its vision tower half of it)

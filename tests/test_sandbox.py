@@ -202,6 +202,12 @@ def test_editor_pairs_keep_every_pair_of_samples_the_truth_separates(tmp_path):
         assert (tmp_path / r["path1"]).is_file() and (tmp_path / r["path2"]).is_file()
     assert {r["gt1"] for r in rows} > {1.0}  # the exact edit is chosen against the others
 
+    # contrast pairs: each sample against itself faded by half; the faded exact edit loses to the exact one
+    faded = [r for r in write_editor_pairs(StandIn(), tmp_path / "c", n_prompts=2, seed=3, contrast=(0.5,))
+             if r["path2"].endswith("_c0.5.png")]
+    assert len(faded) >= 2 * 2 and all(r["gt1"] >= r["gt2"] + 0.1 for r in faded)
+    assert {r["gt1"] for r in faded} >= {1.0} and all((tmp_path / "c" / r["path2"]).is_file() for r in faded)
+
     # the judge check on the same samples: a "do nothing" judge (prefers whatever is nearest the source) orders
     # every separable pair against the truth; an oracle (nearest the target) orders all of them with it
     from rlkit.sandbox.prepare import judge_agreement

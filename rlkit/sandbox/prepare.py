@@ -244,33 +244,50 @@ def judge_agreement(policy, judge, prompts, samples: int, generator: torch.Gener
 
 
 def write_editor_pairs(policy, out_dir: Path, n_prompts: int, seed: int, samples: int = 4,
-                       min_gap: float = 0.1, prefix: str = "ed") -> list[dict]:
+                       min_gap: float = 0.1, prefix: str = "ed", contrast: tuple[float, ...] = ()) -> list[dict]:
     """Preference pairs between the pre-trained editor's own samples, ranked by the ground truth: the
     reward model then learns on the kind of images RL will show it, not only on synthetic corruptions.
-    Every pair of a prompt's samples whose truth differs by at least `min_gap` is kept (up to 6 from 4)."""
+    Every pair of a prompt's samples whose truth differs by at least `min_gap` is kept (up to 6 from 4).
+
+    `contrast` (factors about mid-grey, e.g. 0.7, 1.4): each sample is also paired with itself at one of them,
+    drawn at random. A faded editor's samples of one prompt are about equally faded, so their pairs never show
+    the judge the one direction RL has to find; these pairs do (kept, too, only when the truth separates them)."""
     from itertools import combinations
 
     from rlkit.sandbox.data import rationale, region_box
+    from rlkit.sandbox.world import gt_scores, washout
 
     out_dir.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
+    pick = torch.Generator().manual_seed(seed + 1)
     rows = []
+
+    def save(img, name):
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(out_dir / name)
+
+    def pair(instruction, src_name, box, a, b):  # a, b: (file name, scores)
+        if a[1]["overall"] < b[1]["overall"]:
+            a, b = b, a
+        if a[1]["overall"] - b[1]["overall"] < min_gap:
+            return
+        rows.append({"prompt": instruction, "path_src": src_name, "path1": a[0], "path2": b[0],
+                     "rationale1": rationale(instruction, box, a[1]), "rationale2": rationale(instruction, box, b[1]),
+                     "gt1": a[1]["overall"], "gt2": b[1]["overall"], "kinds": ["editor"] * 2,
+                     "score1": 1 + 4 * a[1]["overall"], "score2": 1 + 4 * b[1]["overall"]})
+
     for j, instruction, src, tgt, images, scores in editor_samples(policy, sample_prompts(n_prompts, seed),
                                                                    samples, g):
         names = [f"{prefix}{j:05d}_src.png"] + [f"{prefix}{j:05d}_{k}.png" for k in range(samples)]
         for img, name in zip((src, *images), names):
-            Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(out_dir / name)
+            save(img, name)
         box = region_box(src, tgt)
         for a, b in combinations(range(samples), 2):
-            if scores[a]["overall"] < scores[b]["overall"]:
-                a, b = b, a
-            if scores[a]["overall"] - scores[b]["overall"] < min_gap:
-                continue
-            rows.append({"prompt": instruction, "path_src": names[0], "path1": names[1 + a], "path2": names[1 + b],
-                         "rationale1": rationale(instruction, box, scores[a]),
-                         "rationale2": rationale(instruction, box, scores[b]), "gt1": scores[a]["overall"],
-                         "gt2": scores[b]["overall"], "kinds": ["editor"] * 2,
-                         "score1": 1 + 4 * scores[a]["overall"], "score2": 1 + 4 * scores[b]["overall"]})
+            pair(instruction, names[0], box, (names[1 + a], scores[a]), (names[1 + b], scores[b]))
+        for k in range(samples if contrast else 0):
+            c = contrast[int(torch.randint(len(contrast), (1,), generator=pick))]
+            moved, name = washout(images[k], 1 - c).clamp(0, 1), f"{prefix}{j:05d}_{k}_c{c:g}.png"
+            save(moved, name)
+            pair(instruction, names[0], box, (names[1 + k], scores[k]), (name, gt_scores(moved, src, tgt)))
     return rows
 
 
@@ -374,7 +391,8 @@ def _build(out: Path, cfg, log, editor: Path | None = None) -> dict:
         policy = pretrain_editor(pipe, cfg, log)
         pipe.save_pretrained(out / "editor")
     pairs_train = write_preference_pairs(out / "data" / "pairs_train", cfg.jrm_pairs, cfg.seed + 3, SIZE)
-    editor_rows = write_editor_pairs(policy, out / "data" / "pairs_train", cfg.jrm_editor_prompts, cfg.seed + 5)
+    editor_rows = write_editor_pairs(policy, out / "data" / "pairs_train", cfg.jrm_editor_prompts, cfg.seed + 5,
+                                     contrast=tuple(cfg.jrm_editor_contrast))
     with open(pairs_train, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in editor_rows)
     log(f"reward pairs: {cfg.jrm_pairs} synthetic + {len(editor_rows)} from the editor's own samples")
@@ -465,7 +483,7 @@ def refresh_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, policy, 
     refreshed = trainer.policy  # the editor with the refresh run's LoRA
     before = check_judge(refreshed, kept_judges(out, cfg), prompts, cfg)
     rows = write_editor_pairs(refreshed, out / "data" / "pairs_train", cfg.jrm_editor_prompts, cfg.seed + 8,
-                              prefix="rl")
+                              prefix="rl", contrast=tuple(cfg.jrm_editor_contrast))
     with open(pairs_train, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     log(f"judge refresh: {len(rows)} pairs of the refreshed policy's samples added; on that policy's held-out "
