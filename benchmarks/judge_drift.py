@@ -25,7 +25,7 @@ from rewards.jrm.reward import JRMReward
 from rlkit import checkpoint as ckpt
 from rlkit.config import load_recipe
 from rlkit.sandbox.data import sample_prompts
-from rlkit.sandbox.prepare import AGREEMENT_PROMPTS, judge_agreement, judge_folder
+from rlkit.sandbox.prepare import judge_agreement, judge_folder
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
                              if (cache / judge_folder(i) / "final").is_dir()]
     judge = JRMReward(folders, device="cpu")  # one judge, or their mean: the reward RL gets
     print(f"judge: {' + '.join(folders)}")
-    prompts = sample_prompts(AGREEMENT_PROMPTS, args.seed)
+    prompts = sample_prompts(cfg.sandbox.judge_check_prompts, args.seed)
     start = policy.adapter_state_dict()  # the LoRA at its initialisation: the starting editor
     print(f"{'policy':40s} {'pairs>=0.1':>10s} {'agree':>6s} {'>=0.2':>6s} {'>=0.3':>6s} {'mean truth':>10s}")
     for name in ["start", *args.checkpoints]:

@@ -163,6 +163,7 @@ class SandboxConfig:
     editor_schedule: str = "cosine"  # constant | cosine (the editor's lr after its warm-up)
     judge_tries: int = 2  # judges trained (other init seeds) until one agrees with the truth on the editor's
     judge_min_agreement: float = 0.58  # samples at least this often (chance: 0.5); the best is kept
+    judge_check_prompts: int = 48  # held-out prompts (x 8 samples) on which each judge is checked
     judge_ensemble: int = 1  # the best K judges are kept (jrm/, jrm_1/, ...): the jrm reward's path list
     # > 0: a second stage. GRPO of the sandbox_edit recipe runs this many steps against the first judge; pairs of
     # that policy's samples join the judge's training pairs and the judge is trained again on all of them, so it

@@ -113,5 +113,10 @@ def test_full_finetuning_sharded_over_two_processes_matches_one(tmp_path):
     a, b = load_file(one / name), load_file(two / name)
     start = load_file(one / "checkpoints" / "step_000001" / "adapter.safetensors")
     assert a.keys() == b.keys() == start.keys()  # full (gathered) weights, not shards
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 0.01 * 1e-4
-    assert any(not torch.equal(a[k], start[k]) for k in a)
+    # Adam's step is lr * m / (sqrt(v) + eps): where a gradient is near eps, the two reduction orders' rounding
+    # moves that one weight by a few % of lr (4% seen on CI's CPU), so compare the update as a whole
+    diff = torch.cat([(a[k] - b[k]).flatten() for k in a])
+    step = torch.cat([(a[k] - start[k]).flatten() for k in a])  # the second step's update
+    assert step.norm() > 0
+    assert diff.norm() < 1e-3 * step.norm()
+    assert (diff.abs() > 0.01 * 1e-4).float().mean() < 1e-3  # all but a handful of weights within 1% of lr

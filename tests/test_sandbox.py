@@ -112,7 +112,8 @@ def test_prepare_and_run_the_sandbox_end_to_end(tmp_path):
 
     small = [f"sandbox.path={tmp_path / 'cache'}", "sandbox.vae_steps=2", "sandbox.editor_steps=2",
              "sandbox.editor_batch=4", "sandbox.jrm_pairs=8", "sandbox.jrm_editor_prompts=8", "sandbox.jrm_epochs=1",
-             "sandbox.train_prompts=16", "sandbox.heldout_prompts=4", "sandbox.editor_heads=2"]
+             "sandbox.train_prompts=16", "sandbox.heldout_prompts=4", "sandbox.editor_heads=2",
+             "sandbox.editor_prompts=8", "sandbox.judge_check_prompts=8"]
     assert main(["sandbox", "prepare", "sandbox_edit", *small]) == 0
     cache = tmp_path / "cache"
     assert (cache / "editor" / "model_index.json").is_file() and (cache / "jrm" / "final" / "jrm.json").is_file()
@@ -268,9 +269,10 @@ def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_p
     from rlkit.config import load_recipe
     from rlkit.sandbox import prepare as prep
 
-    toy = ["sandbox.vae_steps=2", "sandbox.editor_steps=2", "sandbox.editor_batch=4", "sandbox.jrm_pairs=8",
-           "sandbox.jrm_editor_prompts=8", "sandbox.jrm_epochs=1", "sandbox.train_prompts=8",
-           "sandbox.heldout_prompts=4", "sandbox.editor_heads=2", "sandbox.judge_tries=1"]
+    toy = ["sandbox.vae_steps=2", "sandbox.editor_steps=2", "sandbox.editor_batch=4", "sandbox.editor_prompts=8",
+           "sandbox.jrm_pairs=8", "sandbox.jrm_editor_prompts=8", "sandbox.jrm_epochs=1", "sandbox.train_prompts=8",
+           "sandbox.heldout_prompts=4", "sandbox.editor_heads=2", "sandbox.judge_tries=1",
+           "sandbox.judge_check_prompts=8"]
     cache = tmp_path / "cache"
     first = load_recipe("sandbox_edit", toy).sandbox
     prep.prepare(cache, first, log=lambda _: None)
@@ -322,6 +324,23 @@ def test_a_cache_from_another_world_version_is_not_reused(tmp_path):
     (tmp_path / "prepared.json").write_text(json.dumps({"config": settings}))
     assert prep.is_prepared(tmp_path, cfg)
     (tmp_path / "prepared.json").write_text(json.dumps({"config": settings | {"world": prep.WORLD_VERSION - 1}}))
+    assert not prep.is_prepared(tmp_path, cfg)
+
+
+def test_a_cache_made_before_a_setting_existed_counts_as_its_default(tmp_path):
+    """A new SandboxConfig field must not invalidate every cache (and the shipped one): a prepared.json without
+    it was made as the field's default makes it; any other value of the field does need a new preparation."""
+    from omegaconf import OmegaConf
+
+    from rlkit.config import SandboxConfig
+    from rlkit.sandbox import prepare as prep
+
+    cfg = OmegaConf.structured(SandboxConfig)
+    older = {k: v for k, v in prep._settings(cfg).items() if k != "judge_check_prompts"}
+    (tmp_path / "prepared.json").write_text(json.dumps({"config": older}))
+    assert prep.is_prepared(tmp_path, cfg)
+    assert not prep.is_prepared(tmp_path, OmegaConf.merge(cfg, {"judge_check_prompts": 8}))
+    (tmp_path / "prepared.json").write_text(json.dumps({"judge_agreement": {}}))  # no settings recorded at all
     assert not prep.is_prepared(tmp_path, cfg)
 
 

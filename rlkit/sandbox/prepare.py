@@ -49,7 +49,6 @@ from rlkit.sandbox.world import (
 )
 
 SIZE = 32
-AGREEMENT_PROMPTS = 48  # held-out prompts (x 8 samples) on which prepare checks the judge against the truth
 
 
 def world_t5_tokenizer() -> T5TokenizerFast:
@@ -227,14 +226,20 @@ def judge_agreement(policy, judge, prompts, samples: int, generator: torch.Gener
     """How often the judge orders two of the editor's samples of one prompt as the truth does: the only ranking
     GRPO uses (a judge's accuracy on synthetic pairs predicts a run's success only loosely). Pairs are split by
     how far apart the truth puts them."""
+    return agreement_on(editor_samples(policy, prompts, samples, generator), judge, gaps)
+
+
+def agreement_on(samples, judge, gaps: tuple[float, ...] = (0.1, 0.2, 0.3)) -> dict:
+    """judge_agreement on editor_samples already drawn (prepare checks several judges on the same samples)."""
     from itertools import combinations
 
     pairs, truth = [], []  # (truth gap, judge agrees)
-    for _, instruction, src, _, images, scores in editor_samples(policy, prompts, samples, generator):
+    for _, instruction, src, _, images, scores in samples:
+        k = len(images)
         gt = [x["overall"] for x in scores]
-        mu, _ = judge.score([src] * samples, list(images), [instruction] * samples, samples)
+        mu, _ = judge.score([src] * k, list(images), [instruction] * k, k)
         truth += gt
-        for a, b in combinations(range(samples), 2):
+        for a, b in combinations(range(k), 2):
             pairs.append((abs(gt[a] - gt[b]), bool((mu[a] - mu[b]) * (gt[a] - gt[b]) > 0)))
     out = {"mean_truth": sum(truth) / len(truth), "pairs": len(pairs)}
     for gap in gaps:
@@ -298,16 +303,32 @@ def _settings(cfg) -> dict:
     from omegaconf import OmegaConf
 
     d = OmegaConf.to_container(OmegaConf.create(cfg))  # the recipe section or a SandboxConfig alike
-    where = ("enabled", "path", "device", "use_shipped")  # how and where it is made, not what
     # the truth ranks the judge's pairs (and checks the judge), so a judge made under another one is rebuilt;
     # the editor never sees the truth, so "truth" is not one of EDITOR_SETTINGS
-    return {"world": WORLD_VERSION, "truth": TRUTH_VERSION} | {k: v for k, v in d.items() if k not in where}
+    return {"world": WORLD_VERSION, "truth": TRUTH_VERSION} | {k: v for k, v in d.items() if k not in WHERE}
+
+
+WHERE = ("enabled", "path", "device", "use_shipped")  # how and where a preparation is made, not what
 
 
 # The settings that make the editor (with its VAE): a preparation that changes only the others (the judge's,
 # the prompt counts) reuses an editor made with these, shipped or in the cache it replaces.
 EDITOR_SETTINGS = ("world", "seed", "vae_steps", "vae_blocks", "latent_channels", "editor_heads", "editor_steps",
                    "editor_batch", "editor_lr", "editor_prompts", "washout", "skip_edit", "editor_schedule")
+
+
+def _recorded(folder: Path) -> dict | None:
+    """The settings a preparation in `folder` was made with. A setting added to SandboxConfig after it was made
+    takes its default, which is how rlkit behaved before the setting existed, so caches stay valid."""
+    from rlkit.config import SandboxConfig
+
+    done = folder / "prepared.json"
+    made = json.loads(done.read_text()).get("config") if done.is_file() else None
+    if made is None:
+        return None
+    # world and truth versions are not settings: a cache without them predates them and is not the current one
+    defaults = {k: v for k, v in dataclasses.asdict(SandboxConfig()).items() if k not in WHERE}
+    return defaults | made
 
 
 def reusable_editor(out: Path, cfg) -> Path | None:
@@ -317,9 +338,8 @@ def reusable_editor(out: Path, cfg) -> Path | None:
     want = {k: settings.get(k) for k in EDITOR_SETTINGS}
     places = ([SHIPPED / f"seed_{cfg.seed}"] if cfg.use_shipped else []) + [out]
     for folder in places:
-        done = folder / "prepared.json"
-        if done.is_file() and (folder / "editor" / "model_index.json").is_file():
-            made = json.loads(done.read_text()).get("config", {})
+        made = _recorded(folder)
+        if made is not None and (folder / "editor" / "model_index.json").is_file():
             if {k: made.get(k) for k in EDITOR_SETTINGS} == want:
                 return folder / "editor"
     return None
@@ -327,15 +347,12 @@ def reusable_editor(out: Path, cfg) -> Path | None:
 
 def shipped_preparation(cfg) -> Path | None:
     """The preparation rlkit ships for these exact settings (made by `rlkit sandbox prepare` with them), if any."""
-    done = SHIPPED / f"seed_{cfg.seed}" / "prepared.json"
-    if cfg.use_shipped and done.is_file() and json.loads(done.read_text()).get("config") == _settings(cfg):
-        return done.parent
-    return None
+    folder = SHIPPED / f"seed_{cfg.seed}"
+    return folder if cfg.use_shipped and _recorded(folder) == _settings(cfg) else None
 
 
 def is_prepared(out: Path, cfg) -> bool:
-    done = out / "prepared.json"
-    return done.exists() and json.loads(done.read_text()).get("config") == _settings(cfg)
+    return _recorded(out) == _settings(cfg)
 
 
 def prepare(out: Path, cfg, log=print) -> Path:
@@ -397,15 +414,16 @@ def _build(out: Path, cfg, log, editor: Path | None = None) -> dict:
         f.writelines(json.dumps(r) + "\n" for r in editor_rows)
     log(f"reward pairs: {cfg.jrm_pairs} synthetic + {len(editor_rows)} from the editor's own samples")
     pairs_eval = write_preference_pairs(out / "data" / "pairs_eval", 128, cfg.seed + 4, SIZE)
-    prompts = sample_prompts(AGREEMENT_PROMPTS, cfg.seed + 6)  # held-out: where the judges are checked
-    report = train_judges(out, cfg, pairs_train, pairs_eval, policy, prompts, log)
+    prompts = sample_prompts(cfg.judge_check_prompts, cfg.seed + 6)  # held-out: where the judges are checked
+    held = check_samples(policy, prompts, cfg)
+    report = train_judges(out, cfg, pairs_train, pairs_eval, held, log)
     if cfg.judge_refresh_steps:
-        report = refresh_judges(out, cfg, pairs_train, pairs_eval, policy, prompts, report, log)
+        report = refresh_judges(out, cfg, pairs_train, pairs_eval, held, prompts, report, log)
     return report | {"editor_reused": editor is not None}
 
 
-def train_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, policy, prompts, log) -> dict:
-    """Judges trained with `rlkit train-reward` on the pairs, checked on `policy`'s samples of `prompts`; the
+def train_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, held: list, log) -> dict:
+    """Judges trained with `rlkit train-reward` on the pairs, checked on `held` (check_samples of the editor); the
     best `judge_ensemble` of them are kept as jrm/, jrm_1/, ...
 
     The judge is checked where RL needs it, on the editor's own samples of held-out prompts; a judge below
@@ -426,7 +444,7 @@ def train_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, policy, pr
                      f"backbone.tiny_layers={cfg.jrm_layers}", f"train.lr={cfg.jrm_lr}", f"train.device={cfg.device}"]
         train_reward(load_recipe("jrm_tiny", overrides, schema_cls=RewardRecipe, check=check_reward_recipe))
         judge = JRMModel.load(str(folder / "final"), dtype=torch.float32, device=cfg.device)
-        check = check_judge(policy, judge, prompts, cfg)
+        check = agreement_on(held, judge)
         agreement = check["gap>=0.1"]["agreement"]
         log(f"judge {attempt}: agrees with the truth on {agreement:.3f} of {check['gap>=0.1']['pairs']} pairs of "
             f"the editor's samples (held-out prompts, >= 0.1 apart)")
@@ -440,16 +458,17 @@ def train_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, policy, pr
         shutil.rmtree(other)
     check = kept[0][2]
     if len(kept) > 1:
-        check = check_judge(policy, kept_judges(out, cfg), prompts, cfg)
+        check = agreement_on(held, kept_judges(out, cfg))
         log(f"the {len(kept)} judges together agree with the truth on {check['gap>=0.1']['agreement']:.3f}")
     return {"editor_mean_truth": check["mean_truth"], "judge_agreement": check,
             "judge_kept": [int(f.name.removeprefix("jrm_try")) for _, f, _ in kept],
             "member_agreement": [a for a, _, _ in kept]}
 
 
-def check_judge(policy, judge, prompts, cfg) -> dict:
-    """judge_agreement as prepare measures it: 8 samples of each held-out prompt, the same noise every time."""
-    return judge_agreement(policy, judge, prompts, 8, torch.Generator().manual_seed(cfg.seed + 6))
+def check_samples(policy, prompts, cfg) -> list:
+    """What prepare checks judges on: 8 samples of each held-out prompt, the same noise every time. Drawn once
+    per policy and kept: every judge tried is scored on the same samples, as drawing them again would give."""
+    return list(editor_samples(policy, prompts, 8, torch.Generator().manual_seed(cfg.seed + 6)))
 
 
 def kept_judges(out: Path, cfg):
@@ -459,7 +478,8 @@ def kept_judges(out: Path, cfg):
     return JRMReward([str(out / judge_folder(i) / "final") for i in range(cfg.judge_ensemble)], device=cfg.device)
 
 
-def refresh_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, policy, prompts, first: dict, log) -> dict:
+def refresh_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, held: list, prompts, first: dict,
+                   log) -> dict:
     """The second stage (`judge_refresh_steps`). RL against the first judge moves the editor to samples it never
     saw, where it ranks at chance within about 30 steps (BENCHMARKS.md, session 7). A short GRPO run of the
     sandbox_edit recipe against it makes such a policy; every pair of that policy's samples the truth separates
@@ -481,7 +501,8 @@ def refresh_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, policy, 
     trainer = Trainer(rcfg, progress=False)
     trainer.fit()
     refreshed = trainer.policy  # the editor with the refresh run's LoRA
-    before = check_judge(refreshed, kept_judges(out, cfg), prompts, cfg)
+    held_refreshed = check_samples(refreshed, prompts, cfg)
+    before = agreement_on(held_refreshed, kept_judges(out, cfg))
     rows = write_editor_pairs(refreshed, out / "data" / "pairs_train", cfg.jrm_editor_prompts, cfg.seed + 8,
                               prefix="rl", contrast=tuple(cfg.jrm_editor_contrast))
     with open(pairs_train, "a") as f:
@@ -491,8 +512,8 @@ def refresh_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, policy, 
     for i in range(cfg.judge_ensemble):
         shutil.rmtree(out / judge_folder(i))
     shutil.rmtree(run)
-    report = train_judges(out, cfg, pairs_train, pairs_eval, policy, prompts, log)
-    after = check_judge(refreshed, kept_judges(out, cfg), prompts, cfg)
+    report = train_judges(out, cfg, pairs_train, pairs_eval, held, log)
+    after = agreement_on(held_refreshed, kept_judges(out, cfg))
     log(f"judge refresh: the new judge agrees on {after['gap>=0.1']['agreement']:.3f} of the refreshed policy's "
         f"pairs (first judge {before['gap>=0.1']['agreement']:.3f}) and on "
         f"{report['judge_agreement']['gap>=0.1']['agreement']:.3f} of the starting editor's "
