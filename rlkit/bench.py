@@ -50,7 +50,7 @@ def bench(cfg, iterations: int = 2, warmup: int = 1) -> dict:
 
         from rlkit.sandbox.prepare import prepare
 
-        prepare(Path(cfg.sandbox.path), cfg.sandbox)
+        prepare(Path(cfg.sandbox.path), cfg.sandbox, replace=False)
     torch.manual_seed(cfg.seed)
     rewards = build_rewards(cfg.rewards)
     policy = build_policy(cfg.policy, cfg.sampler, device, cfg.algorithm.micro_batch)

@@ -65,10 +65,11 @@ def cmd_validate(args) -> int:
     for spec in [*cfg.rewards, *cfg.eval.rewards]:
         load_reward_class(spec.name)
     if cfg.sandbox.enabled:
-        from rlkit.sandbox.prepare import is_prepared, reusable_editor, shipped_preparation
+        from rlkit.sandbox.prepare import check_replaceable, is_prepared, reusable_editor, shipped_preparation
 
         cache = Path(cfg.sandbox.path).expanduser()
         if not is_prepared(cache, cfg.sandbox):
+            check_replaceable(cache, cfg.sandbox)
             editor = reusable_editor(cache, cfg.sandbox)
             how = ("copied from rlkit's shipped one" if shipped_preparation(cfg.sandbox) else
                    f"prepared with the editor of {editor.parent}" if editor else "prepared")

@@ -68,7 +68,7 @@ class Trainer:
         if cfg.sandbox.enabled:  # the embedded world: its editor, JRM and data, built once and cached
             from rlkit.sandbox.prepare import prepare
 
-            prepare(Path(cfg.sandbox.path), cfg.sandbox)
+            prepare(Path(cfg.sandbox.path), cfg.sandbox, replace=False)
         items = read_items(cfg.data)  # data errors surface before any model is built
         check_images_exist(items, cfg.data.path)
         self._reward_models: dict = {}  # shared with the evaluator's gold rewards

@@ -261,6 +261,34 @@ def test_prepare_never_damages_an_existing_folder(tmp_path, monkeypatch):
     assert (old / "editor").is_dir() and not (old / "data").exists()  # the half-built cache went elsewhere
 
 
+def test_a_run_never_replaces_a_preparation_made_with_other_settings(tmp_path, capsys):
+    """`rlkit sandbox prepare ... sandbox.jrm_editor_prompts=1024` then `rlkit run sandbox_edit sandbox.path=...`
+    without that override: the run must stop with what differs, not delete 12 minutes of preparation and copy the
+    shipped one over it (it did). A copy of the shipped preparation, or a cache of an older world, is replaced."""
+    from rlkit.cli import main
+    from rlkit.config import load_recipe
+    from rlkit.errors import UserError
+    from rlkit.sandbox import prepare as prep
+
+    cfg = load_recipe("sandbox_edit", []).sandbox
+    cache = tmp_path / "cache"
+    (cache / "editor").mkdir(parents=True)
+    mine = prep._settings(cfg) | {"jrm_editor_prompts": 1024}
+    (cache / "prepared.json").write_text(json.dumps({"config": mine}))
+    differs = "jrm_editor_prompts: 1024 there, 384 here"
+    with pytest.raises(UserError, match=differs):
+        prep.prepare(cache, cfg, replace=False)
+    assert main(["validate", "sandbox_edit", f"sandbox.path={cache}"]) == 2 and differs in capsys.readouterr().err
+    assert json.loads((cache / "prepared.json").read_text())["config"] == mine and (cache / "editor").is_dir()
+
+    prep.check_replaceable(cache, load_recipe("sandbox_edit", ["sandbox.jrm_editor_prompts=1024"]).sandbox)  # same
+    shipped = prep._recorded(prep.SHIPPED / "seed_0")
+    (cache / "prepared.json").write_text(json.dumps({"config": shipped}))
+    prep.check_replaceable(cache, load_recipe("sandbox_edit", ["sandbox.jrm_epochs=1"]).sandbox)  # restorable
+    (cache / "prepared.json").write_text(json.dumps({"config": mine | {"truth": prep.TRUTH_VERSION - 1}}))
+    prep.check_replaceable(cache, cfg)  # stale: no recipe of this rlkit can use it
+
+
 def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_path):
     """The editor is the expensive part: changing only the judge's settings must not re-train it. The new
     setting here is a two-judge ensemble: both are kept (how the reward combines them: test_jrm_variants)."""

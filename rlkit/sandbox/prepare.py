@@ -355,9 +355,31 @@ def is_prepared(out: Path, cfg) -> bool:
     return _recorded(out) == _settings(cfg)
 
 
-def prepare(out: Path, cfg, log=print) -> Path:
+def check_replaceable(out: Path, cfg) -> None:
+    """A run may replace a cache only when nothing is lost: one copied from a shipped preparation (copied again
+    in seconds) or one of an older world or truth (no recipe can use it). A preparation made here with other
+    settings took minutes to tens of minutes; a run that forgot the overrides it was made with must not delete it."""
+    made = _recorded(out)
+    if made is None or made == _settings(cfg):
+        return
+    current = {"world": WORLD_VERSION, "truth": TRUTH_VERSION}
+    if {k: made.get(k) for k in current} != current:
+        return
+    if any(_recorded(folder) == made for folder in SHIPPED.glob("seed_*")):
+        return
+    want = _settings(cfg)
+    diffs = ", ".join(f"{k}: {made.get(k)!r} there, {want.get(k)!r} here" for k in sorted(want | made)
+                      if made.get(k) != want.get(k))
+    raise UserError(f"sandbox.path {out} holds a preparation made with other settings ({diffs}); a run does not "
+                    f"replace it. Pass the same sandbox.* overrides it was made with, choose another sandbox.path, "
+                    f"or replace it on purpose with `rlkit sandbox prepare RECIPE sandbox.path={out} ...`")
+
+
+def prepare(out: Path, cfg, log=print, replace: bool = True) -> Path:
     """Build everything into `out` (data/, editor/, jrm/final); returns `out`. Skips it when already done with
-    the same settings. `cfg` is the recipe's `sandbox` section (rlkit.config.SandboxConfig).
+    the same settings. `cfg` is the recipe's `sandbox` section (rlkit.config.SandboxConfig). `replace=False`
+    (a run, a benchmark) refuses to replace a preparation made here with other settings (check_replaceable);
+    `rlkit sandbox prepare` replaces it, which is what that command is asked to do.
 
     Built in a sibling folder and swapped in only when complete: an interrupted preparation (Ctrl-C, a crash)
     leaves the previous cache as it was. A folder that is neither empty nor a sandbox cache is never touched."""
@@ -366,6 +388,8 @@ def prepare(out: Path, cfg, log=print) -> Path:
     if is_prepared(out, cfg):
         log(f"sandbox already prepared in {out}")
         return out
+    if not replace:
+        check_replaceable(out, cfg)
     if out.exists() and any(out.iterdir()) and not done.exists():
         raise UserError(f"sandbox.path {out} exists and is not a sandbox cache (no prepared.json); "
                         f"choose an empty or new folder")
