@@ -3,7 +3,9 @@ curve over steps shows the policy changing, not the sampling noise.
 
 Each evaluation scores one rollout twice: with the training rewards (the proxy, logged `eval/reward` and
 `eval/NAME`: the stability guard's probe) and, when `eval.rewards` names any, with those gold rewards
-(`gold/reward`, `gold/NAME`, and each `log_as` key such as `gt_heldout`), never trained on.
+(`gold/reward`, `gold/NAME`, and each `log_as` key such as `gt_heldout`), never trained on. A gold reward's
+per-sample details are logged too (`gold/NAME/KEY`: sandbox_gt's follow and preserve), so a run shows which
+part of the truth moved.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class HeldoutEvaluator:
             figures["gold/reward"] = float(gold.total.mean())
             for name, scores in gold.per_reward.items():
                 figures[f"gold/{name}"] = float(scores.mean())
+                for key, values in (gold.outputs[name].details or {}).items():
+                    if torch.is_tensor(values) and values.shape == scores.shape:  # one figure per sample
+                        figures[f"gold/{name}/{key}"] = float(values.float().mean())
                 if name in self.log_as:
                     figures[self.log_as[name]] = float(scores.mean())
         return figures, rollout

@@ -132,6 +132,9 @@ def test_prepare_and_run_the_sandbox_end_to_end(tmp_path):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert 0 <= rows[0]["gt_heldout"] <= 1 and 0 <= rows[2]["gt_heldout"] <= 1 and "reward/jrm" in rows[1]
+    # the truth's parts are logged beside it, so a run shows which of them moved
+    assert rows[0]["gold/sandbox_gt/overall"] == pytest.approx(rows[0]["gt_heldout"])
+    assert all(0 <= rows[k][f"gold/sandbox_gt/{part}"] <= 1 for k in (0, 2) for part in ("follow", "preserve"))
     assert (run / "samples" / "eval_step_000000.png").is_file()
 
 
