@@ -28,6 +28,14 @@ from rlkit.sandbox.prepare import SIZE, build_pipeline, editor_samples, pretrain
 from rlkit.sandbox.world import gt_scores, render, to_tensor
 
 SKIP_DRIFT = 0.04  # a sample this close to its source (mean |difference|) that follows nothing is a skipped edit
+FADED = 0.2  # a sample whose best fit is its target faded by at least this much (washout) counts as faded
+
+
+def fade(image: torch.Tensor, target: torch.Tensor) -> float:
+    """The washout strength w that best explains `image` as its target faded: least squares of
+    (1 - w) target + w / 2 against the image (0 = full contrast, 1 = flat grey)."""
+    d = target - 0.5
+    return float((d * (target - image)).sum() / (d * d).sum().clamp(min=1e-6))
 
 
 def kind(instruction: str) -> str:
@@ -86,8 +94,10 @@ def main() -> None:
 
     rows = defaultdict(list)  # kind -> one (scores, skipped) list per prompt
     g = torch.Generator().manual_seed(0)
-    for _, instruction, src, _, images, scores in editor_samples(policy, prompts, args.samples, g):
+    fades = []
+    for _, instruction, src, tgt, images, scores in editor_samples(policy, prompts, args.samples, g):
         skipped = [float((im - src).abs().mean()) < SKIP_DRIFT and s["follow"] < 0.1 for im, s in zip(images, scores)]
+        fades += [(fade(im, tgt), s["overall"]) for im, s in zip(images, scores)]
         for key in (kind(instruction), "all"):
             rows[key].append(list(zip(scores, skipped)))
     print(f"{args.prompts} held-out prompts x {args.samples} samples: mean ground truth per sample, best of "
@@ -102,6 +112,11 @@ def main() -> None:
         print(f"{key:10s} {len(groups):7d} {mean['overall']:8.3f} {best:6.3f} {mean['follow']:7.3f} "
               f"{mean['preserve']:9.3f} {sum(k for _, k in flat) / len(flat):8.2f} "
               f"{sum(attempts) / max(1, len(attempts)):9.3f}")
+    faded = [o for w, o in fades if w >= FADED]
+    clear = [o for w, o in fades if w < FADED]
+    print(f"washout fitted per sample: mean {sum(w for w, _ in fades) / len(fades):.3f}; {len(faded) / len(fades):.2f} "
+          f"of samples faded by >= {FADED} (overall {sum(faded) / max(1, len(faded)):.3f}, the others "
+          f"{sum(clear) / max(1, len(clear)):.3f})")
 
 
 if __name__ == "__main__":

@@ -144,6 +144,10 @@ class SandboxConfig:
     editor_lr: float = 1e-3
     editor_prompts: int = 512  # distinct (source, instruction, target) examples the editor pre-trains on
     washout: float = 0.0  # editor pre-trained on targets faded towards grey by this much (a flaw RL can fix)
+    # the share of pre-training examples that are faded, drawn afresh at every step (1: all of them). Below 1 the
+    # editor learns both looks for the same prompt and its samples fall in one or the other: an editor trained on
+    # a mix of well and badly processed data, whose groups RL can rank by the flaw (BENCHMARKS.md, session 18)
+    washout_share: float = 1.0
     # fraction of pre-training examples whose target is the unedited source: an editor that sometimes ignores the
     # instruction. Measured under truth 3 (BENCHMARKS.md, session 11): at 0.65 the editor also half-does the edits
     # it attempts (0.083 against 0.297 at 0.0, 3000 steps), so there is little for RL to select; off by default
@@ -433,6 +437,8 @@ def check_values(cfg: DictConfig, where: str) -> None:
     for key in ("skip_edit", "washout"):
         if not 0 <= cfg.sandbox[key] < 1:
             raise UserError(f"{where}: 'sandbox.{key}' must be in [0, 1)")
+    if not 0 < cfg.sandbox.washout_share <= 1:
+        raise UserError(f"{where}: 'sandbox.washout_share' must be in (0, 1]")
     if cfg.sandbox.judge_tries < 1 or not 0 <= cfg.sandbox.judge_min_agreement <= 1:
         raise UserError(f"{where}: 'sandbox.judge_tries' must be >= 1 and 'sandbox.judge_min_agreement' in [0, 1]")
     if cfg.sandbox.jrm_patch not in (2, 4, 8, 16):  # x2 merge must tile the 32 px world images

@@ -182,6 +182,22 @@ def test_washout_is_a_global_flaw_the_truth_penalises():
     assert torch.allclose(washout(torch.full((3, 2, 2), 0.5), 0.3), torch.full((3, 2, 2), 0.5))
 
 
+def test_a_partly_faded_editor_sees_both_looks_of_every_example():
+    """sandbox.washout_share < 1: each draw takes an example's faded target with that probability, else its clean
+    one, so one example is seen both ways over training (the editor learns both looks for one prompt)."""
+    from rlkit.sandbox.prepare import mixed_targets
+
+    faded, clean = torch.zeros(4, 2, 3), torch.ones(4, 2, 3)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.tensor([1, 1, 2, 3] * 250)
+    drawn = mixed_targets(faded, clean, idx, 0.8, g)
+    is_clean = drawn.flatten(1).mean(dim=1)
+    assert set(is_clean.tolist()) == {0.0, 1.0}  # whole targets, never a blend of the two
+    assert 0.15 < float(is_clean.mean()) < 0.25  # 1 - share of them clean
+    assert is_clean[idx == 1].min() == 0 and is_clean[idx == 1].max() == 1  # one example, both looks
+    assert float(mixed_targets(faded, clean, idx, 1.0, g).abs().sum()) == 0  # share 1: every target faded
+
+
 def test_editor_pairs_keep_every_pair_of_samples_the_truth_separates(tmp_path):
     """A stand-in editor whose 4 samples are: the exact target, the source, a blend 80% of the way to the target,
     the target again. Every pair whose truth differs by >= 0.1 becomes a pair (exact/source and exact/blend twice each,

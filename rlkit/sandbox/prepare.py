@@ -152,12 +152,14 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
     prompts = sample_prompts(cfg.editor_prompts, cfg.seed + 1)
     g = torch.Generator().manual_seed(cfg.seed)
     cond, targets = _encode_examples(policy, prompts, cfg.washout)
+    mixed = cfg.washout and cfg.washout_share < 1  # both looks of every example; each draw picks one
+    clean = _encode_examples(policy, prompts, 0.0)[1] if mixed else None
     sources = cond.image_latents  # the packed source latents (Kontext's extra tokens): what a skipped edit returns
     n = len(prompts)
     t0 = time.time()
     for step in range(cfg.editor_steps):
         idx = torch.randint(n, (cfg.editor_batch,), generator=g)
-        x0 = targets[idx]
+        x0 = mixed_targets(targets, clean, idx, cfg.washout_share, g) if mixed else targets[idx]
         b = len(idx)
         if cfg.skip_edit:  # some examples teach "return the source": the editor learns to sometimes ignore the
             # instruction, the commonest failure of real editors trained on noisy edit data; RL removes it
@@ -179,6 +181,14 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
     for p in tr.parameters():
         p.requires_grad_(False)
     return policy
+
+
+def mixed_targets(faded: torch.Tensor, clean: torch.Tensor, idx: torch.Tensor, share: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Each example's faded target with probability `share`, else its clean one, drawn afresh at every step: the
+    editor sees both looks of every example, so it learns both, and which one a sample gets is left to the noise."""
+    pick = torch.rand(len(idx), generator=generator) < share
+    return torch.where(pick.view(-1, 1, 1).to(faded.device), faded[idx], clean[idx])
 
 
 @torch.no_grad()
@@ -314,7 +324,8 @@ WHERE = ("enabled", "path", "device", "use_shipped")  # how and where a preparat
 # The settings that make the editor (with its VAE): a preparation that changes only the others (the judge's,
 # the prompt counts) reuses an editor made with these, shipped or in the cache it replaces.
 EDITOR_SETTINGS = ("world", "seed", "vae_steps", "vae_blocks", "latent_channels", "editor_heads", "editor_steps",
-                   "editor_batch", "editor_lr", "editor_prompts", "washout", "skip_edit", "editor_schedule")
+                   "editor_batch", "editor_lr", "editor_prompts", "washout", "washout_share", "skip_edit",
+                   "editor_schedule")
 
 
 def _recorded(folder: Path) -> dict | None:
