@@ -154,11 +154,10 @@ def test_evaluation_reuses_the_training_reward_models():
 
 def test_the_judges_synthetic_outcomes_include_the_exploits_rl_found():
     """RL against a judge that never saw an emptied or a splattered canvas learnt to make them (BENCHMARKS.md,
-    session 10): both are among the outcomes the judge's pairs are made of, and the truth puts them near 0. So are
-    the global looks a judge that learnt "faded is bad" was pushed into (session 18): a colour cast, overcontrast."""
+    session 10): both are among the outcomes the judge's pairs are made of, and the truth puts them near 0."""
     from rlkit.sandbox.data import candidates, sample_prompts
 
-    rng, splattered, looks = random.Random(0), [], {"tinted": [], "overcontrast": [], "washed": []}
+    rng, splattered = random.Random(0), []
     for scene, instruction, target in sample_prompts(20, seed=4):
         outcomes = dict(candidates(scene, target, instruction, rng, 32))
         S, T = to_tensor(render(scene)), to_tensor(render(target))
@@ -166,10 +165,7 @@ def test_the_judges_synthetic_outcomes_include_the_exploits_rl_found():
         assert emptied == (1.0 if not target.objects else 0.0)
         assert not torch.equal(to_tensor(outcomes["splattered"]), S)
         splattered.append(gt_scores(to_tensor(outcomes["splattered"]), S, T)["overall"])
-        for look, scores in looks.items():  # global looks off the target (a cast, too much or too little contrast)
-            scores.append(gt_scores(to_tensor(outcomes[look]), S, T)["overall"])
     assert sum(splattered) / len(splattered) < 0.1
-    assert all(max(v) < 1.0 and sum(v) / len(v) < 0.7 for v in looks.values())  # well below the exact edit's 1
 
 
 def test_washout_is_a_global_flaw_the_truth_penalises():

@@ -81,9 +81,10 @@ def candidates(scene: Scene, target: Scene, instruction: str, rng: random.Random
     out.append((f"partial_{alpha}", Image.blend(src, tgt, alpha)))
     noise = torch.randn(3, size, size, generator=torch.Generator().manual_seed(rng.randrange(1 << 30)))
     noisy = (to_tensor(tgt) + rng.choice([0.05, 0.1, 0.2]) * noise).clamp(0, 1)
-    out.append(("noisy", _pil(noisy)))
+    out.append(("noisy", Image.fromarray((noisy.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))))
     out.append(("blurred", tgt.filter(ImageFilter.GaussianBlur(rng.choice([0.8, 1.5])))))
-    out.append(("washed", _pil(washout(to_tensor(tgt), rng.choice([0.1, 0.3, 0.5])))))
+    faded = washout(to_tensor(tgt), rng.choice([0.1, 0.2, 0.3]))
+    out.append(("washed", Image.fromarray((faded.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))))
     other = random_edit(scene, rng)
     if other is not None and other[0] != instruction:
         out.append(("wrong_edit", render(other[1], size)))
@@ -91,16 +92,7 @@ def candidates(scene: Scene, target: Scene, instruction: str, rng: random.Random
     # instruction removes them all), and blobs of colour splattered over the image with the edit left undone
     out.append(("emptied", render(Scene(scene.background, []), size)))
     out.append(("splattered", splatter(src, rng)))
-    # and the global looks RL pushed a judge into once it had learnt "faded is bad" (session 18): a colour cast
-    # over the whole edit, and contrast pushed past the target's (the flaw's axis overshot)
-    cast = torch.tensor(COLOURS[rng.choice(list(COLOURS))]).view(3, 1, 1) / 255
-    out.append(("tinted", _pil(torch.lerp(to_tensor(tgt), cast, rng.choice([0.15, 0.3, 0.45])))))
-    out.append(("overcontrast", _pil(washout(to_tensor(tgt), -rng.choice([0.3, 0.6])).clamp(0, 1))))
     return out
-
-
-def _pil(image: torch.Tensor) -> Image.Image:
-    return Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
 
 
 def splatter(image: Image.Image, rng: random.Random) -> Image.Image:
