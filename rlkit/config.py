@@ -145,8 +145,9 @@ class SandboxConfig:
     editor_prompts: int = 512  # distinct (source, instruction, target) examples the editor pre-trains on
     washout: float = 0.0  # editor pre-trained on targets faded towards grey by this much (a flaw RL can fix)
     # the share of pre-training examples that are faded, drawn afresh at every step (1: all of them). Below 1 the
-    # editor learns both looks for the same prompt and its samples fall in one or the other: an editor trained on
-    # a mix of well and badly processed data, whose groups RL can rank by the flaw (BENCHMARKS.md, session 18)
+    # editor learns both looks for one prompt (an editor trained on a mix of well and badly processed data), so a
+    # group holds both for RL to rank; at 0.8 a 3000-step editor gives a perfect reward 40% more to gain, and its
+    # judges need the refresh stage not to be hacked (BENCHMARKS.md, session 18)
     washout_share: float = 1.0
     # fraction of pre-training examples whose target is the unedited source: an editor that sometimes ignores the
     # instruction. Measured under truth 3 (BENCHMARKS.md, session 11): at 0.65 the editor also half-does the edits
