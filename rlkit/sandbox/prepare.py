@@ -151,9 +151,9 @@ def pretrain_editor(pipe: FluxKontextPipeline, cfg: PrepareConfig, log=print):
     # editor uses 8192, so that it does not see each example 560 times.
     prompts = sample_prompts(cfg.editor_prompts, cfg.seed + 1)
     g = torch.Generator().manual_seed(cfg.seed)
-    cond, targets = _encode_examples(policy, prompts, cfg.washout)
     mixed = cfg.washout and cfg.washout_share < 1  # both looks of every example; each draw picks one
-    clean = _encode_examples(policy, prompts, 0.0)[1] if mixed else None
+    cond, looks = _encode_examples(policy, prompts, (cfg.washout, 0.0) if mixed else (cfg.washout,))
+    targets, clean = looks[0], (looks[1] if mixed else None)
     sources = cond.image_latents  # the packed source latents (Kontext's extra tokens): what a skipped edit returns
     n = len(prompts)
     t0 = time.time()
@@ -192,24 +192,25 @@ def mixed_targets(faded: torch.Tensor, clean: torch.Tensor, idx: torch.Tensor, s
 
 
 @torch.no_grad()
-def _encode_examples(policy, prompts, fade: float, chunk: int = 512):
+def _encode_examples(policy, prompts, fades: tuple[float, ...], chunk: int = 512):
     """Conditioning and packed target latents of every example, once (in chunks: bounded memory); each training
-    step then only indexes them. Targets are encoded as the pipeline encodes sources (posterior mode, shifted and
-    scaled)."""
+    step then only indexes them. One target tensor per entry of `fades` (the targets faded by that much: the editor
+    learns a global flaw that RL can remove), all sharing one encoding of the conditioning. Targets are encoded as
+    the pipeline encodes sources (posterior mode, shifted and scaled)."""
     pipe = policy.pipe
-    conds, targets = [], []
+    conds, targets = [], [[] for _ in fades]
     for start in range(0, len(prompts), chunk):
         part = prompts[start : start + chunk]
         src = torch.stack([to_tensor(render(p[0], SIZE)) for p in part])
         tgt = torch.stack([to_tensor(render(p[2], SIZE)) for p in part])
-        if fade:  # faded training targets: the editor learns a global flaw that RL can remove
-            tgt = washout(tgt, fade)
         conds.append(policy.encode(src, [p[1] for p in part]))
-        lat = pipe._encode_vae_image(tgt.to(pipe.vae.device) * 2 - 1, generator=None)
-        targets.append(pipe._pack_latents(lat, *lat.shape))
+        for fade, out in zip(fades, targets):
+            lat = pipe._encode_vae_image((washout(tgt, fade) if fade else tgt).to(pipe.vae.device) * 2 - 1,
+                                         generator=None)
+            out.append(pipe._pack_latents(lat, *lat.shape))
     cond = dataclasses.replace(conds[0], **{k: torch.cat([getattr(c, k) for c in conds])
                                             for k in ("prompt_embeds", "pooled", "image_latents")})
-    return cond, torch.cat(targets)
+    return cond, [torch.cat(t) for t in targets]
 
 
 @torch.no_grad()
