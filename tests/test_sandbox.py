@@ -113,7 +113,8 @@ def test_prepare_and_run_the_sandbox_end_to_end(tmp_path):
     small = [f"sandbox.path={tmp_path / 'cache'}", "sandbox.vae_steps=2", "sandbox.editor_steps=2",
              "sandbox.editor_batch=4", "sandbox.jrm_pairs=8", "sandbox.jrm_editor_prompts=8", "sandbox.jrm_epochs=1",
              "sandbox.train_prompts=16", "sandbox.heldout_prompts=4", "sandbox.editor_heads=2",
-             "sandbox.editor_prompts=8", "sandbox.judge_check_prompts=8"]
+             "sandbox.editor_prompts=8", "sandbox.judge_check_prompts=8",
+             "sandbox.judge_refresh_steps=0"]  # the recipe's refresh is 100 GRPO steps; its own test is below
     assert main(["sandbox", "prepare", "sandbox_edit", *small]) == 0
     cache = tmp_path / "cache"
     assert (cache / "editor" / "model_index.json").is_file() and (cache / "jrm" / "final" / "jrm.json").is_file()
@@ -319,7 +320,7 @@ def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_p
     toy = ["sandbox.vae_steps=2", "sandbox.editor_steps=2", "sandbox.editor_batch=4", "sandbox.editor_prompts=8",
            "sandbox.jrm_pairs=8", "sandbox.jrm_editor_prompts=8", "sandbox.jrm_epochs=1", "sandbox.train_prompts=8",
            "sandbox.heldout_prompts=4", "sandbox.editor_heads=2", "sandbox.judge_tries=1",
-           "sandbox.judge_check_prompts=8"]
+           "sandbox.judge_check_prompts=8", "sandbox.judge_refresh_steps=0"]  # the refresh: `third`, below
     cache = tmp_path / "cache"
     first = load_recipe("sandbox_edit", toy).sandbox
     prep.prepare(cache, first, log=lambda _: None)
