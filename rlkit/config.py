@@ -174,6 +174,7 @@ class SandboxConfig:
     # that policy's samples join the judge's training pairs and the judge is trained again on all of them, so it
     # knows where RL takes the editor (where the first judge ranks at chance: BENCHMARKS.md, session 7)
     judge_refresh_steps: int = 0
+    judge_refresh_rounds: int = 1  # stages after the first: each runs GRPO against the judge the previous one made
     device: str = "cpu"  # cpu | cuda: where preparation trains (a cache is not tied to it; seeded either way)
     use_shipped: bool = True  # copy rlkit's shipped preparation when one matches these settings exactly
 
@@ -446,7 +447,7 @@ def check_values(cfg: DictConfig, where: str) -> None:
         raise UserError(f"{where}: 'sandbox.jrm_patch' must be one of 2, 4, 8, 16")
     if cfg.sandbox.jrm_hidden < 32 or cfg.sandbox.jrm_hidden % 32:  # 16-wide heads, half as many KV heads
         raise UserError(f"{where}: 'sandbox.jrm_hidden' must be a multiple of 32")
-    for key in ("jrm_layers", "editor_heads", "judge_ensemble"):
+    for key in ("jrm_layers", "editor_heads", "judge_ensemble", "judge_refresh_rounds"):
         if cfg.sandbox[key] < 1:
             raise UserError(f"{where}: 'sandbox.{key}' must be >= 1")
     if cfg.sandbox.judge_refresh_steps < 0:

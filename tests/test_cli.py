@@ -29,6 +29,7 @@ def test_every_packaged_recipe_validates(name, capsys):
     ("optim.schedule=cosin", "'optim.schedule' is 'cosin', expected one of: constant, cosine"),
     ("sandbox.skip_edit=1.5", "'sandbox.skip_edit' must be in [0, 1)"),
     ("sandbox.washout_share=0", "'sandbox.washout_share' must be in (0, 1]"),
+    ("sandbox.judge_refresh_rounds=0", "'sandbox.judge_refresh_rounds' must be >= 1"),
     ("sandbox.jrm_patch=3", "'sandbox.jrm_patch' must be one of 2, 4, 8, 16"),
     ("sandbox.jrm_hidden=100", "'sandbox.jrm_hidden' must be a multiple of 32"),
     ("rewards.3.weight=2", "'rewards' has no item 3"),

@@ -342,17 +342,23 @@ def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_p
     assert not list(cache.glob("jrm_try*"))
     assert any("the 2 judges together agree" in line for line in logged)  # checked as the reward scores them
 
-    # the second stage: a short GRPO run against the judges; pairs of its samples join the judges' training pairs
-    third = load_recipe("sandbox_edit", [*toy, "sandbox.judge_ensemble=2", "sandbox.judge_refresh_steps=2"]).sandbox
+    # the second stage: a short GRPO run against the judges; pairs of its samples join the judges' training pairs;
+    # a second round runs against the judges the first round made, and keeps the pairs of both
+    third = load_recipe("sandbox_edit", [*toy, "sandbox.judge_ensemble=2", "sandbox.judge_refresh_steps=2",
+                                         "sandbox.judge_refresh_rounds=2"]).sandbox
     logged.clear()
     prep.prepare(cache, third, log=logged.append)
     report = json.loads((cache / "prepared.json").read_text())
-    refresh = report["judge_refresh"]
+    refresh, round1 = report["judge_refresh"], report["judge_refresh"]["first_judge"]["judge_refresh"]
     assert report["editor_reused"] and refresh["steps"] == 2 and prep.is_prepared(cache, third)
+    assert (round1["round"], refresh["round"]) == (1, 2)
     assert any("2 GRPO steps against the first judge" in line for line in logged)
+    assert any("2 GRPO steps against the judge of refresh round 1" in line for line in logged)
     pairs = [json.loads(x) for x in (cache / "data" / "pairs_train" / "pairs.jsonl").read_text().splitlines()]
-    added = [p for p in pairs if p["path_src"].startswith("rl")]
-    assert len(added) == refresh["pairs"] and len(pairs) > len(added)  # the first stage's pairs stay
+    added = [p for p in pairs if p["path_src"].startswith("rl2_")]
+    added_first = [p for p in pairs if p["path_src"].startswith("rl0")]
+    assert (len(added_first), len(added)) == (round1["pairs"], refresh["pairs"])
+    assert len(pairs) > len(added) + len(added_first)  # the first stage's pairs stay
     assert all((cache / "data" / "pairs_train" / p[k]).is_file() for p in added for k in ("path1", "path2"))
     for check in ("first_judge_on_refreshed_policy", "judge_on_refreshed_policy"):
         assert refresh[check]["pairs"] > 0 and 0 <= refresh[check]["mean_truth"] <= 1

@@ -453,8 +453,8 @@ def _build(out: Path, cfg, log, editor: Path | None = None) -> dict:
     prompts = sample_prompts(cfg.judge_check_prompts, cfg.seed + 6)  # held-out: where the judges are checked
     held = check_samples(policy, prompts, cfg)
     report = train_judges(out, cfg, pairs_train, pairs_eval, held, log)
-    if cfg.judge_refresh_steps:
-        report = refresh_judges(out, cfg, pairs_train, pairs_eval, held, prompts, report, log)
+    for round_ in range(cfg.judge_refresh_rounds if cfg.judge_refresh_steps else 0):
+        report = refresh_judges(out, cfg, pairs_train, pairs_eval, held, prompts, report, log, round_)
     return report | {"editor_reused": editor is not None}
 
 
@@ -515,46 +515,50 @@ def kept_judges(out: Path, cfg):
 
 
 def refresh_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, held: list, prompts, first: dict,
-                   log) -> dict:
+                   log, round_: int = 0) -> dict:
     """The second stage (`judge_refresh_steps`). RL against the first judge moves the editor to samples it never
     saw, where it ranks at chance within about 30 steps (BENCHMARKS.md, session 7). A short GRPO run of the
     sandbox_edit recipe against it makes such a policy; every pair of that policy's samples the truth separates
     joins the training pairs, and the judge is trained again, from scratch, on all of them: iterated reward
     modelling in miniature. It changes what the judge knows, which more copies of it did not (session 8).
-    Returns train_judges' report for the new judge, with the first stage's under `judge_refresh`."""
+    Returns train_judges' report for the new judge, with the previous stage's under `judge_refresh`
+    ("first_judge"). With `judge_refresh_rounds` > 1 it runs again against the judge it made (`round_` 1, 2, ...:
+    its own seeds and image names; the pairs of every round are kept)."""
     from rlkit.config import load_recipe
     from rlkit.trainer import Trainer
 
     t0 = time.time()
     run = out / "refresh_run"
     rcfg = load_recipe("sandbox_edit", [
-        f"sandbox.path={out}", "sandbox.enabled=false", f"output_dir={run}", f"seed={cfg.seed + 7}",
+        f"sandbox.path={out}", "sandbox.enabled=false", f"output_dir={run}", f"seed={cfg.seed + 7 + 10 * round_}",
         f"train.steps={cfg.judge_refresh_steps}", "train.save_every=0", "train.grid_every=0", "train.report=false",
         "eval.every=0", f"policy.device={cfg.device}"])
     # the recipe's one reward is the jrm judge: all of the kept judges
     rcfg.rewards[0].kwargs.path = [str(out / judge_folder(i) / "final") for i in range(cfg.judge_ensemble)]
-    log(f"judge refresh: {cfg.judge_refresh_steps} GRPO steps against the first judge")
+    prev = "first judge" if round_ == 0 else f"judge of refresh round {round_}"
+    log(f"judge refresh: {cfg.judge_refresh_steps} GRPO steps against the {prev}")
     trainer = Trainer(rcfg, progress=False)
     trainer.fit()
     refreshed = trainer.policy  # the editor with the refresh run's LoRA
     held_refreshed = check_samples(refreshed, prompts, cfg)
     before = agreement_on(held_refreshed, kept_judges(out, cfg))
-    rows = write_editor_pairs(refreshed, out / "data" / "pairs_train", cfg.jrm_editor_prompts, cfg.seed + 8,
-                              prefix="rl", contrast=tuple(cfg.jrm_editor_contrast))
+    rows = write_editor_pairs(refreshed, out / "data" / "pairs_train", cfg.jrm_editor_prompts,
+                              cfg.seed + 8 + 10 * round_, prefix="rl" if round_ == 0 else f"rl{round_ + 1}_",
+                              contrast=tuple(cfg.jrm_editor_contrast))
     with open(pairs_train, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     log(f"judge refresh: {len(rows)} pairs of the refreshed policy's samples added; on that policy's held-out "
-        f"samples the first judge agrees with the truth on {before['gap>=0.1']['agreement']:.3f}")
+        f"samples the {prev} agrees with the truth on {before['gap>=0.1']['agreement']:.3f}")
     for i in range(cfg.judge_ensemble):
         shutil.rmtree(out / judge_folder(i))
     shutil.rmtree(run)
     report = train_judges(out, cfg, pairs_train, pairs_eval, held, log)
     after = agreement_on(held_refreshed, kept_judges(out, cfg))
     log(f"judge refresh: the new judge agrees on {after['gap>=0.1']['agreement']:.3f} of the refreshed policy's "
-        f"pairs (first judge {before['gap>=0.1']['agreement']:.3f}) and on "
+        f"pairs ({prev} {before['gap>=0.1']['agreement']:.3f}) and on "
         f"{report['judge_agreement']['gap>=0.1']['agreement']:.3f} of the starting editor's "
-        f"(first judge {first['judge_agreement']['gap>=0.1']['agreement']:.3f})")
-    return report | {"judge_refresh": {"steps": cfg.judge_refresh_steps, "pairs": len(rows),
+        f"({prev} {first['judge_agreement']['gap>=0.1']['agreement']:.3f})")
+    return report | {"judge_refresh": {"round": round_ + 1, "steps": cfg.judge_refresh_steps, "pairs": len(rows),
                                        "seconds": time.time() - t0, "first_judge": first,
                                        "first_judge_on_refreshed_policy": before,
                                        "judge_on_refreshed_policy": after}}
