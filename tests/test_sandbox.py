@@ -305,6 +305,9 @@ def test_a_run_never_replaces_a_preparation_made_with_other_settings(tmp_path, c
     shipped = prep._recorded(prep.SHIPPED / "seed_0")
     (cache / "prepared.json").write_text(json.dumps({"config": shipped}))
     prep.check_replaceable(cache, load_recipe("sandbox_edit", ["sandbox.jrm_epochs=1"]).sandbox)  # restorable
+    # a copy of what an older rlkit shipped (the recipe and the shipped files changed since): also restorable
+    (cache / "prepared.json").write_text(json.dumps({"config": mine, "shipped_copy": True}))
+    prep.check_replaceable(cache, cfg)
     (cache / "prepared.json").write_text(json.dumps({"config": mine | {"truth": prep.TRUTH_VERSION - 1}}))
     prep.check_replaceable(cache, cfg)  # stale: no recipe of this rlkit can use it
 
@@ -440,6 +443,7 @@ def test_prepare_copies_the_shipped_preparation_that_then_edits(tmp_path):
     logged = []
     prepare(cache, cfg.sandbox, log=logged.append)
     assert is_prepared(cache, cfg.sandbox) and "shipped" in logged[0]
+    assert json.loads((cache / "prepared.json").read_text())["shipped_copy"]  # replaceable after an upgrade
     train = read_items(DataConfig(source="jsonl", path=str(cache / "data/train/prompts.jsonl")))
     heldout = read_items(DataConfig(source="jsonl", path=str(cache / "data/heldout/prompts.jsonl")))
     assert (len(train), len(heldout)) == (cfg.sandbox.train_prompts, cfg.sandbox.heldout_prompts)

@@ -369,7 +369,8 @@ def is_prepared(out: Path, cfg) -> bool:
 
 def check_replaceable(out: Path, cfg) -> None:
     """A run may replace a cache only when nothing is lost: one copied from a shipped preparation (copied again
-    in seconds) or one of an older world or truth (no recipe can use it). A preparation made here with other
+    in seconds; also one an older rlkit shipped, marked `shipped_copy`) or one of an older world or truth (no
+    recipe can use it). A preparation made here with other
     settings took minutes to tens of minutes; a run that forgot the overrides it was made with must not delete it."""
     made = _recorded(out)
     if made is None or made == _settings(cfg):
@@ -378,6 +379,8 @@ def check_replaceable(out: Path, cfg) -> None:
     if {k: made.get(k) for k in current} != current:
         return
     if any(_recorded(folder) == made for folder in SHIPPED.glob("seed_*")):
+        return
+    if json.loads((out / "prepared.json").read_text()).get("shipped_copy"):  # of an older rlkit's shipped one
         return
     want = _settings(cfg)
     diffs = ", ".join(f"{k}: {made.get(k)!r} there, {want.get(k)!r} here" for k in sorted(want | made)
@@ -411,6 +414,8 @@ def prepare(out: Path, cfg, log=print, replace: bool = True) -> Path:
     shipped = shipped_preparation(cfg)
     if shipped is not None:  # the editor and judge as `rlkit sandbox prepare` made them; the prompts are cheap
         shutil.copytree(shipped, work)
+        record = json.loads((work / "prepared.json").read_text())  # marked: after an upgrade that re-ships it,
+        (work / "prepared.json").write_text(json.dumps(record | {"shipped_copy": True}, indent=1))  # still a copy
         _write_data(work, cfg)
         log(f"using the sandbox preparation shipped with rlkit ({shipped}); sandbox.use_shipped=false "
             f"prepares it here instead")
