@@ -289,4 +289,8 @@ class FlowEditPolicy:
             save_file({k: v.contiguous() for k, v in state.items()}, folder / "diffusion_pytorch_model.safetensors")
             self.reference_transformer.save_config(folder)  # the same config as the trained model
             return
-        self.pipeline_class.save_lora_weights(directory, transformer_lora_layers=state, safe_serialization=True)
+        # The adapter's config travels in the file's metadata (diffusers' `lora_adapter_metadata`): without it
+        # `load_lora_weights` assumes alpha = rank and loads the LoRA at rank / alpha of its trained strength.
+        config = self.transformer.peft_config["default"].to_dict()
+        self.pipeline_class.save_lora_weights(directory, transformer_lora_layers=state, safe_serialization=True,
+                                              transformer_lora_adapter_metadata=config)

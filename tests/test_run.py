@@ -48,6 +48,12 @@ def test_final_lora_loads_into_the_diffusers_kontext_pipeline(tmp_path):
     assert state and all(k.startswith("transformer.") for k in state)
     edited = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
     assert not torch.allclose(base, edited)  # the adapter is loaded and active
+    # at the recipe's strength (alpha 16 / rank 8): equality with the policy's output is tests/test_export.py
+    from safetensors import safe_open
+
+    with safe_open(str(run / "final" / "pytorch_lora_weights.safetensors"), "pt") as f:
+        meta = json.loads(f.metadata()["lora_adapter_metadata"])
+    assert (meta["transformer.r"], meta["transformer.lora_alpha"]) == (8, 16)
 
 
 def test_dpo_run(tmp_path):
