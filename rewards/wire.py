@@ -49,13 +49,19 @@ def decode_input(data: bytes) -> RewardInput:
 
 
 def encode_output(out: RewardOutput) -> bytes:
-    tensors = {"scores": out.scores.detach().float().cpu().contiguous()}
+    # every field is copied: a reward may hand back one tensor under two names (JRM's uncertainty is also
+    # details/sigma), and safetensors refuses tensors that share memory
+    tensors = {"scores": _own(out.scores)}
     if out.uncertainty is not None:
-        tensors["uncertainty"] = out.uncertainty.detach().float().cpu().contiguous()
+        tensors["uncertainty"] = _own(out.uncertainty)
     for name, value in (out.details or {}).items():
         if isinstance(value, torch.Tensor):
-            tensors[f"details/{name}"] = value.detach().float().cpu().contiguous()
+            tensors[f"details/{name}"] = _own(value)
     return save(tensors, metadata={"rlkit": json.dumps({"rationales": out.rationales})})
+
+
+def _own(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to("cpu", torch.float32, copy=True).contiguous()
 
 
 def decode_output(data: bytes) -> RewardOutput:

@@ -11,6 +11,7 @@ time anyway, and this keeps plugins that are not thread-safe safe.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -58,7 +59,9 @@ def make_server(name: str, reward, host: str = "127.0.0.1", port: int = 8765) ->
                     out = reward(batch)
                     body = encode_output(out)
                 except Exception as err:  # the client names the reward and stops its step
-                    return self._error(500, f"{type(err).__name__}: {err}")
+                    message = f"{type(err).__name__}: {err}"
+                    print(f"error: request {stats['requests']}: {message}", file=sys.stderr, flush=True)
+                    return self._error(500, message)
             self._reply(200, body, "application/octet-stream")
 
     return ThreadingHTTPServer((host, port), Handler)
