@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, RewardError, CheckpointError, GuardStop) as err:
         if os.environ.get("RLKIT_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        for line in str(err).splitlines() or [type(err).__name__]:
+            print(f"error: {line}", file=sys.stderr)
         if isinstance(err, RewardError):
             print("the step was not applied; the last checkpoint is intact", file=sys.stderr)
         return err.exit_code

@@ -7,8 +7,10 @@ turns its exceptions into one-line `UserError`s that name the key and suggest th
 from __future__ import annotations
 
 import difflib
+import math
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import MISSING, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,81 +21,158 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from rlkit.errors import UserError
 
 
+@dataclass(frozen=True)
+class Range:
+    """What values one recipe key accepts: declared beside the key, checked for every recipe and override.
+
+    Bounds are inclusive (ge/le) or strict (gt/lt); every float must also be finite. ``choices`` lists the
+    accepted values; ``pattern`` is a regular expression the whole string must match; ``multiple_of`` for
+    ints; for lists, ``length`` (exact), ``min_len``, and ``each`` (a Range for every item)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple | None = None
+    pattern: str | None = None
+    multiple_of: int | None = None
+    length: int | None = None
+    min_len: int | None = None
+    each: Range | None = None
+    optional: bool = False  # None is accepted
+    hint: str | None = None  # how the accepted values read in a message (patterns)
+
+    def problems(self, key: str, value: Any) -> list[str]:
+        if value is None:
+            return [] if self.optional else [f"'{key}' must be set"]
+        if isinstance(value, (list, tuple)):
+            out = []
+            if self.length is not None and len(value) != self.length:
+                out.append(f"'{key}' must list exactly {self.length} values, got {len(value)}")
+            if self.min_len is not None and len(value) < self.min_len:
+                out.append(f"'{key}' must list at least {self.min_len} value(s)")
+            for i, item in enumerate(value if self.each else []):
+                out += self.each.problems(f"{key}[{i}]", item)
+            return out
+        if self.choices is not None and value not in self.choices:
+            return [f"'{key}' is '{value}', expected one of: {', '.join(str(c) for c in self.choices)}"]
+        if self.pattern is not None and not re.fullmatch(self.pattern, str(value)):
+            return [f"'{key}' is '{value}', expected {self.describe()}"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return []
+        if isinstance(value, float) and not math.isfinite(value):
+            return [f"'{key}' is {value}, must be a finite number {self.describe()}".rstrip()]
+        bad = ((self.ge is not None and not value >= self.ge) or (self.gt is not None and not value > self.gt)
+               or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt)
+               or (self.multiple_of is not None and value % self.multiple_of))
+        return [f"'{key}' is {value}, must be {self.describe()}"] if bad else []
+
+    def describe(self) -> str:
+        if self.hint or self.pattern is not None:
+            return self.hint or self.pattern
+        bounds = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+        parts = [f"{op} {v if isinstance(v, int) else f'{v:g}'}" for op, v in bounds if v is not None]
+        if self.multiple_of:
+            parts.append(f"a multiple of {self.multiple_of}")
+        return " and ".join(parts)
+
+
+def setting(default: Any = MISSING, *, factory=None, **limits) -> Any:
+    """A recipe key with its default and its Range (see Range for the limits)."""
+    meta = {"range": Range(**limits)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+SEED = dict(ge=0, lt=2**32)  # numpy's seed range; the loop derives generator seeds from it
+UNIT = dict(ge=0, le=1)
+ACTIONS = ("ignore", "warn", "stop", "rollback")
+
+
 @dataclass
 class LoraConfig:
-    rank: int = 64
-    alpha: float = 128.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
-                                 "to_add_out"]
-    )
-    init: str = "gaussian"  # peft init_lora_weights: gaussian | true (kaiming A, zero B)
+    rank: int = setting(64, ge=1)
+    alpha: float = setting(128.0, gt=0)
+    target_modules: list[str] = setting(
+        factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                         "to_add_out"], min_len=1)
+    init: str = setting("gaussian", choices=("gaussian", "true"))  # peft init_lora_weights (true: kaiming A, zero B)
 
 
 @dataclass
 class PolicyConfig:
     # flux_kontext | qwen_image_edit (+ _tiny: random toy weights for tests); flux_kontext_random: the real
     # size with random weights (benchmarks)
-    name: str = "flux_kontext"
+    name: str = setting("flux_kontext", choices=("flux_kontext", "flux_kontext_tiny", "flux_kontext_random",
+                                             "qwen_image_edit", "qwen_image_edit_tiny"))
     pretrained: str | None = None  # local folder or hub id (read from the local hub cache only)
-    dtype: str = "bfloat16"  # transformer dtype; step math and log-probs are always fp32
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    resolution: int = 512  # source and edit are resized (centre crop) to resolution x resolution
-    guidance_scale: float = 2.5  # FLUX Kontext [dev] is guidance-distilled: an embedding, no true CFG
-    true_cfg_scale: float = 1.0  # qwen_image_edit: true CFG with the empty negative prompt (pipeline default 4)
-    max_sequence_length: int = 512
+    # transformer dtype; step math and log-probs are always fp32
+    dtype: str = setting("bfloat16", choices=("float32", "bfloat16", "float16"))
+    device: str = setting("auto", pattern=r"auto|cpu|cuda|cuda:\d+", hint="auto, cpu, cuda or cuda:N")
+    # source and edit are resized (centre crop) to resolution x resolution; 16 = VAE factor x patch
+    resolution: int = setting(512, ge=16, le=4096, multiple_of=16)
+    guidance_scale: float = setting(2.5, ge=0, le=100)  # FLUX Kontext [dev] is guidance-distilled: an embedding
+    # qwen_image_edit: true CFG with the empty negative prompt (pipeline default 4; 1 = off)
+    true_cfg_scale: float = setting(1.0, ge=1, le=100)
+    max_sequence_length: int = setting(512, ge=1, le=1024)  # FLUX's T5 takes at most 512 (checked per editor)
     gradient_checkpointing: bool = False
     # lora: train a peft LoRA (reference = adapter off); full: train every transformer weight (reference = a
     # frozen copy; with several processes the transformer is sharded with FSDP2)
-    finetune: str = "lora"
+    finetune: str = setting("lora", choices=("lora", "full"))
     # auto = flash, then memory-efficient, then math: cuDNN attention is left out because its backward
     # crashed (illegal memory access) on an H100 with torch 2.11 / cuDNN 9.19; default = torch's own choice
-    attention_backend: str = "auto"  # auto | default | flash | efficient | cudnn | math
+    attention_backend: str = setting("auto", choices=("auto", "default", "flash", "efficient", "cudnn", "math"))
     lora: LoraConfig = field(default_factory=LoraConfig)
-    seed: int = 0  # weights seed for the tiny builder
+    seed: int = setting(0, **SEED)  # weights seed for the tiny builder
 
 
 @dataclass
 class SamplerConfig:
-    num_steps: int = 10
-    kernel: str = "flow_sde"  # flow_sde | dance_sde | cps
-    noise_level: float = 0.7
-    sde_window: int | None = None  # MixGRPO: SDE only on this many steps, sliding each train step
+    num_steps: int = setting(10, ge=1, le=1000)
+    kernel: str = setting("flow_sde", choices=("flow_sde", "dance_sde", "cps"))
+    # SDE noise (0 = the deterministic ODE, for DPO or evaluation); cps reads it as an angle and takes <= 1.
+    # Above 2 Flow-GRPO's SDE pushes latents to inf in a handful of steps
+    noise_level: float = setting(0.7, ge=0, le=2)
+    sde_window: int | None = setting(None, ge=1, optional=True)  # MixGRPO: SDE only on this many steps
     # transformer batch in the rollout; 0 = algorithm.micro_batch. Matching the training micro-batch keeps the
     # bf16 importance ratio exactly 1 (measured on an H100: 0.0 deviation vs 6.6e-5 with batch 16 vs 4)
-    batch_size: int = 0
+    batch_size: int = setting(0, ge=0)
 
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "grpo"  # grpo | dpo
-    group_size: int = 12
-    std_scope: str = "group"  # group | global: which std normalises advantages
-    adv_clip: float = 5.0
-    clip_range_low: float = 1e-4
-    clip_range_high: float = 1e-4
-    kl_coef: float = 0.01  # KL to the reference (adapter disabled), on the transition mean
-    timestep_fraction: float = 0.6  # random subset of SDE steps trained per sample
-    inner_epochs: int = 1
-    micro_batch: int = 4  # samples per forward/backward in the update
-    beta: float = 2000.0  # online DPO (Diffusion-DPO) temperature
+    name: str = setting("grpo", choices=("grpo", "dpo"))
+    group_size: int = setting(12, ge=2)  # advantages compare samples of a group
+    std_scope: str = setting("group", choices=("group", "global"))  # which std normalises advantages
+    adv_clip: float = setting(5.0, gt=0)
+    clip_range_low: float = setting(1e-4, ge=0, lt=1)  # the ratio is clipped to [1 - low, 1 + high]
+    clip_range_high: float = setting(1e-4, ge=0)
+    kl_coef: float = setting(0.01, ge=0)  # KL to the reference (adapter disabled), on the transition mean
+    timestep_fraction: float = setting(0.6, gt=0, le=1)  # random subset of SDE steps trained per sample
+    inner_epochs: int = setting(1, ge=1)
+    micro_batch: int = setting(4, ge=1)  # samples per forward/backward in the update
+    beta: float = setting(2000.0, gt=0)  # online DPO (Diffusion-DPO) temperature
     # GRPO: scale each advantage by 1 / (1 + (u / uncertainty_scale)^2), u = the reward's uncertainty
     # (e.g. JRM's sigma); uncertainty_scale 0 = the batch median
     uncertainty_weighting: bool = False
-    uncertainty_scale: float = 0.0
+    uncertainty_scale: float = setting(0.0, ge=0)
 
 
 @dataclass
 class RewardSpec:
-    name: str = "???"
-    weight: float = 1.0
+    name: str = setting("???", pattern=r"[A-Za-z0-9_.\-]+", hint="a reward plugin name (rlkit rewards)")
+    weight: float = setting(1.0, ge=-1e6, le=1e6)  # negative: a penalty
     kwargs: dict[str, Any] = field(default_factory=dict)
-    log_as: str | None = None  # eval rewards: also log the held-out mean under this key (e.g. gt_heldout)
+    # eval rewards: also log the held-out mean under this key (e.g. gt_heldout); a plain name, not one the
+    # loop logs itself
+    log_as: str | None = setting(None, pattern=r"[A-Za-z][A-Za-z0-9_]*", optional=True,
+                                 hint="a plain name (letters, digits, _)")
 
 
 @dataclass
 class DataConfig:
-    source: str = "jsonl"  # jsonl | folder | hf
+    source: str = setting("jsonl", choices=("jsonl", "folder", "hf"))
     path: str = "???"  # manifest file, image folder, or dataset name / saved dataset folder
     instructions: list[str] = field(default_factory=list)  # folder: instructions applied to every image
     split: str = "train"  # hf
@@ -104,23 +183,24 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    warmup_steps: int = 0  # linear warm-up, in optimizer steps
-    schedule: str = "constant"  # or cosine: lr decays to 0 over train.steps (RL steps)
+    lr: float = setting(1e-4, gt=0, le=1)
+    weight_decay: float = setting(0.0, ge=0)
+    betas: list[float] = setting(factory=lambda: [0.9, 0.999], length=2, each=Range(ge=0, lt=1))
+    eps: float = setting(1e-8, gt=0, le=1)
+    max_grad_norm: float = setting(1.0, gt=0)
+    warmup_steps: int = setting(0, ge=0)  # linear warm-up, in optimizer steps
+    # constant, or cosine: lr decays to 0 over train.steps (RL steps)
+    schedule: str = setting("constant", choices=("constant", "cosine"))
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 500
-    prompts_per_step: int = 2
-    save_every: int = 50
-    keep_last: int = 3
-    log_every: int = 1
-    grid_every: int = 25  # PNG grid (source | group samples) every N steps; 0 = never
+    steps: int = setting(500, ge=1)
+    prompts_per_step: int = setting(2, ge=1)
+    save_every: int = setting(50, ge=0)  # 0: only at the end
+    keep_last: int = setting(3, ge=0)  # checkpoints kept; 0 = all
+    log_every: int = setting(1, ge=1)
+    grid_every: int = setting(25, ge=0)  # PNG grid (source | group samples) every N steps; 0 = never
     report: bool = True  # write plots/*.png and report.html when the run ends (also: rlkit report RUN_DIR)
 
 
@@ -131,51 +211,57 @@ class SandboxConfig:
 
     enabled: bool = False
     path: str = "~/.cache/rlkit/sandbox/seed_0"
-    seed: int = 0
-    vae_steps: int = 600
+    seed: int = setting(0, **SEED)
+    vae_steps: int = setting(600, ge=1)
     # The VAE: 32 px -> (32 / 2^(len(vae_blocks) - 1))^2 latents of latent_channels, 2 x 2 of them per editor
     # token (FLUX packing). 8 x 8 x 16 (FLUX's own 16 channels) gives the editor 16 tokens per image, and steps
     # 3x faster than 16 x 16 x 4 (64 tokens) for the same reconstruction (BENCHMARKS.md, session 6).
-    vae_blocks: list[int] = field(default_factory=lambda: [16, 32, 64])
-    latent_channels: int = 16
-    editor_heads: int = 4  # the editor transformer is editor_heads x 32 wide
-    editor_steps: int = 1000
-    editor_batch: int = 32
-    editor_lr: float = 1e-3
-    editor_prompts: int = 512  # distinct (source, instruction, target) examples the editor pre-trains on
-    washout: float = 0.0  # editor pre-trained on targets faded towards grey by this much (a flaw RL can fix)
+    vae_blocks: list[int] = setting(factory=lambda: [16, 32, 64], min_len=2, each=Range(ge=4, multiple_of=4))
+    latent_channels: int = setting(16, ge=1)
+    editor_heads: int = setting(4, ge=1)  # the editor transformer is editor_heads x 32 wide
+    editor_steps: int = setting(1000, ge=1)
+    editor_batch: int = setting(32, ge=1)
+    editor_lr: float = setting(1e-3, gt=0, le=1)
+    editor_prompts: int = setting(512, ge=1)  # distinct (source, instruction, target) examples the editor pre-trains on
+    # editor pre-trained on targets faded towards grey by this much (a flaw RL can fix)
+    washout: float = setting(0.0, ge=0, lt=1)
     # the share of pre-training examples that are faded, drawn afresh at every step (1: all of them). Below 1 the
     # editor learns both looks for one prompt (an editor trained on a mix of well and badly processed data), so a
     # group holds both for RL to rank; at 0.8 a 3000-step editor gives a perfect reward 40% more to gain, and its
     # judges need the refresh stage not to be hacked (BENCHMARKS.md, session 18)
-    washout_share: float = 1.0
+    washout_share: float = setting(1.0, gt=0, le=1)
     # fraction of pre-training examples whose target is the unedited source: an editor that sometimes ignores the
     # instruction. Measured under truth 3 (BENCHMARKS.md, session 11): at 0.65 the editor also half-does the edits
     # it attempts (0.083 against 0.297 at 0.0, 3000 steps), so there is little for RL to select; off by default
-    skip_edit: float = 0.0
-    jrm_pairs: int = 256  # synthetic corruption pairs
-    jrm_editor_prompts: int = 384  # + pairs among the pre-trained editor's own samples (4 per prompt)
+    skip_edit: float = setting(0.0, ge=0, lt=1)
+    jrm_pairs: int = setting(256, ge=0)  # synthetic corruption pairs
+    jrm_editor_prompts: int = setting(384, ge=0)  # + pairs among the pre-trained editor's own samples (4 per prompt)
     # + each of those samples against itself at one of these contrasts about mid-grey (< 1 fades, > 1 undoes
     # fading): the washout flaw's axis, which a prompt's samples barely span (prepare.write_editor_pairs)
-    jrm_editor_contrast: list[float] = field(default_factory=list)
-    jrm_epochs: int = 4
-    jrm_patch: int = 4  # the judge's vision patch (x2 merge): 4 -> 16 tokens per 32 px image, 8 -> only 4
-    jrm_hidden: int = 64  # the judge's width (its vision tower half of it)
-    jrm_layers: int = 2
-    jrm_lr: float = 1e-3
-    train_prompts: int = 512
-    heldout_prompts: int = 128  # gt_heldout prompts; at 32 its prompt sampling alone moved a gain by ~0.03
-    editor_schedule: str = "cosine"  # constant | cosine (the editor's lr after its warm-up)
-    judge_tries: int = 2  # judges trained (other init seeds) until one agrees with the truth on the editor's
-    judge_min_agreement: float = 0.58  # samples at least this often (chance: 0.5); the best is kept
-    judge_check_prompts: int = 48  # held-out prompts (x 8 samples) on which each judge is checked
-    judge_ensemble: int = 1  # the best K judges are kept (jrm/, jrm_1/, ...): the jrm reward's path list
+    jrm_editor_contrast: list[float] = setting(factory=list, each=Range(gt=0, le=10))
+    jrm_epochs: int = setting(4, ge=1)
+    # the judge's vision patch (x2 merge, which must tile the 32 px world images): 4 -> 16 tokens, 8 -> only 4
+    jrm_patch: int = setting(4, choices=(2, 4, 8, 16))
+    jrm_hidden: int = setting(64, ge=32, multiple_of=32)  # the judge's width: 16-wide heads, half as many KV heads
+    jrm_layers: int = setting(2, ge=1)
+    jrm_lr: float = setting(1e-3, gt=0, le=1)
+    train_prompts: int = setting(512, ge=1)
+    # gt_heldout prompts; at 32 its prompt sampling alone moved a gain by ~0.03
+    heldout_prompts: int = setting(128, ge=1)
+    editor_schedule: str = setting("cosine", choices=("constant", "cosine"))  # the editor's lr after warm-up
+    # judges trained (other init seeds) until one agrees with the truth on the editor's samples at least
+    # judge_min_agreement of the time (chance: 0.5); the best is kept
+    judge_tries: int = setting(2, ge=1)
+    judge_min_agreement: float = setting(0.58, **UNIT)
+    judge_check_prompts: int = setting(48, ge=1)  # held-out prompts (x 8 samples) on which each judge is checked
+    judge_ensemble: int = setting(1, ge=1)  # the best K judges are kept (jrm/, jrm_1/, ...): the jrm reward's paths
     # > 0: a second stage. GRPO of the sandbox_edit recipe runs this many steps against the first judge; pairs of
     # that policy's samples join the judge's training pairs and the judge is trained again on all of them, so it
     # knows where RL takes the editor (where the first judge ranks at chance: BENCHMARKS.md, session 7)
-    judge_refresh_steps: int = 0
-    judge_refresh_rounds: int = 1  # stages after the first: each runs GRPO against the judge the previous one made
-    device: str = "cpu"  # cpu | cuda: where preparation trains (a cache is not tied to it; seeded either way)
+    judge_refresh_steps: int = setting(0, ge=0)
+    judge_refresh_rounds: int = setting(1, ge=1)  # stages after the first: each against the previous one's judge
+    # where preparation trains (a cache is not tied to it; seeded either way)
+    device: str = setting("cpu", choices=("cpu", "cuda"))
     use_shipped: bool = True  # copy rlkit's shipped preparation when one matches these settings exactly
 
 
@@ -183,41 +269,41 @@ class SandboxConfig:
 class EvalConfig:
     """Held-out evaluation with fixed noise: before training (step 0) and every `every` steps."""
 
-    every: int = 0  # 0 = no evaluation
+    every: int = setting(0, ge=0)  # 0 = no evaluation
     data: DataConfig | None = None  # held-out prompts; None = the training data
-    max_prompts: int = 16
-    samples_per_prompt: int = 2
+    max_prompts: int = setting(16, ge=1)
+    samples_per_prompt: int = setting(2, ge=1)
     rewards: list[RewardSpec] = field(default_factory=list)  # gold rewards; empty = the training rewards
-    seed: int = 1234  # the fixed noise: the same for every evaluation
+    seed: int = setting(1234, **SEED)  # the fixed noise: the same for every evaluation
 
 
 @dataclass
 class GoldDivergenceAlarm:
-    action: str = "warn"  # ignore | warn | stop | rollback (not "off": YAML reads that as false)
-    window: int = 2  # evaluations over which the proxy must have risen
-    gold_drop: float = 0.03  # gold this far below its best so far
-    proxy_rise: float = 0.0
+    action: str = setting("warn", choices=ACTIONS)  # not "off": YAML reads that as false
+    window: int = setting(2, ge=1)  # evaluations over which the proxy must have risen
+    gold_drop: float = setting(0.03, ge=0)  # gold this far below its best so far
+    proxy_rise: float = setting(0.0, ge=0)
 
 
 @dataclass
 class KLAlarm:
-    action: str = "warn"
-    max_kl_ref: float = 0.5  # per latent dimension, as logged in kl_ref
-    max_approx_kl: float = 0.1
+    action: str = setting("warn", choices=ACTIONS)
+    max_kl_ref: float = setting(0.5, gt=0)  # per latent dimension, as logged in kl_ref
+    max_approx_kl: float = setting(0.1, gt=0)
 
 
 @dataclass
 class RatioAlarm:
-    action: str = "warn"
-    max_ratio_dev: float = 0.05  # |ratio_mean - 1|
-    max_clipfrac: float = 0.5
+    action: str = setting("warn", choices=ACTIONS)
+    max_ratio_dev: float = setting(0.05, gt=0)  # |ratio_mean - 1|
+    max_clipfrac: float = setting(0.5, gt=0, le=1)
 
 
 @dataclass
 class DiversityAlarm:
-    action: str = "warn"
-    min_fraction: float = 0.25  # of the mean over the first baseline_steps steps
-    baseline_steps: int = 5
+    action: str = setting("warn", choices=ACTIONS)
+    min_fraction: float = setting(0.25, **UNIT)  # of the mean over the first baseline_steps steps
+    baseline_steps: int = setting(5, ge=1)
 
 
 @dataclass
@@ -228,15 +314,15 @@ class StabilityConfig:
     kl_blowup: KLAlarm = field(default_factory=KLAlarm)
     ratio_blowup: RatioAlarm = field(default_factory=RatioAlarm)
     diversity_collapse: DiversityAlarm = field(default_factory=DiversityAlarm)
-    rollback_lr_factor: float = 0.5  # learning rate x this after each rollback
-    max_rollbacks: int = 3  # then a rollback alarm stops the run instead
+    rollback_lr_factor: float = setting(0.5, gt=0, le=1)  # learning rate x this after each rollback
+    max_rollbacks: int = setting(3, ge=0)  # then a rollback alarm stops the run instead
 
 
 @dataclass
 class Recipe:
-    output_dir: str = "runs/rlkit"
-    seed: int = 0
-    resume: str = "auto"  # auto | never | PATH to a checkpoint
+    output_dir: str = setting("runs/rlkit", pattern=r".*\S.*", hint="a folder")
+    seed: int = setting(0, **SEED)
+    resume: str = setting("auto", pattern=r".*\S.*", hint="auto, never or a checkpoint folder")
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -247,24 +333,6 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
-
-
-CHOICES = {
-    "policy.name": ("flux_kontext", "flux_kontext_tiny", "flux_kontext_random", "qwen_image_edit",
-                    "qwen_image_edit_tiny"),
-    "policy.dtype": ("float32", "bfloat16", "float16"),
-    "policy.finetune": ("lora", "full"),
-    "optim.schedule": ("constant", "cosine"),
-    "sandbox.editor_schedule": ("constant", "cosine"),
-    "sandbox.device": ("cpu", "cuda"),
-    "policy.attention_backend": ("auto", "default", "flash", "efficient", "cudnn", "math"),
-    "sampler.kernel": ("flow_sde", "dance_sde", "cps"),
-    "algorithm.name": ("grpo", "dpo"),
-    "algorithm.std_scope": ("group", "global"),
-    "data.source": ("jsonl", "folder", "hf"),
-    **{f"stability.{kind}.action": ("ignore", "warn", "stop", "rollback")
-       for kind in ("gold_divergence", "kl_blowup", "ratio_blowup", "diversity_collapse")},
-}
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
@@ -386,6 +454,12 @@ def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schem
                  check=None) -> DictConfig:
     schema_cls = schema_cls or Recipe
     check = check or check_values
+    if not isinstance(raw, (DictConfig, dict)):
+        raise UserError(f"{where}: a recipe is a mapping of keys (policy:, rewards:, ...), this file holds a "
+                        f"{'list' if isinstance(raw, ListConfig) else type(raw).__name__}")
+    shape = _shape_problems(raw, schema_cls)
+    if shape:
+        raise UserError(*(f"{where}: {p}" for p in shape))
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(schema_cls), raw)
     except OmegaConfBaseException as err:
@@ -397,65 +471,151 @@ def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schem
         parts = key.split(".")
         at = next((i for i, p in enumerate(parts) if p.isdigit()), None)
         try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]  # unresolved
+        except Exception as err:  # YAML syntax inside the value (an unclosed bracket, a quote)
+            raise UserError(f"override '{item}': cannot parse the value: {str(err).splitlines()[0]}") from None
+        try:
             if at is None:
+                shape = _shape_problems(OmegaConf.create(_nest(parts, parsed)), schema_cls)
+                if shape:
+                    raise UserError(*(f"override '{item}': {p}" for p in shape))
                 cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
             else:  # inside a list (rewards.0.kwargs.path=...): a merge would replace the list with a dict
                 items = OmegaConf.select(cfg, ".".join(parts[:at]))
                 if not isinstance(items, ListConfig) or int(parts[at]) >= len(items):
                     raise UserError(f"override '{item}': '{'.'.join(parts[:at])}' has no item {parts[at]}")
-                OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"value={value}"]).value, merge=True)
+                OmegaConf.update(cfg, key, parsed, merge=True)
         except OmegaConfBaseException as err:
             raise _user_error(err, f"override '{item}'", schema_cls, key) from None
     check(cfg, where)
     return cfg
 
 
+def _nest(parts: list[str], value: Any) -> dict:
+    for p in reversed(parts):
+        value = {p: value}
+    return value
+
+
+def _shape_problems(raw: Any, schema_cls: type, prefix: str = "") -> list[str]:
+    """Sections given as lists or lists given as mappings (`rewards: {name: ...}`), which OmegaConf's merge
+    reports only as a TypeError without the key."""
+    import dataclasses
+    import typing
+
+    out = []
+    hints = typing.get_type_hints(schema_cls)
+    for f in dataclasses.fields(schema_cls):
+        if not isinstance(raw, (dict, DictConfig)) or f.name not in raw:
+            continue
+        node = raw._get_node(f.name) if isinstance(raw, DictConfig) else raw[f.name]
+        value = node._value() if hasattr(node, "_value") and not isinstance(node, (DictConfig, ListConfig)) else node
+        if value is None or (isinstance(value, str) and value.startswith("${")):
+            continue
+        hint = hints[f.name]
+        is_list = typing.get_origin(hint) is list
+        sections = [a for a in (typing.get_args(hint) or [hint]) if dataclasses.is_dataclass(a)]
+        if is_list and not isinstance(value, (list, ListConfig)):
+            item = "items" if not sections else "{" + ", ".join(x.name for x in dataclasses.fields(sections[0])) + "}"
+            out.append(f"'{prefix}{f.name}' must be a list of {item}, got a {_kind(value)}")
+        elif sections and not is_list:
+            if not isinstance(value, (dict, DictConfig)):
+                out.append(f"'{prefix}{f.name}' must be a section of keys, got a {_kind(value)}")
+            else:
+                out += _shape_problems(value, sections[0], f"{prefix}{f.name}.")
+        elif sections and is_list:
+            for i, item in enumerate(value):
+                if not isinstance(item, (dict, DictConfig)):
+                    out.append(f"'{prefix}{f.name}[{i}]' must be a mapping of keys, got a {_kind(item)}")
+    return out
+
+
+def _kind(value: Any) -> str:
+    return ("mapping" if isinstance(value, (dict, DictConfig)) else "list" if isinstance(value, (list, ListConfig))
+            else f"single value ({value!r})")
+
+
+# flat metric names the loop itself logs: an eval reward's `log_as` must not overwrite one
+LOGGED_BY_THE_LOOP = frozenset((
+    "step", "reward_mean", "reward_std", "zero_std_frac", "ratio_mean", "ratio_max_dev", "clipfrac", "approx_kl",
+    "kl_ref", "loss", "grad_norm", "lr", "time_rollout_s", "time_reward_s", "time_train_s", "adv_weight_mean",
+    "dpo_pairs", "dpo_acc", "best_reward", "group_diversity", "probe_start", "reward_drift", "reward_ema"))
+
+
+def range_problems(values: Any, schema_cls: type, prefix: str = "") -> list[str]:
+    """Every value that breaks the Range declared beside its key, walking nested sections and list items."""
+    import dataclasses
+    import typing
+
+    if not isinstance(values, dict):
+        return []
+    out = []
+    hints = typing.get_type_hints(schema_cls)
+    for f in dataclasses.fields(schema_cls):
+        if f.name not in values:
+            continue
+        value, path = values[f.name], prefix + f.name
+        if "range" in f.metadata:
+            out += f.metadata["range"].problems(path, value)
+        for t in [a for a in typing.get_args(hints[f.name]) if dataclasses.is_dataclass(a)] or [hints[f.name]]:
+            if dataclasses.is_dataclass(t) and isinstance(value, dict):
+                out += range_problems(value, t, path + ".")
+            elif dataclasses.is_dataclass(t) and isinstance(value, list):
+                for i, item in enumerate(value):
+                    out += range_problems(item, t, f"{path}[{i}].")
+    return out
+
+
+def resolved(cfg: DictConfig, where: str) -> dict:
+    """The recipe as plain containers with every ${...} resolved; a broken interpolation is a UserError."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise UserError(f"{where}: '{key}': {str(err).splitlines()[0]}") from None
+
+
 def check_values(cfg: DictConfig, where: str) -> None:
-    """Checks the schema cannot express: choices, ranges, required keys, reward specs."""
-    for key, choices in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in choices:
-            raise UserError(f"{where}: '{key}' is '{value}', expected one of: {', '.join(choices)}")
+    """Every recipe problem at once: each key's declared Range, then what ranges cannot say (keys that
+    depend on each other). Raises one UserError with a line per problem."""
+    values = resolved(cfg, where)
     missing = OmegaConf.missing_keys(cfg)
     if missing:
-        raise UserError(f"{where}: required key '{sorted(missing)[0]}' is not set")
-    if not isinstance(cfg.rewards, ListConfig) or len(cfg.rewards) == 0:
-        raise UserError(f"{where}: 'rewards' must list at least one reward, e.g. rewards=[{{name: target_color}}]")
-    positive = ["train.steps", "train.prompts_per_step", "algorithm.group_size", "sampler.num_steps",
-                "policy.resolution", "algorithm.micro_batch", "algorithm.inner_epochs"]
-    for key in positive:
-        if OmegaConf.select(cfg, key) <= 0:
-            raise UserError(f"{where}: '{key}' must be > 0")
-    if cfg.algorithm.group_size < 2:
-        raise UserError(f"{where}: 'algorithm.group_size' must be >= 2 (advantages compare samples of a group)")
-    if not 0 < cfg.algorithm.timestep_fraction <= 1:
-        raise UserError(f"{where}: 'algorithm.timestep_fraction' must be in (0, 1]")
-    if cfg.algorithm.uncertainty_weighting and cfg.algorithm.name != "grpo":
-        raise UserError(f"{where}: 'algorithm.uncertainty_weighting' applies to grpo only")
-    if not 0 < cfg.stability.rollback_lr_factor <= 1:
-        raise UserError(f"{where}: 'stability.rollback_lr_factor' must be in (0, 1]")
-    if cfg.sampler.noise_level < 0:
-        raise UserError(f"{where}: 'sampler.noise_level' must be >= 0")
-    for key in ("skip_edit", "washout"):
-        if not 0 <= cfg.sandbox[key] < 1:
-            raise UserError(f"{where}: 'sandbox.{key}' must be in [0, 1)")
-    if not 0 < cfg.sandbox.washout_share <= 1:
-        raise UserError(f"{where}: 'sandbox.washout_share' must be in (0, 1]")
-    if cfg.sandbox.judge_tries < 1 or not 0 <= cfg.sandbox.judge_min_agreement <= 1:
-        raise UserError(f"{where}: 'sandbox.judge_tries' must be >= 1 and 'sandbox.judge_min_agreement' in [0, 1]")
-    if cfg.sandbox.jrm_patch not in (2, 4, 8, 16):  # x2 merge must tile the 32 px world images
-        raise UserError(f"{where}: 'sandbox.jrm_patch' must be one of 2, 4, 8, 16")
-    if cfg.sandbox.jrm_hidden < 32 or cfg.sandbox.jrm_hidden % 32:  # 16-wide heads, half as many KV heads
-        raise UserError(f"{where}: 'sandbox.jrm_hidden' must be a multiple of 32")
-    for key in ("jrm_layers", "editor_heads", "judge_ensemble", "judge_refresh_rounds"):
-        if cfg.sandbox[key] < 1:
-            raise UserError(f"{where}: 'sandbox.{key}' must be >= 1")
-    if cfg.sandbox.judge_refresh_steps < 0:
-        raise UserError(f"{where}: 'sandbox.judge_refresh_steps' must be >= 0 (0: no second stage)")
-    if cfg.policy.resolution % 16:
-        raise UserError(f"{where}: 'policy.resolution' must be a multiple of 16 (VAE x patch size)")
-    if cfg.policy.name in ("flux_kontext", "qwen_image_edit") and not cfg.policy.pretrained:
-        raise UserError(f"{where}: 'policy.pretrained' must name a local folder or hub id for {cfg.policy.name}")
+        raise UserError(*(f"{where}: required key '{k}' is not set" for k in sorted(missing)))
+    problems = range_problems(values, Recipe) + _cross_key_problems(values)
+    if problems:
+        raise UserError(*(f"{where}: {p}" for p in problems))
+
+
+def _cross_key_problems(c: dict) -> list[str]:
+    out = []
+    policy, sampler, algo = c["policy"], c["sampler"], c["algorithm"]
+    if not c["rewards"]:
+        out.append("'rewards' must list at least one reward, e.g. rewards=[{name: target_color}]")
+    elif all(r["weight"] == 0 for r in c["rewards"]):
+        out.append("every reward in 'rewards' has weight 0: nothing to learn from")
+    if algo["name"] == "grpo" and sampler["noise_level"] == 0:
+        out.append("'sampler.noise_level' is 0 (the deterministic ODE): GRPO trains on the log-probs of SDE "
+                   "steps; use a noise level > 0, or algorithm.name=dpo")
+    if sampler["kernel"] == "cps" and sampler["noise_level"] > 1:
+        out.append(f"'sampler.noise_level' is {sampler['noise_level']}: cps reads it as an angle, must be <= 1")
+    if sampler["sde_window"] is not None and sampler["sde_window"] > sampler["num_steps"]:
+        out.append(f"'sampler.sde_window' ({sampler['sde_window']}) is more than 'sampler.num_steps' "
+                   f"({sampler['num_steps']})")
+    if algo["uncertainty_weighting"] and algo["name"] != "grpo":
+        out.append("'algorithm.uncertainty_weighting' applies to grpo only")
+    if policy["name"] in ("flux_kontext", "qwen_image_edit") and not policy["pretrained"]:
+        out.append(f"'policy.pretrained' must name a local folder or hub id for {policy['name']}")
+    if policy["name"].startswith("flux_kontext") and policy["max_sequence_length"] > 512:
+        out.append(f"'policy.max_sequence_length' is {policy['max_sequence_length']}: FLUX's T5 encoder takes "
+                   f"at most 512")
+    names = [r.get("log_as") for r in c["eval"]["rewards"] if r.get("log_as")]
+    for name in sorted(set(names)):
+        if name in LOGGED_BY_THE_LOOP:
+            out.append(f"'eval.rewards.log_as' is '{name}', which the run logs itself; choose another name")
+        elif names.count(name) > 1:
+            out.append(f"'eval.rewards.log_as' names '{name}' twice")
+    return out
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -1,12 +1,17 @@
-"""Errors a user can act on. The CLI prints them as one line and exits with their code, no traceback."""
+"""Errors a user can act on. The CLI prints them as one line each and exits with their code, no traceback."""
 
 from __future__ import annotations
 
 
 class UserError(Exception):
-    """Bad input from the user (recipe, data, paths). Exit status 2."""
+    """Bad input from the user (recipe, data, paths). Exit status 2. Several problems found in one pass are
+    given together (one line each)."""
 
     exit_code = 2
+
+    def __init__(self, *problems: str):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
 
 class RewardError(Exception):

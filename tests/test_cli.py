@@ -27,19 +27,62 @@ def test_every_packaged_recipe_validates(name, capsys):
     ("rewards=[{name: target_color, wieght: 2}]", "did you mean 'rewards.weight'"),
     ("algorithm.group_size=1", "must be >= 2"),
     ("optim.schedule=cosin", "'optim.schedule' is 'cosin', expected one of: constant, cosine"),
-    ("sandbox.skip_edit=1.5", "'sandbox.skip_edit' must be in [0, 1)"),
-    ("sandbox.washout_share=0", "'sandbox.washout_share' must be in (0, 1]"),
-    ("sandbox.judge_refresh_rounds=0", "'sandbox.judge_refresh_rounds' must be >= 1"),
-    ("sandbox.jrm_patch=3", "'sandbox.jrm_patch' must be one of 2, 4, 8, 16"),
-    ("sandbox.jrm_hidden=100", "'sandbox.jrm_hidden' must be a multiple of 32"),
+    ("sandbox.skip_edit=1.5", "'sandbox.skip_edit' is 1.5, must be >= 0 and < 1"),
+    ("sandbox.washout_share=0", "'sandbox.washout_share' is 0.0, must be > 0 and <= 1"),
+    ("sandbox.judge_refresh_rounds=0", "'sandbox.judge_refresh_rounds' is 0, must be >= 1"),
+    ("sandbox.jrm_patch=3", "'sandbox.jrm_patch' is '3', expected one of: 2, 4, 8, 16"),
+    ("sandbox.jrm_hidden=100", "'sandbox.jrm_hidden' is 100, must be >= 32 and a multiple of 32"),
+    # values the schema used to accept: each a traceback from torch/numpy/peft, or a run doing nonsense
+    ("optim.lr=-1", "'optim.lr' is -1.0, must be > 0"),
+    ("optim.lr=nan", "'optim.lr' is nan, must be a finite number"),
+    ("optim.eps=-1e-8", "'optim.eps' is -1e-08, must be > 0"),
+    ("optim.betas=[0.9]", "'optim.betas' must list exactly 2 values, got 1"),
+    ("optim.betas=[0.9,1.5]", "'optim.betas[1]' is 1.5, must be >= 0 and < 1"),
+    ("seed=-3", "'seed' is -3, must be >= 0"),
+    ("policy.device=gpu", "'policy.device' is 'gpu', expected auto, cpu, cuda or cuda:N"),
+    ("policy.lora.rank=0", "'policy.lora.rank' is 0, must be >= 1"),
+    ("policy.lora.target_modules=[]", "'policy.lora.target_modules' must list at least 1"),
+    ("eval.max_prompts=0", "'eval.max_prompts' is 0, must be >= 1"),
+    ("eval.samples_per_prompt=0", "'eval.samples_per_prompt' is 0, must be >= 1"),
+    ("sampler.noise_level=0", "GRPO trains on the log-probs of SDE steps"),
+    ("sampler.noise_level=50", "'sampler.noise_level' is 50.0, must be >= 0 and <= 2"),
+    ("algorithm.adv_clip=-1", "'algorithm.adv_clip' is -1.0, must be > 0"),
+    ("algorithm.clip_range_high=-0.1", "'algorithm.clip_range_high' is -0.1, must be >= 0"),
+    ("policy.max_sequence_length=0", "'policy.max_sequence_length' is 0, must be >= 1"),
+    ("policy.max_sequence_length=600", "FLUX's T5 encoder takes at most 512"),
+    ("rewards=[{name: target_color, weight: 0}]", "every reward in 'rewards' has weight 0"),
+    ("rewards.0.weight=nan", "'rewards[0].weight' is nan, must be a finite number"),
+    ("eval.rewards=[{name: target_color, log_as: step}]", "'eval.rewards.log_as' is 'step', which the run logs"),
+    ("eval.rewards=[{name: target_color, log_as: eval/x}]", "'eval.rewards[0].log_as' is 'eval/x', expected a plain"),
+    ("output_dir=${nope.x}", "'output_dir': Interpolation key 'nope.x' not found"),
+    ("rewards={name: target_color}", "'rewards' must be a list of {name, weight, kwargs, log_as}, got a mapping"),
+    ("policy=[1]", "'policy' must be a section of keys, got a list"),
+    ("rewards=[{name: target_color", "cannot parse the value"),
+    ("sampler.sde_window=20", "'sampler.sde_window' (20) is more than 'sampler.num_steps' (8)"),
+    (("sampler.kernel=cps", "sampler.noise_level=1.5"), "cps reads it as an angle, must be <= 1"),
     ("rewards.3.weight=2", "'rewards' has no item 3"),
     ("rewards.0.wieght=2", "did you mean 'rewards.weight'"),
 ])
 def test_recipe_errors_exit_2_with_one_clear_line(override, needle, capsys):
-    assert main(["validate", str(TINY_RECIPE), override]) == 2
+    overrides = list(override) if isinstance(override, tuple) else [override]
+    assert main(["validate", str(TINY_RECIPE), *overrides]) == 2
     err = capsys.readouterr().err
     assert needle in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_problem_is_reported_in_one_pass(capsys):
+    assert main(["validate", str(TINY_RECIPE), "optim.lr=-1", "seed=-1", "policy.lora.rank=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err), err
+    named = [line.split("'")[1] for line in err]
+    assert sorted(named) == ["optim.lr", "policy.lora.rank", "seed"]
+
+
+def test_a_recipe_that_is_not_a_mapping(tmp_path, capsys):
+    (tmp_path / "list.yaml").write_text("- policy\n- rewards\n")
+    assert main(["validate", str(tmp_path / "list.yaml")]) == 2
+    assert "a recipe is a mapping of keys" in capsys.readouterr().err
 
 
 def test_an_override_reaches_into_a_list_item():
