@@ -83,10 +83,14 @@ class FlowEditPolicy:
             self.reference_transformer = copy.deepcopy(self.transformer)
             self.transformer.requires_grad_(True)
         elif with_adapter:  # without: the base weights alone (the sandbox pre-trains them)
-            self.transformer.add_adapter(LoraConfig(
-                r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.target_modules),
-                init_lora_weights=True if str(lora.init).lower() == "true" else lora.init,
-            ))
+            try:
+                self.transformer.add_adapter(LoraConfig(
+                    r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.target_modules),
+                    init_lora_weights=True if str(lora.init).lower() == "true" else lora.init,
+                ))
+            except ValueError as err:  # peft: none of the target modules is in this transformer
+                raise UserError(f"policy.lora.target_modules {list(lora.target_modules)} match no layer of "
+                                f"{type(self.transformer).__name__} ({str(err).splitlines()[0][:160]})") from None
             # LoRA weights train in fp32 even when the base is bf16 (optimizer precision); forward casts.
             for p in self.trainable_parameters():
                 p.data = p.data.float()

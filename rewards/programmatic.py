@@ -25,12 +25,17 @@ class TargetColor(Reward):
     """
 
     def __init__(self, color: tuple[float, float, float] | list[float] = (1.0, 0.0, 0.0), region: float = 1.0):
-        if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
-            raise ValueError(f"color must be 3 values in [0, 1], got {color!r}")
-        if not 0.0 < region <= 1.0:
-            raise ValueError(f"region must be in (0, 1], got {region}")
+        self.check(color, region)
         self.color = torch.tensor(list(color), dtype=torch.float32).view(1, 3, 1, 1)
         self.region = region
+
+    @staticmethod
+    def check(color=(1.0, 0.0, 0.0), region: float = 1.0) -> None:
+        if not isinstance(color, (list, tuple)) or len(color) != 3 or not all(
+                isinstance(c, (int, float)) and 0.0 <= c <= 1.0 for c in color):
+            raise ValueError(f"color must be 3 values in [0, 1], got {color!r}")
+        if not isinstance(region, (int, float)) or not 0.0 < region <= 1.0:
+            raise ValueError(f"region must be in (0, 1], got {region!r}")
 
     def __call__(self, batch: RewardInput) -> RewardOutput:
         img = batch.edited.float()

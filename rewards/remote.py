@@ -22,14 +22,29 @@ from rewards.wire import decode_output, encode_input
 class RemoteReward:
     def __init__(self, url: str, timeout: float = 120.0, retries: int = 3, backoff: float = 1.0,
                  wire_dtype: str = "uint8", check_health: bool = True):
-        if wire_dtype not in ("uint8", "float32"):
-            raise ValueError(f"wire_dtype must be uint8 or float32, got {wire_dtype!r}")
-        if retries < 0 or timeout <= 0:
-            raise ValueError("retries must be >= 0 and timeout > 0")
+        self.check(url, timeout, retries, backoff, wire_dtype)
         self.url = url.rstrip("/")
         self.timeout, self.retries, self.backoff, self.wire_dtype = timeout, retries, backoff, wire_dtype
         if check_health:  # fail at start-up, not at the first step, when the server is not there
             self.health()
+
+    @staticmethod
+    def check(url: str, timeout: float = 120.0, retries: int = 3, backoff: float = 1.0, wire_dtype: str = "uint8",
+              check_health: bool = True) -> None:
+        """The kwargs, without contacting the server (a run checks that it answers when it starts)."""
+        from urllib.parse import urlparse
+
+        if not isinstance(url, str) or urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
+            raise ValueError(f"url must be http://HOST:PORT, got {url!r}")
+        if wire_dtype not in ("uint8", "float32"):
+            raise ValueError(f"wire_dtype must be uint8 or float32, got {wire_dtype!r}")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+        for name, value in (("timeout", timeout), ("backoff", backoff)):
+            if not isinstance(value, (int, float)) or not 0 <= value < float("inf") or (name == "timeout" and
+                                                                                        value == 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'timeout' else '>= 0'}, "
+                                 f"got {value!r}")
 
     def health(self) -> dict:
         try:

@@ -13,9 +13,13 @@ from rlkit.sandbox.world import Scene, gt_scores, render, to_tensor
 
 class SandboxGT:
     def __init__(self, score: str = "overall"):
+        self.check(score)
+        self.score = score
+
+    @staticmethod
+    def check(score: str = "overall") -> None:
         if score not in ("overall", "follow", "preserve"):
             raise ValueError(f"score must be overall, follow or preserve, got {score!r}")
-        self.score = score
 
     def __call__(self, batch: RewardInput) -> RewardOutput:
         rows = []

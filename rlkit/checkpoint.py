@@ -129,11 +129,19 @@ def save_checkpoint(
 
 
 def prune(ckpt_root: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` checkpoints that verify; delete the older ones. A damaged checkpoint never
+    counts towards `keep_last` (it would leave nothing to resume from); one newer than every good checkpoint
+    stays for inspection (resume skips it, naming the problem), older damaged ones go."""
     if keep_last <= 0:
         return
-    complete = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
-    for old in complete[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    found = find_checkpoints(ckpt_root.parent)
+    good = [c for c in reversed(found) if verify(c.path) is None][:keep_last]
+    if not good:
+        return
+    oldest_kept = good[-1].step
+    for c in found:
+        if c.step < oldest_kept or (c.step < good[0].step and c not in good):
+            shutil.rmtree(c.path, ignore_errors=True)
 
 
 def verify(path: Path) -> str | None:
@@ -142,8 +150,10 @@ def verify(path: Path) -> str | None:
     if not manifest_path.is_file():
         return "no manifest.json (incomplete checkpoint)"
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
+        manifest = json.loads(manifest_path.read_bytes())
+    except (ValueError, OSError):  # not JSON, not UTF-8, unreadable
+        return "manifest.json is corrupt"
+    if not isinstance(manifest, dict):
         return "manifest.json is corrupt"
     for name in FILES:
         f = path / name
@@ -165,6 +175,15 @@ def find_checkpoints(run_dir: Path) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
+def saved_config(path: Path) -> dict | None:
+    """The resolved recipe a checkpoint was written with (None for a damaged or foreign folder)."""
+    try:
+        config = json.loads((path / "state.json").read_bytes()).get("config")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def newest_valid(run_dir: Path, warn=print) -> Checkpoint | None:
     """The newest checkpoint that verifies; says which newer ones were skipped and why."""
     for ckpt in reversed(find_checkpoints(run_dir)):
@@ -177,7 +196,7 @@ def newest_valid(run_dir: Path, warn=print) -> Checkpoint | None:
 
 def load_checkpoint(path: Path) -> dict:
     """Load a verified checkpoint's parts. Nothing is unpickled beyond plain tensors and containers."""
-    problem = verify(path)
+    problem = verify(path) if path.is_dir() else "not a folder"
     if problem is not None:
         raise UserError(f"checkpoint {path} is not usable: {problem}")
     try:

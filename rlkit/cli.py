@@ -21,7 +21,13 @@ def cmd_run(args) -> int:
     from rlkit.trainer import Trainer
 
     cfg = load_recipe(args.recipe, args.overrides)
-    run_dir = Trainer(cfg).fit()
+    return _fit(Trainer(cfg))
+
+
+def _fit(trainer) -> int:
+    run_dir = trainer.fit()
+    if trainer.stopped_by_signal:  # a checkpoint was saved and the message printed: not a finished run
+        return 128 + trainer.stopped_by_signal
     print(f"done: {run_dir}")
     return 0
 
@@ -39,16 +45,15 @@ def cmd_resume(args) -> int:
     cfg = build_config(OmegaConf.load(saved), ["resume=auto", *args.overrides], where=str(saved))
     if Path(cfg.output_dir).resolve() != run_dir.resolve():
         cfg.output_dir = str(run_dir)
-    Trainer(cfg).fit()
-    return 0
+    return _fit(Trainer(cfg))
 
 
 def cmd_validate(args) -> int:
     from omegaconf import OmegaConf
 
     from rlkit.config import load_recipe, resolve_recipe_path
-    from rlkit.data import check_images_exist, read_items
-    from rlkit.plugins import load_reward_class
+    from rlkit.data import read_items
+    from rlkit.preflight import preflight, raise_problems
 
     raw = OmegaConf.load(resolve_recipe_path(args.recipe))
     if "backbone" in raw:  # a reward-model recipe (rlkit train-reward)
@@ -62,8 +67,7 @@ def cmd_validate(args) -> int:
               f"alpha {cfg.loss.alpha})")
         return 0
     cfg = load_recipe(args.recipe, args.overrides)
-    for spec in [*cfg.rewards, *cfg.eval.rewards]:
-        load_reward_class(spec.name)
+    sandbox_note = None
     if cfg.sandbox.enabled:
         from rlkit.sandbox.prepare import check_replaceable, is_prepared, reusable_editor, shipped_preparation
 
@@ -73,11 +77,12 @@ def cmd_validate(args) -> int:
             editor = reusable_editor(cache, cfg.sandbox)
             how = ("copied from rlkit's shipped one" if shipped_preparation(cfg.sandbox) else
                    f"prepared with the editor of {editor.parent}" if editor else "prepared")
-            print(f"ok: {args.recipe} (the sandbox in {cfg.sandbox.path} is {how} on the first run; "
-                  f"data checked then)")
-            return 0
+            sandbox_note = f"the sandbox in {cfg.sandbox.path} is {how} on the first run; its files checked then"
+    raise_problems(preflight(cfg, files_ready=sandbox_note is None))
+    if sandbox_note:
+        print(f"ok: {args.recipe} ({sandbox_note})")
+        return 0
     items = read_items(cfg.data)
-    check_images_exist(items, cfg.data.path)
     print(f"ok: {args.recipe} ({len(items)} prompts, rewards: {', '.join(s.name for s in cfg.rewards)}, "
           f"algorithm: {cfg.algorithm.name})")
     return 0
@@ -298,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, RewardError):
             print("the step was not applied; the last checkpoint is intact", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # a second stop signal: the step in flight is dropped, saved checkpoints are whole
+        print("error: interrupted; every checkpoint already written is complete (resume with: rlkit resume "
+              "OUTPUT_DIR)", file=sys.stderr)
+        return 130
     except FloatingPointError as err:  # non-finite gradients: nothing was saved from this step
         print(f"error: {err}; the last checkpoint is intact (try a lower optim.lr or optim.max_grad_norm)",
               file=sys.stderr)

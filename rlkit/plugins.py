@@ -83,8 +83,10 @@ def build_rewards(specs, built: dict | None = None):
 
     built = {} if built is None else built
     entries = []
+    from omegaconf import OmegaConf
+
     for s in specs:
-        kwargs = dict(s.kwargs)
+        kwargs = OmegaConf.to_container(s.kwargs, resolve=True)  # plain lists and dicts for the plugin
         key = (s.name, json.dumps(kwargs, sort_keys=True, default=str))
         if key not in built:
             built[key] = build_reward(s.name, kwargs)

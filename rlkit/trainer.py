@@ -19,18 +19,44 @@ from policies.flow_policy import resolve_device
 from rlkit import checkpoint as ckpt
 from rlkit.algorithms import build_algorithm
 from rlkit.config import to_yaml
-from rlkit.data import PromptStream, check_images_exist, read_items
+from rlkit.data import PromptStream, read_items
 from rlkit.distributed import Distributed
 from rlkit.errors import CheckpointError, GuardStop, UserError
 from rlkit.evaluation import HeldoutEvaluator
 from rlkit.logs import REQUIRED_KEYS, RunLogger, save_grid
 from rlkit.plugins import build_rewards
+from rlkit.preflight import preflight, raise_problems
 from rlkit.report import write_report
 from rlkit.stability import Alarm, StabilityGuard, StabilityTracker
 
-# Changing these between a checkpoint and its resume would load weights into another model.
-INCOMPATIBLE = ("policy.name", "policy.pretrained", "policy.seed", "policy.finetune", "policy.lora.rank",
-                "policy.lora.alpha", "policy.lora.target_modules", "policy.resolution")
+# Changing these between a checkpoint and its resume would load weights into another model, or continue random
+# streams and a data order that were drawn for another seed. Every other setting applies on resume.
+FIXED_ON_RESUME = ("policy.name", "policy.pretrained", "policy.seed", "policy.finetune", "policy.lora.rank",
+                   "policy.lora.alpha", "policy.lora.target_modules", "policy.resolution", "seed",
+                   "data.shuffle")
+# what a run writes into its directory (anything else there means the folder is someone else's)
+RUN_FILES = {"config.yaml", "metrics.jsonl", "alarms.jsonl", "tensorboard", "samples", "checkpoints", "final",
+             "guard", "plots", "report.html", ".tmp-final", ".rlkit.lock"}
+
+
+def lock_run_dir(run_dir: Path):
+    """An exclusive lock on RUN_DIR/.rlkit.lock for this process's lifetime (the returned file must stay open)."""
+    import fcntl
+
+    handle = open(run_dir / ".rlkit.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"output_dir '{run_dir}' is in use by {holder}; wait for it to finish or choose another "
+                        f"output_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"rlkit pid {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def seed_everything(seed: int) -> None:
@@ -59,6 +85,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, progress: bool = True):
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
+        self._lock = None
         self.dist = Distributed()
         self._check_distributed()
         self._prepare_run_dir()
@@ -69,8 +96,8 @@ class Trainer:
             from rlkit.sandbox.prepare import prepare
 
             prepare(Path(cfg.sandbox.path), cfg.sandbox, replace=False)
-        items = read_items(cfg.data)  # data errors surface before any model is built
-        check_images_exist(items, cfg.data.path)
+        raise_problems(preflight(cfg))  # what `rlkit validate` checks, before any model is built
+        items = read_items(cfg.data)
         self._reward_models: dict = {}  # shared with the evaluator's gold rewards
         self.rewards = build_rewards(cfg.rewards, self._reward_models)
         self.policy = build_policy(cfg.policy, cfg.sampler, self.device, cfg.algorithm.micro_batch)
@@ -94,7 +121,8 @@ class Trainer:
         if resume_from is not None:
             self._restore(resume_from)
         self.progress = progress
-        self._stop_requested = False
+        self._stop_requested = 0  # the signal number once a stop is requested
+        self.stopped_by_signal = 0  # set when fit() returned early because of one
 
     def _lr_factor(self, optimizer_steps: int) -> float:
         # warm-up counts optimizer steps (several per RL step: one per micro-batch); the decay follows RL steps,
@@ -106,8 +134,22 @@ class Trainer:
         return warm
 
     # ----------------------------------------------------------------- the loop
-    def fit(self) -> Path:
+    def fit(self, max_steps: int | None = None) -> Path:
+        """Train to `train.steps`. ``max_steps``: stop after this many steps of this call, checkpointed and
+        resumable, as a stop signal would (tests and benchmarks). The run directory stays locked until it
+        returns."""
+        if self._lock is None and self.dist.is_main:
+            self._lock = lock_run_dir(self.run_dir)
+        try:
+            return self._fit(max_steps)
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # closing the file releases the lock
+                self._lock = None
+
+    def _fit(self, max_steps: int | None) -> Path:
         cfg, train = self.cfg, self.cfg.train
+        first = self.step
         if self.step >= train.steps:
             print(f"run in {self.run_dir} already finished at step {self.step} (train.steps={train.steps})")
             if not (self.run_dir / "final").exists():
@@ -122,48 +164,55 @@ class Trainer:
             self._act(alarms, logger)
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            for step in range(self.step, train.steps):
-                t0 = time.perf_counter()
-                batch = self.prompts.next_batch(train.prompts_per_step)  # the global batch, on every rank
-                rollout = self.policy.sample(batch, cfg.algorithm.group_size, self.generators["rollout"],
-                                             sde_window_start=step, shard=(self.dist.rank, self.dist.world))
-                t1 = time.perf_counter()
-                reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
-                t2 = time.perf_counter()
-                totals, adv, adv_info = self._advantages(reward, rollout)
-                metrics = self.algorithm.update(self.policy, rollout, adv, self.optimizer, self.lr_scheduler,
-                                                self.generators["train"])
-                t3 = time.perf_counter()
-                metrics = self.dist.mean({**metrics, **self.stability.observe(step, reward, rollout)})
-                self.step = step + 1
-                row = {"step": self.step, "reward_mean": float(totals.mean()),
-                       "reward_std": float(totals.std(unbiased=False)), **adv_info, **metrics,
-                       "lr": self.lr_scheduler.get_last_lr()[0],
-                       "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_train_s": t3 - t2}
-                alarms = self.guard.check_step(self.step, row) + self._maybe_evaluate(row)
-                logger.log(row)
-                self._act(alarms, logger)
-                self._maybe_grid(rollout)
-                if self.dist.any(self._stop_requested):  # every rank stops after the same step
-                    self.save_checkpoint()
-                    print(f"stopped by signal after step {self.step}; resume with: rlkit resume {self.run_dir}")
-                    return self.run_dir
-                if train.save_every and self.step % train.save_every == 0:
-                    self.save_checkpoint()
+            try:
+                for step in range(self.step, train.steps):
+                    t0 = time.perf_counter()
+                    batch = self.prompts.next_batch(train.prompts_per_step)  # the global batch, on every rank
+                    rollout = self.policy.sample(batch, cfg.algorithm.group_size, self.generators["rollout"],
+                                                 sde_window_start=step, shard=(self.dist.rank, self.dist.world))
+                    t1 = time.perf_counter()
+                    reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
+                    t2 = time.perf_counter()
+                    totals, adv, adv_info = self._advantages(reward, rollout)
+                    metrics = self.algorithm.update(self.policy, rollout, adv, self.optimizer, self.lr_scheduler,
+                                                    self.generators["train"])
+                    t3 = time.perf_counter()
+                    metrics = self.dist.mean({**metrics, **self.stability.observe(step, reward, rollout)})
+                    self.step = step + 1
+                    row = {"step": self.step, "reward_mean": float(totals.mean()),
+                           "reward_std": float(totals.std(unbiased=False)), **adv_info, **metrics,
+                           "lr": self.lr_scheduler.get_last_lr()[0],
+                           "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_train_s": t3 - t2}
+                    alarms = self.guard.check_step(self.step, row) + self._maybe_evaluate(row)
+                    logger.log(row)
+                    self._act(alarms, logger)
+                    self._maybe_grid(rollout)
+                    if max_steps is not None and self.step - first >= max_steps and self.step < train.steps:
+                        self.save_checkpoint()
+                        return self.run_dir
+                    if self.dist.any(self._stop_requested):  # every rank stops after the same step
+                        self.save_checkpoint()
+                        self.stopped_by_signal = self._stop_requested or signal.SIGTERM  # (another rank's)
+                        print(f"stopped by signal after step {self.step}; resume with: rlkit resume {self.run_dir}")
+                        return self.run_dir
+                    if train.save_every and self.step % train.save_every == 0:
+                        self.save_checkpoint()
+            finally:
+                logger.close()
+            if self.step % max(train.save_every, 1) != 0 or not train.save_every:
+                self.save_checkpoint()
+            self._save_final()
+            return self.run_dir
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            logger.close()
-            # plots/ and report.html, also when the guard or a signal stopped the run
+            # plots/ and report.html, also when the guard or a signal stopped the run: after the last checkpoint
+            # and with the stop handlers still on, so a signal during the report cannot lose the run's end
             if train.report and self.dist.is_main:
                 try:
                     write_report(self.run_dir)
                 except Exception as err:  # a plotting problem must not hide the run's own outcome
                     print(f"warning: could not write the report: {err}")
-        if self.step % max(train.save_every, 1) != 0 or not train.save_every:
-            self.save_checkpoint()
-        self._save_final()
-        return self.run_dir
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     def _advantages(self, reward, rollout):
         """Advantages over the whole global batch (rewards gathered from every rank); this rank's share."""
@@ -235,18 +284,28 @@ class Trainer:
         # finish the current step, checkpoint, exit; a second signal exits at once
         if self._stop_requested:
             raise KeyboardInterrupt
-        self._stop_requested = True
+        self._stop_requested = signum
         print(f"\nsignal {signum}: finishing step {self.step + 1}, then saving a checkpoint")
 
     # ----------------------------------------------------------------- run directory and checkpoints
     def _prepare_run_dir(self) -> None:
+        """Make the run directory and own it: a lock held while this process lives (the OS releases it when
+        the process dies, however it dies), so two runs never write one directory. A folder holding files
+        that are not an rlkit run is refused, never written over."""
         try:
+            if self.run_dir.is_dir() and self.dist.is_main:
+                foreign = sorted(p.name for p in self.run_dir.iterdir() if p.name not in RUN_FILES)
+                if foreign and not (self.run_dir / "config.yaml").is_file():
+                    raise UserError(f"output_dir '{self.run_dir}' holds files that are not an rlkit run (e.g. "
+                                    f"{foreign[0]}); choose a new or empty folder")
             self.run_dir.mkdir(parents=True, exist_ok=True)
             probe = self.run_dir / f".rlkit-write-test.{os.getpid()}"  # per process: ranks probe at once
             probe.write_text("ok")
             probe.unlink()
         except OSError as err:
             raise UserError(f"output_dir '{self.run_dir}' is not writable: {err.strerror}") from None
+        if self.dist.is_main:
+            self._lock = lock_run_dir(self.run_dir)
 
     def _find_resume_checkpoint(self) -> Path | None:
         mode = str(self.cfg.resume)
@@ -259,17 +318,28 @@ class Trainer:
         elif mode == "auto":
             found = ckpt.newest_valid(self.run_dir, warn=lambda m: print(f"warning: {m}"))
             chosen = found.path if found else None
-            if chosen is None and (self.run_dir / "metrics.jsonl").exists():
-                print(f"no valid checkpoint in {self.run_dir}: starting from step 0")
         else:
-            chosen = Path(mode)
+            chosen = Path(mode).expanduser()
             if not chosen.is_dir():
                 raise UserError(f"resume: checkpoint folder not found: {chosen}")
-        if chosen is not None and saved_cfg.exists():
-            self._check_compatible(OmegaConf.load(saved_cfg))
+            problem = ckpt.verify(chosen)
+            if problem:
+                raise UserError(f"resume: checkpoint {chosen} is not usable: {problem}")
+        if chosen is not None:  # the checkpoint's own recipe decides, wherever it came from
+            old = ckpt.saved_config(chosen)
+            self._check_compatible(OmegaConf.create(old) if old else OmegaConf.load(saved_cfg))
+        elif saved_cfg.is_file():  # an earlier run with nothing to resume: only the same recipe may restart it
+            try:
+                old = OmegaConf.load(saved_cfg)
+            except Exception:
+                raise UserError(f"output_dir '{self.run_dir}' holds a config.yaml that is not an rlkit recipe; "
+                                f"choose a new or empty folder") from None
+            self._check_restart(old)
+            if (self.run_dir / "metrics.jsonl").exists():
+                print(f"no valid checkpoint in {self.run_dir}: starting from step 0")
         self.dist.barrier()  # every rank has read the old config before rank 0 replaces it
         if self.dist.is_main:
-            saved_cfg.write_text(to_yaml(self.cfg))
+            ckpt.write_atomic_text(saved_cfg, to_yaml(self.cfg))
         return chosen
 
     def _check_distributed(self) -> None:
@@ -285,15 +355,24 @@ class Trainer:
                             f"multiple of the {self.dist.world} processes")
 
     def _check_compatible(self, old: DictConfig) -> None:
-        diffs = [d for d in config_differences(old, self.cfg) if d[0] not in ("resume",)]
-        bad = [d for d in diffs if any(d[0] == k or d[0].startswith(k + ".") for k in INCOMPATIBLE)]
+        """Settings that cannot change on resume are refused; the others apply from the next step."""
+        diffs = [d for d in config_differences(old, self.cfg) if d[0] not in ("resume", "output_dir")]
+        bad = [d for d in diffs if any(d[0] == k or d[0].startswith(k + ".") for k in FIXED_ON_RESUME)]
         if bad:
-            key, was, now = bad[0]
-            raise UserError(f"cannot resume: '{key}' changed from {was!r} to {now!r}; the checkpoint holds "
-                            f"weights for the old setting (use a new output_dir to start over)")
+            listed = "; ".join(f"'{k}' {a!r} -> {b!r}" for k, a, b in bad)
+            raise UserError(f"cannot resume with changed {listed}: the checkpoint holds weights and random "
+                            f"streams for the old setting (use a new output_dir to start over)")
         if diffs:
             listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
-            print(f"warning: resuming with changed settings: {listed}")
+            print(f"resuming with changed settings, applied from the next step: {listed}")
+
+    def _check_restart(self, old: DictConfig) -> None:
+        diffs = [d for d in config_differences(old, self.cfg) if d[0] not in ("resume", "output_dir")]
+        if diffs:
+            key, was, now = diffs[0]
+            more = f" and {len(diffs) - 1} more" if len(diffs) > 1 else ""
+            raise UserError(f"output_dir '{self.run_dir}' holds another run ('{key}' {was!r} -> {now!r}{more}) "
+                            f"with no valid checkpoint to resume; choose another output_dir, or delete that run")
 
     def save_checkpoint(self) -> Path | None:
         return self._save(self.run_dir, self.cfg.train.keep_last)
@@ -345,6 +424,7 @@ class Trainer:
         self.policy.load_adapter_state_dict(parts["adapter"])
         self._load_optimizer_state(parts["optimizer"]["optimizer"])
         self.lr_scheduler.load_state_dict(parts["optimizer"]["lr_scheduler"])
+        self._apply_optim_settings(parts["state"].get("config", {}).get("optim"))
         state = parts["state"]
         ckpt.restore_rng(parts["rng"], state["rng"], self.generators)
         self.prompts.load_state_dict(state["data"])
@@ -353,6 +433,18 @@ class Trainer:
             self.guard.load_state_dict(state["guard"])
         self.step = int(state["step"])
         print(f"resumed from {path} at step {self.step}")
+
+    def _apply_optim_settings(self, old: dict | None) -> None:
+        """The restored optimizer and scheduler carry the old run's hyperparameters: set the recipe's instead,
+        keeping their moments and step counts. A new learning rate rescales the current one, so the schedule
+        (and any rollback reductions) go on from where they were."""
+        o, sched = self.cfg.optim, self.lr_scheduler
+        scale = o.lr / old["lr"] if old and old.get("lr") else 1.0
+        sched.base_lrs = [b * scale for b in sched.base_lrs]
+        for group in self.optimizer.param_groups:
+            group.update(lr=group["lr"] * scale, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+            group["initial_lr"] = group.get("initial_lr", o.lr) * scale
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _save_final(self) -> None:
         state = self.policy.adapter_state_dict()  # every rank: a collective when sharded

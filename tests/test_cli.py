@@ -9,11 +9,46 @@ from conftest import REPO, TINY_RECIPE
 from rlkit.cli import main
 from rlkit.config import packaged_recipes
 
+# recipes whose weights a user downloads or trains first: validate names exactly what is missing
+NEEDS_FILES = {"flux_edit": ("FLUX.1-Kontext-dev", "runs/jrm_reward/final"),
+               "qwen_edit": ("Qwen-Image-Edit", "runs/jrm_reward/final")}
+
 
 @pytest.mark.parametrize("name", sorted(packaged_recipes()))
-def test_every_packaged_recipe_validates(name, capsys):
-    assert main(["validate", name]) == 0
-    assert "ok:" in capsys.readouterr().out
+def test_every_packaged_recipe_validates(name, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    code = main(["validate", name])
+    out, err = capsys.readouterr()
+    if not NEEDS_FILES.get(name):
+        assert code == 0 and "ok:" in out, err
+        return
+    assert code == 2 and len(err.strip().splitlines()) == len(NEEDS_FILES[name]), err
+    for missing in NEEDS_FILES[name]:
+        assert missing in err
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("rewards=[{name: target_color, kwargs: {colour: [1, 0, 0]}}]", "unexpected keyword argument 'colour' (it "
+                                                                    "takes: color, region)"),
+    ("rewards=[{name: target_color, kwargs: {color: [1, 0]}}]", "color must be 3 values in [0, 1]"),
+    ("rewards=[{name: jrm, kwargs: {path: /nowhere/final}}]", "'/nowhere/final': not a trained JRM reward"),
+    ("rewards=[{name: remote, kwargs: {url: 'localhost:8765'}}]", "url must be http://HOST:PORT"),
+    ("policy.lora.target_modules=[to_q,to_qq]", "'to_qq' match(es) no layer of FluxTransformer2DModel"),
+    ("policy.name=flux_kontext", "'policy.pretrained' must name a local folder"),
+    ("eval.every=1", None),  # accepted: evaluation on the training prompts
+])
+def test_validate_refuses_what_run_refuses(override, needle, tmp_path, capsys):
+    """Each problem a run finds before loading a model, validate finds first, with the same line."""
+    run = ["run", str(TINY_RECIPE), override, f"output_dir={tmp_path / 'r'}", "train.steps=1", "train.report=false"]
+    validate_code = main(["validate", str(TINY_RECIPE), override])
+    validate_err = capsys.readouterr().err
+    run_code = main(run)
+    run_err = capsys.readouterr().err
+    if needle is None:
+        assert validate_code == 0 and run_code == 0, validate_err + run_err
+        return
+    assert validate_code == run_code == 2
+    assert needle in validate_err and validate_err == run_err, (validate_err, run_err)
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -132,4 +167,5 @@ def test_missing_real_weights_say_what_to_do(tmp_path, capsys, pretrained, monke
     assert main(["run", "flux_edit", f"output_dir={tmp_path / 'r'}", "policy.device=cpu",
                  f"policy.pretrained={pretrained}", "rewards=[{name: source_consistency}]"]) == 2
     err = capsys.readouterr().err
-    assert "is not a local folder nor in the local hub cache" in err and "download" in err.lower()
+    assert ("is not a local diffusers folder" in err if pretrained.startswith("/") else
+            "not in the local hub cache and rlkit never downloads; download it first" in err)

@@ -20,8 +20,8 @@ LORA = ("policy.lora.rank=4", "policy.lora.alpha=16")
 
 def _trained_policy(editor: str, finetune: str):
     name = EDITORS[editor][0]
-    policy, cfg = make_policy(f"policy.name={name}", "sampler.noise_level=0.0", "sampler.num_steps=3",
-                              f"policy.finetune={finetune}", *LORA)
+    policy, cfg = make_policy(f"policy.name={name}", "sampler.noise_level=0.0", "algorithm.name=dpo",
+                              "sampler.num_steps=3", f"policy.finetune={finetune}", *LORA)
     torch.manual_seed(1)
     with torch.no_grad():  # a "trained" state far from the start, so strength errors show
         for p in policy.trainable_parameters():

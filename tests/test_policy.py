@@ -24,7 +24,7 @@ def test_first_update_ratio_is_exactly_one(tiny_policy):
 
 def test_noise_zero_reproduces_the_diffusers_kontext_pipeline():
     """With noise_level 0 our unrolled sampler is FluxKontextPipeline's own deterministic sampler."""
-    policy, cfg = make_policy("sampler.noise_level=0.0")
+    policy, cfg = make_policy("sampler.noise_level=0.0", "algorithm.name=dpo")  # the ODE: no GRPO
     batch = prompt_batch(1)
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
     rollout = policy.sample(batch, 1, torch.Generator().manual_seed(0), initial_noise=noise)

@@ -35,7 +35,7 @@ def test_noise_zero_is_the_euler_ode_of_the_pipelines_scheduler():
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_shift
 
-    policy, cfg = make_policy(QWEN, "sampler.noise_level=0.0", "sampler.num_steps=4")
+    policy, cfg = make_policy(QWEN, "sampler.noise_level=0.0", "algorithm.name=dpo", "sampler.num_steps=4")
     batch = prompt_batch(1)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     rollout = policy.sample(batch, 1, torch.Generator().manual_seed(0), initial_noise=noise)

@@ -96,8 +96,15 @@ def test_guard_action_ignore_silences_a_kind():
 
 
 # ---------------------------------------------------------------------- actions in tiny runs
+def always_fires(cfg, key: str):
+    """Set an alarm threshold below any value (the schema refuses negatives: set after validation), so the
+    alarm fires at every check: these tests are about what the guard does, not when."""
+    OmegaConf.update(cfg, f"stability.{key}", -1.0)
+    return cfg
+
+
 def test_warn_writes_alarms_jsonl_and_the_run_finishes(tmp_path):
-    cfg = tiny_config(tmp_path, "train.steps=3", "stability.kl_blowup.max_kl_ref=-1")
+    cfg = always_fires(tiny_config(tmp_path, "train.steps=3"), "kl_blowup.max_kl_ref")
     run = Trainer(cfg, progress=False).fit()
     alarms = read_rows(run / "alarms.jsonl")
     assert [(a["step"], a["kind"], a["action"]) for a in alarms] == [(1, "kl_blowup", "warn")]
@@ -106,13 +113,13 @@ def test_warn_writes_alarms_jsonl_and_the_run_finishes(tmp_path):
 
 
 def test_stop_saves_a_checkpoint_and_exits_3(tmp_path):
-    from rlkit.cli import main
-
     out = tmp_path / "run"
-    code = main(["run", "tiny_edit", f"output_dir={out}", "train.steps=5", "train.save_every=0",
-                 "sampler.num_steps=3", "algorithm.group_size=3", "stability.ratio_blowup.max_clipfrac=-1",
-                 "stability.ratio_blowup.action=stop"])
-    assert code == 3
+    cfg = always_fires(tiny_config(tmp_path, "train.steps=5", "train.save_every=0", "sampler.num_steps=3",
+                                   "algorithm.group_size=3", "stability.ratio_blowup.action=stop"),
+                       "ratio_blowup.max_clipfrac")
+    with pytest.raises(GuardStop) as stop:
+        Trainer(cfg, progress=False).fit()
+    assert stop.value.exit_code == 3
     assert (out / "checkpoints" / "step_000001").is_dir()
     assert [a["action"] for a in read_rows(out / "alarms.jsonl")] == ["stop"]
     assert not (out / "final").exists()
@@ -121,9 +128,10 @@ def test_stop_saves_a_checkpoint_and_exits_3(tmp_path):
 def test_rollback_restores_the_good_weights_and_lowers_the_lr(tmp_path):
     # the alarm fires every step: each time the guard rolls back to the step-0 weights, halving the lr, until
     # max_rollbacks is used up and it stops
-    cfg = tiny_config(tmp_path, "train.steps=6", "train.save_every=0", "optim.lr=0.01", "eval.every=100",
-                      "eval.max_prompts=2", "eval.samples_per_prompt=2", "stability.ratio_blowup.max_clipfrac=-1",
-                      "stability.ratio_blowup.action=rollback", "stability.max_rollbacks=2")
+    cfg = always_fires(tiny_config(tmp_path, "train.steps=6", "train.save_every=0", "optim.lr=0.01",
+                                   "eval.every=100", "eval.max_prompts=2", "eval.samples_per_prompt=2",
+                                   "stability.ratio_blowup.action=rollback", "stability.max_rollbacks=2"),
+                       "ratio_blowup.max_clipfrac")
     trainer = Trainer(cfg, progress=False)
     start = {k: v.clone() for k, v in trainer.policy.adapter_state_dict().items()}
     with pytest.raises(GuardStop):
@@ -147,8 +155,8 @@ def test_rollback_restores_the_good_weights_and_lowers_the_lr(tmp_path):
 def test_report_plots_and_offline_html(tmp_path, capsys):
     from rlkit.cli import main
 
-    cfg = tiny_config(tmp_path, "train.steps=3", "eval.every=2", "eval.max_prompts=2", "eval.samples_per_prompt=2",
-                      "stability.kl_blowup.max_kl_ref=-1", "train.report=true")
+    cfg = always_fires(tiny_config(tmp_path, "train.steps=3", "eval.every=2", "eval.max_prompts=2",
+                                   "eval.samples_per_prompt=2", "train.report=true"), "kl_blowup.max_kl_ref")
     run = Trainer(cfg, progress=False).fit()
     assert (run / "report.html").is_file()  # written by the run itself
     (run / "report.html").unlink()

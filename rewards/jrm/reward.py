@@ -31,10 +31,9 @@ class JRMReward:
     def __init__(self, path: str | list[str] | None = None, batch_size: int = 16, device: str = "auto",
                  dtype: str = "float32", think: bool | None = None, max_new_tokens: int = 128,
                  random_size: str | None = None, image_size: int = 448, combine: str = "mean"):
+        self.check(path, batch_size, device, dtype, think, max_new_tokens, random_size, image_size, combine)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if combine not in ("mean", "min"):
-            raise ValueError(f"combine must be mean or min, got {combine!r}")
         if random_size is not None:  # benchmarks only: the cost of a judge of that size, its scores are noise
             self.models = [random_jrm(random_size, image_size, device)]
         elif not path:
@@ -47,6 +46,34 @@ class JRMReward:
             raise ValueError(f"think=true needs rationale_first models; {path} scores first")
         self.think = all(m.thinks for m in self.models) if think is None else think
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+
+    @staticmethod
+    def check(path=None, batch_size: int = 16, device: str = "auto", dtype: str = "float32", think=None,
+              max_new_tokens: int = 128, random_size=None, image_size: int = 448, combine: str = "mean") -> None:
+        """The kwargs and that each path holds a trained JRM, without loading it."""
+        from pathlib import Path
+
+        if combine not in ("mean", "min"):
+            raise ValueError(f"combine must be mean or min, got {combine!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+        for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
+                            ("image_size", image_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if random_size is not None:
+            if random_size not in ("8b", "tiny"):
+                raise ValueError(f"random_size must be 8b or tiny, got {random_size!r}")
+            return
+        if not path:
+            raise ValueError("give 'path' (a trained JRM's final/ folder, or a list of them)")
+        missing = [str(p) for p in ([path] if isinstance(path, str) else list(path))
+                   if not (Path(str(p)).expanduser() / "jrm.json").is_file()]
+        if missing:
+            raise ValueError(f"path {', '.join(repr(p) for p in missing)}: not a trained JRM reward (no jrm.json); "
+                             f"train one with `rlkit train-reward` and pass its final/ folder")
 
     def __call__(self, batch: RewardInput) -> RewardOutput:
         scores, spread, details, rationales = self._judge(list(batch.source), list(batch.edited), batch.instructions)

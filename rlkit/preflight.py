@@ -1,0 +1,120 @@
+"""Everything a run checks before it loads a model, in one place: `rlkit validate` and `Trainer` both call
+`preflight`, so validate accepts exactly what run accepts. Each check returns problems (one line each) instead
+of stopping at the first, so a user fixes a recipe in one pass.
+
+What it checks beyond the schema (config.py): the data (manifest, images), each reward's kwargs against its
+constructor and the reward's own `check` (e.g. a JRM path holds a trained reward), and the policy's weights
+(a local folder or the local hub cache) and LoRA target modules, against the transformer's architecture built
+on the meta device from its config (no weights read).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlkit.errors import UserError
+
+
+def preflight(cfg: DictConfig, files_ready: bool = True) -> list[str]:
+    """The problems of an RL recipe that the schema cannot see. ``files_ready=False``: the data and reward
+    files are made by the run itself (a sandbox prepared on the first run), so only their kwargs are checked."""
+    problems = []
+    if files_ready:
+        problems += data_problems(cfg.data, "data")
+        if cfg.eval.every > 0 and cfg.eval.data is not None:
+            problems += data_problems(cfg.eval.data, "eval.data")
+    for where, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
+        for i, spec in enumerate(specs):
+            kwargs = OmegaConf.to_container(spec.kwargs, resolve=True)
+            problems += reward_problems(spec.name, kwargs, f"{where}[{i}]", files_ready)
+    if files_ready or not str(cfg.policy.pretrained or "").startswith(str(cfg.sandbox.path)):
+        problems += policy_problems(cfg.policy)
+    return problems
+
+
+def raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise UserError(*problems)
+
+
+def data_problems(data_cfg, where: str) -> list[str]:
+    from rlkit.data import check_images_exist, read_items
+
+    try:
+        check_images_exist(read_items(data_cfg), data_cfg.path)
+    except UserError as err:
+        return [f"{where}: {p}" if not p.startswith("data") else p for p in err.problems]
+    return []
+
+
+def reward_problems(name: str, kwargs: dict, where: str, files_ready: bool = True) -> list[str]:
+    """The reward exists, takes these kwargs, and its own `check(**kwargs)` (if it has one) accepts them.
+    Nothing is built: a judge's weights are loaded only by the run."""
+    from rlkit.plugins import load_reward_class
+
+    try:
+        cls = load_reward_class(name)
+    except UserError as err:
+        return [f"{where}: {p}" for p in err.problems]
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as err:
+        params = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+        return [f"{where}: reward '{name}' {err} (it takes: {', '.join(params) or 'no kwargs'})"]
+    check = getattr(cls, "check", None)
+    if check is None or not files_ready:
+        return []
+    try:
+        check(**kwargs)
+    except (ValueError, TypeError, UserError) as err:
+        return [f"{where}: reward '{name}': {line}" for line in str(err).splitlines()]
+    return []
+
+
+def policy_problems(policy_cfg) -> list[str]:
+    """The weights are where the run will look, and every LoRA target module names a layer."""
+    from policies import transformer_skeleton
+
+    try:
+        transformer = transformer_skeleton(policy_cfg)
+    except UserError as err:
+        return err.problems
+    if policy_cfg.finetune != "lora":
+        return []
+    names = [n for n, _ in transformer.named_modules()]
+    unmatched = [t for t in policy_cfg.lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        return [f"policy.lora.target_modules: {', '.join(repr(t) for t in unmatched)} match(es) no layer of "
+                f"{type(transformer).__name__} (e.g. {', '.join(_linear_leaves(transformer)[:6])})"]
+    return []
+
+
+def _linear_leaves(module) -> list[str]:
+    import torch
+
+    leaves = [n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    return list(dict.fromkeys(leaves))
+
+
+def local_pretrained(pretrained: str) -> Path:
+    """The folder of a local diffusers pipeline or its copy in the local hub cache; never downloads."""
+    folder = Path(pretrained).expanduser()
+    if (folder / "model_index.json").is_file():
+        return folder
+    if not folder.exists() and pretrained.count("/") == 1:
+        from huggingface_hub import snapshot_download
+
+        try:
+            cached = Path(snapshot_download(pretrained, local_files_only=True))
+            if (cached / "model_index.json").is_file():
+                return cached
+        except Exception:  # not in the cache (LocalEntryNotFoundError), or an invalid repo id
+            pass
+    if folder.exists() or pretrained.startswith(("/", ".", "~")) or pretrained.count("/") != 1:
+        raise UserError(f"policy.pretrained '{pretrained}' is not a local diffusers folder (no model_index.json); "
+                        f"point it at a folder saved by a diffusers pipeline's save_pretrained, or at a hub id")
+    raise UserError(f"policy.pretrained '{pretrained}' is not in the local hub cache and rlkit never downloads; "
+                    f"download it first (`hf download {pretrained}`) or point policy.pretrained at a local folder")
