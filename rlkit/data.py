@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from policies.base import PromptBatch
 from rlkit.errors import UserError
@@ -34,11 +34,32 @@ class EditItem:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB as the image is meant to be seen: EXIF orientation applied (phone photos are stored sideways),
+    high-bit-depth grey scaled to 8 bits (PIL's own conversion clips 16-bit grey to white and float to black),
+    transparency composited over white."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _to_8bit_grey(img)
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, img).convert("RGB")
     return img.convert("RGB")
+
+
+def _to_8bit_grey(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grey -> 8-bit. Integers are scaled by their container's range (16-bit PNGs
+    use all of it; a 32-bit image holding 8- or 16-bit values is read as such); floats in [0, 1] by 255."""
+    values = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("the image holds NaN or infinite pixel values")
+    top = float(values.max(initial=0.0))
+    if img.mode == "F":
+        scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else top
+    else:
+        scale = 65535.0 if img.mode.startswith("I;16") or top > 255 else 255.0
+        scale = max(scale, top)
+    return Image.fromarray(np.clip(values / scale * 255.0, 0, 255).round().astype(np.uint8), "L")
 
 
 def image_to_tensor(img: Image.Image, resolution: int) -> torch.Tensor:
@@ -62,7 +83,7 @@ def open_rgb(path: str | Path) -> Image.Image:
                 raise UserError(f"image too large ({img.width}x{img.height} > {MAX_PIXELS} pixels): {path}")
             img.load()
             return to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UserError(f"cannot read image {path}: {err}") from None
 
 
@@ -76,12 +97,22 @@ def _check_instruction(text: Any, where: str) -> str:
     return text.strip()
 
 
+def read_utf8(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r}); "
+                        f"save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read: {err.strerror}") from None
+
+
 def read_jsonl(path: Path) -> list[EditItem]:
     """Manifest lines: {"image": path relative to the file, "instruction": text, ...extra kept as metadata}."""
     if not path.is_file():
         raise UserError(f"data.path: manifest not found: {path}")
     items = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -91,6 +122,8 @@ def read_jsonl(path: Path) -> list[EditItem]:
         if not isinstance(row, dict) or "image" not in row:
             raise UserError(f"{path}:{lineno}: expected an object with 'image' and 'instruction'")
         text = _check_instruction(row.get("instruction"), f"{path}:{lineno}")
+        if not isinstance(row["image"], str) or not row["image"].strip():
+            raise UserError(f"{path}:{lineno}: 'image' must be a file path (a string), got {row['image']!r}")
         image = (path.parent / row["image"]).resolve()
         meta = {k: v for k, v in row.items() if k not in ("image", "instruction")}
         items.append(EditItem(image, text, f"{image}\n{text}", meta))
@@ -104,7 +137,7 @@ def read_folder(path: Path, instructions: list[str]) -> list[EditItem]:
     items = []
     for image in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         sidecar = image.with_suffix(".txt")
-        texts = [sidecar.read_text()] if sidecar.is_file() else list(instructions)
+        texts = [read_utf8(sidecar)] if sidecar.is_file() else list(instructions)
         if not texts:
             raise UserError(f"{image}: no instruction (add {sidecar.name} or set data.instructions)")
         for text in texts:
