@@ -2,21 +2,27 @@
 
     rewards: [{name: remote, kwargs: {url: "http://127.0.0.1:8765", timeout: 120, retries: 3}}]
 
-Connection errors, timeouts and server errors (5xx) are retried with exponential backoff; a request the
-server rejects (4xx) is not. When the tries run out the plugin raises, and the run stops the step naming the
-reward (nothing is applied to the policy). Images travel as uint8 by default, which is what a PNG would
+Connection errors, timeouts, truncated or unreadable replies and server errors (5xx) are retried with
+exponential backoff; a request the server rejects (4xx) is not. `timeout` bounds each try as a whole. When
+the tries run out the plugin raises, and the run stops the step naming the reward (nothing is applied to the
+policy). Images travel as uint8 by default, which is what a PNG would
 carry; `wire_dtype: float32` sends them exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 from rewards.base import RewardInput, RewardOutput
-from rewards.wire import decode_output, encode_input
+from rewards.wire import WireError, decode_output, encode_input
 
 
 class RemoteReward:
@@ -60,26 +66,60 @@ class RemoteReward:
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(f"{self.url}/score", data=body, method="POST",
-                                             headers={"Content-Type": "application/octet-stream"})
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                    return decode_output(resp.read())
-            except urllib.error.HTTPError as err:
-                message = _server_message(err)
-                if err.code < 500:  # our request is wrong: retrying cannot help
-                    raise RuntimeError(f"server {self.url} rejected the request ({err.code}): {message}") from None
-                last = f"server error {err.code}: {message}"
-            except (urllib.error.URLError, TimeoutError, OSError) as err:
+                status, data = self._post("/score", body)
+            except (TimeoutError, OSError, http.client.HTTPException) as err:  # incl. a truncated body
                 last = _reason(err)
+                continue
+            if status >= 500:
+                last = f"server error {status}: {_json_error(data)}"
+                continue
+            if status != 200:  # our request is wrong: retrying cannot help
+                raise RuntimeError(f"server {self.url} rejected the request ({status}): {_json_error(data)}")
+            try:
+                return decode_output(data)
+            except WireError as err:  # a body damaged on the way: ask again
+                last = f"unreadable response ({err})"
         raise RuntimeError(f"{self.url} failed {self.retries + 1} time(s); last: {last}")
 
+    def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """One request, bounded by `timeout` as a whole: a server that trickles bytes cannot hold the call
+        longer (a socket timeout alone bounds only each read). The request runs in a helper thread; at the
+        deadline its connection is shut down, which ends any read it is blocked in."""
+        parts = urlsplit(self.url)
+        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = connection_class(parts.hostname, parts.port, timeout=self.timeout)
+        outcome: dict = {}
 
-def _server_message(err: urllib.error.HTTPError) -> str:
+        def request() -> None:
+            try:
+                conn.request("POST", f"{parts.path.rstrip('/')}{path}", body,
+                             {"Content-Type": "application/octet-stream"})
+                response = conn.getresponse()
+                outcome["reply"] = (response.status, response.read())
+            except BaseException as err:  # handed to the caller's thread
+                outcome["error"] = err
+
+        worker = threading.Thread(target=request, daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            if conn.sock is not None:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.close()
+            raise TimeoutError("timed out")
+        conn.close()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["reply"]
+
+
+def _json_error(data: bytes) -> str:
     try:
-        return json.loads(err.read()).get("error", "")
+        return str(json.loads(data).get("error", ""))
     except Exception:
-        return err.reason or ""
+        return data[:200].decode("utf-8", "replace")
 
 
 def _reason(err: Exception) -> str:

@@ -16,15 +16,19 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from rewards.wire import WireError, decode_input, encode_output
+from rlkit.errors import UserError
 
 MAX_BODY = 1 << 30  # 1 GiB: a batch of 64 images at 1024 px in float32 is 0.8 GiB
 
 
-def make_server(name: str, reward, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+def make_server(name: str, reward, host: str = "127.0.0.1", port: int = 8765,
+                idle_timeout: float = 60.0) -> ThreadingHTTPServer:
     lock = threading.Lock()
     stats = {"requests": 0}
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = idle_timeout  # a connection that sends nothing (or trickles) for this long is closed
+
         def log_message(self, fmt, *args):  # one quiet line per request instead of the default access log
             pass
 
@@ -46,11 +50,18 @@ def make_server(name: str, reward, host: str = "127.0.0.1", port: int = 8765) ->
         def do_POST(self):
             if self.path != "/score":
                 return self._error(404, f"unknown path {self.path}; use POST /score")
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                return self._error(400, f"Content-Length must be a number of bytes, got "
+                                        f"{self.headers.get('Content-Length')!r}")
             if not 0 < length <= MAX_BODY:
                 return self._error(400, f"body must be 1 byte to {MAX_BODY} bytes, got {length}")
+            body = self.rfile.read(length)
+            if len(body) < length:  # the client went away mid-body
+                return self._error(400, f"body ended after {len(body)} of {length} bytes")
             try:
-                batch = decode_input(self.rfile.read(length))
+                batch = decode_input(body)
             except WireError as err:
                 return self._error(400, str(err))
             with lock:
@@ -71,7 +82,11 @@ def serve(name: str, kwargs: dict, host: str, port: int) -> None:
     from rlkit.plugins import build_reward
 
     reward = build_reward(name, kwargs)
-    server = make_server(name, reward, host, port)
+    try:
+        server = make_server(name, reward, host, port)
+    except OSError as err:  # EADDRINUSE, EACCES, an address this machine does not have
+        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err} (another server on that port? "
+                        f"choose one with --port)") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}: anyone who can reach this port can use the reward model")
     print(f"serving reward '{name}' on http://{host}:{server.server_address[1]} (GET /health, POST /score)")

@@ -212,3 +212,132 @@ def test_every_builtin_reward_round_trips_through_the_server(served, tmp_path):
         for key, value in (here.details or {}).items():
             torch.testing.assert_close(there.details[key], value.float(), msg=f"{name} {key}")
         assert there.rationales == here.rationales, name
+
+
+# ------------------------------------------------------------------ servers and clients that misbehave
+def _raw_server(handle):
+    """A TCP server on loopback whose every connection is handed to ``handle(conn, n)`` (n = 0, 1, ...)."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    count = [0]
+
+    def loop():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            n, count[0] = count[0], count[0] + 1
+            threading.Thread(target=_serve_one, args=(handle, conn, n), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return listener, f"http://127.0.0.1:{listener.getsockname()[1]}", count
+
+
+def _serve_one(handle, conn, n):
+    with conn:
+        conn.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0].split(b":")[1])
+        while len(body) < length:
+            body += conn.recv(65536)
+        try:
+            handle(conn, n, body)
+        except OSError:
+            pass  # the client hung up: what the tests provoke
+
+
+def _good_reply(body: bytes) -> bytes:
+    from rewards.wire import encode_output
+
+    batch = decode_input(body)
+    out = encode_output(SourceConsistency()(batch))
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(out) + out
+
+
+def test_timeout_bounds_a_whole_call_to_a_trickling_server():
+    def trickle(conn, n, body):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(60):  # one byte every 0.25 s: each read is quick, the whole would take 15 s
+            conn.sendall(b"x")
+            time.sleep(0.25)
+
+    listener, url, _ = _raw_server(trickle)
+    remote = RemoteReward(url, timeout=1.0, retries=0, check_health=False)
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="failed 1 time.*timed out"):
+        remote(_batch())
+    assert time.perf_counter() - start < 2.5
+    listener.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "reset"])
+def test_a_damaged_reply_is_retried(damage):
+    def flaky(conn, n, body):
+        if n == 0:
+            reply = _good_reply(body)
+            if damage == "truncated":  # promises the whole body, sends a tenth, hangs up
+                conn.sendall(reply[: len(reply) // 10])
+            elif damage == "garbage":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ngarbage")
+            return  # "reset": closes without a word
+        conn.sendall(_good_reply(body))
+
+    listener, url, count = _raw_server(flaky)
+    out = RemoteReward(url, timeout=5, retries=2, backoff=0.01, check_health=False)(_batch())
+    assert torch.allclose(out.scores, SourceConsistency()(_batch()).scores, atol=1 / 255)
+    assert count[0] == 2
+    listener.close()
+
+
+def _raw_request(url: str, data: bytes, read_timeout: float = 5) -> bytes:
+    import socket
+
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=read_timeout) as s:
+        s.sendall(data)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply
+
+
+@pytest.mark.parametrize("length", [b"abc", b"-5", b"99999999999999999999"])
+def test_a_malformed_content_length_gets_a_400(served, length):
+    url = served(SourceConsistency())
+    reply = _raw_request(url, b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.0 400") and b'"error"' in reply
+
+
+def test_idle_and_half_sent_connections_are_closed(served):
+    server = make_server("test", SourceConsistency(), "127.0.0.1", 0, idle_timeout=0.5)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        start = time.perf_counter()
+        assert _raw_request(url, b"") == b""  # says nothing: closed by the server, not held forever
+        half = _raw_request(url, b"POST /score HTTP/1.1\r\nContent-Length: 1000\r\n\r\nonly this")
+        assert time.perf_counter() - start < 4 and (half == b"" or b" 400" in half.split(b"\r\n")[0])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_busy_port_is_one_line(capsys):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main_cli(["serve-reward", "source_consistency", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0] and "--port" in err[0]
+
+
+def main_cli(argv):
+    from rlkit.cli import main
+
+    return main(argv)
