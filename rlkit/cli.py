@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from rlkit import __version__
-from rlkit.errors import CheckpointError, GuardStop, RewardError, UserError
+from rlkit.errors import CheckpointError, GuardStop, RewardError, RolloutError, UserError
 
 
 def cmd_run(args) -> int:
@@ -129,12 +129,15 @@ def cmd_train_reward(args) -> int:
 def cmd_eval_reward(args) -> int:
     from rewards.jrm.evaluate import evaluate
     from rewards.jrm.model import JRMModel
+    from rlkit.logs import json_safe
 
+    out = Path(args.output) if args.output else Path(args.reward_dir) / f"eval_{args.format}.json"
+    _check_writable(out)  # before the evaluation, not after it
     model = JRMModel.load(args.reward_dir, device="cuda" if _cuda() else "cpu")
     report = evaluate(lambda s, e, t: model.score(s, e, t, args.batch_size)[0], args.data, args.format)
     report.update(reward=str(args.reward_dir), data=str(args.data))
-    out = Path(args.output) if args.output else Path(args.reward_dir) / f"eval_{args.format}.json"
-    out.write_text(json.dumps(report, indent=1))
+    # no decided pair (all ties) leaves an accuracy of NaN: null in strict JSON
+    out.write_text(json.dumps(json_safe(report), indent=1, allow_nan=False))
     from rich.console import Console
     from rich.table import Table
 
@@ -145,7 +148,7 @@ def cmd_eval_reward(args) -> int:
             for kk, vv in v.items():
                 table.add_row(f"{k}/{kk}", f"{vv:.4f}" if isinstance(vv, float) else str(vv))
         elif k not in ("reward", "data"):
-            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))  # nan prints as nan here
     Console(width=120).print(table)
     print(f"report: {out}")
     return 0
@@ -201,6 +204,17 @@ def cmd_report(args) -> int:
 
     print(f"wrote {write_report(args.run_dir)}")
     return 0
+
+
+def _check_writable(path: Path) -> None:
+    """Make the output's folder now and prove it takes a file, so a typo fails before minutes of work."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".rlkit-write-test.{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"--output '{path}': cannot write there ({err.strerror or err})") from None
 
 
 def _cuda() -> bool:
@@ -293,9 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for library in ("transformers", "diffusers"):  # already imported (main called in-process): tell it directly
+        if library in sys.modules:
+            logging = __import__(f"{library}.utils.logging", fromlist=["_"])
+            logging.set_verbosity_error()
+            logging.disable_progress_bar()
     try:
         return args.func(args)
-    except (UserError, RewardError, CheckpointError, GuardStop) as err:
+    except (UserError, RewardError, RolloutError, CheckpointError, GuardStop) as err:
         if os.environ.get("RLKIT_DEBUG"):
             raise
         for line in str(err).splitlines() or [type(err).__name__]:

@@ -24,6 +24,13 @@ class RewardError(Exception):
         self.reward_name = reward_name
 
 
+class RolloutError(Exception):
+    """Sampling produced non-finite latents (e.g. an SDE noise level the model cannot take). Nothing was scored
+    or applied. Exit status 1."""
+
+    exit_code = 1
+
+
 class CheckpointError(Exception):
     """A checkpoint could not be written (disk full, permissions). The previous checkpoint is intact. Exit 1."""
 

@@ -15,9 +15,12 @@ REQUIRED_KEYS = ("step", "reward_mean", "reward_std", "zero_std_frac", "ratio_me
                  "kl_ref", "loss", "time_rollout_s", "time_reward_s", "time_train_s")
 
 
-def _clean(value):
+def json_safe(value):
+    """Plain JSON values: tensors as numbers, NaN and infinities as null (strict JSON has neither)."""
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     if isinstance(value, torch.Tensor):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -54,7 +57,7 @@ class RunLogger:
     def log(self, metrics: dict) -> None:
         if not self.enabled:
             return
-        row = {k: _clean(v) for k, v in metrics.items()}
+        row = {k: json_safe(v) for k, v in metrics.items()}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.tb is not None:
@@ -71,7 +74,7 @@ class RunLogger:
         if not self.enabled:
             return
         with open(self.alarms_path, "a") as f:
-            f.write(json.dumps(_clean(row)) + "\n")
+            f.write(json.dumps(json_safe(row)) + "\n")
         say = self.progress.console.print if self.progress is not None else print
         say(f"[stability] step {row['step']} {row['kind']} -> {row['action']}: {row['message']}")
 

@@ -21,7 +21,7 @@ from rlkit.algorithms import build_algorithm
 from rlkit.config import to_yaml
 from rlkit.data import PromptStream, read_items
 from rlkit.distributed import Distributed
-from rlkit.errors import CheckpointError, GuardStop, UserError
+from rlkit.errors import CheckpointError, GuardStop, RolloutError, UserError
 from rlkit.evaluation import HeldoutEvaluator
 from rlkit.logs import REQUIRED_KEYS, RunLogger, save_grid
 from rlkit.plugins import build_rewards
@@ -170,6 +170,7 @@ class Trainer:
                     batch = self.prompts.next_batch(train.prompts_per_step)  # the global batch, on every rank
                     rollout = self.policy.sample(batch, cfg.algorithm.group_size, self.generators["rollout"],
                                                  sde_window_start=step, shard=(self.dist.rank, self.dist.world))
+                    self._check_rollout(rollout)
                     t1 = time.perf_counter()
                     reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
                     t2 = time.perf_counter()
@@ -213,6 +214,14 @@ class Trainer:
                     print(f"warning: could not write the report: {err}")
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def _check_rollout(self, rollout) -> None:
+        """Non-finite samples are the sampler's fault, not the reward's that would be first to see them."""
+        if not torch.isfinite(rollout.latents[:, -1]).all():
+            s = self.cfg.sampler
+            raise RolloutError(f"step {self.step + 1}: sampling produced non-finite latents (sampler.kernel="
+                               f"{s.kernel}, noise_level={s.noise_level}, num_steps={s.num_steps}); lower "
+                               f"sampler.noise_level. The last checkpoint is intact")
 
     def _advantages(self, reward, rollout):
         """Advantages over the whole global batch (rewards gathered from every rank); this rank's share."""

@@ -243,3 +243,17 @@ def test_sample_grid_rows_are_capped(tmp_path):
     save_grid(tmp_path / "capped.png", sources, samples, group_size=2, max_rows=5)
     assert Image.open(tmp_path / "all.png").size == (8 * 3 + 2, 40 * 8)
     assert Image.open(tmp_path / "capped.png").size == (8 * 3 + 2, 5 * 8)
+
+
+def test_a_sampler_that_blows_up_is_named_not_the_reward(tmp_path):
+    """Latents gone to inf/NaN (here an SDE noise level far past the schema's range, set after validation) stop
+    the step naming the sampler; before, the first reward to see the NaN images took the blame."""
+    from omegaconf import OmegaConf
+
+    from rlkit.errors import RolloutError
+
+    cfg = tiny_config(tmp_path)
+    OmegaConf.update(cfg, "sampler.noise_level", 1e30)
+    with pytest.raises(RolloutError, match="sampling produced non-finite latents .*lower sampler.noise_level"):
+        _run(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

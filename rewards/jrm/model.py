@@ -202,10 +202,15 @@ class JRMModel(nn.Module):
         if not (directory / "jrm.json").is_file():
             raise UserError(f"{directory} is not a JRM reward directory (no jrm.json); train one with "
                             f"`rlkit train-reward` and pass its final/ folder")
-        config = JRMConfig(**json.loads((directory / "jrm.json").read_text()))  # older files: defaults apply
-        backbone = load_backbone(str(directory / "backbone"), dtype=dtype or torch.float32)
-        model = cls(backbone, config)
-        model.head.load_state_dict(load_file(directory / "head.safetensors"))
+        try:
+            config = JRMConfig(**json.loads((directory / "jrm.json").read_bytes()))  # older files: defaults apply
+            backbone = load_backbone(str(directory / "backbone"), dtype=dtype or torch.float32)
+            model = cls(backbone, config)
+            model.head.load_state_dict(load_file(directory / "head.safetensors"))
+        except Exception as err:  # truncated weights, edited JSON, a missing backbone file: name the folder
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            raise UserError(f"JRM reward folder {directory} is damaged or incomplete ({type(err).__name__}: "
+                            f"{first}); train it again or restore it") from None
         model.eval()
         if device:
             model.to(device)
