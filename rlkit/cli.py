@@ -57,12 +57,10 @@ def cmd_validate(args) -> int:
 
     raw = OmegaConf.load(resolve_recipe_path(args.recipe))
     if "backbone" in raw:  # a reward-model recipe (rlkit train-reward)
-        from rewards.jrm.config import RewardRecipe, check_reward_recipe
+        from rewards.jrm.config import RewardRecipe, check_reward_recipe, reward_recipe_problems
 
         cfg = load_recipe(args.recipe, args.overrides, schema_cls=RewardRecipe, check=check_reward_recipe)
-        for split in (cfg.data.train, cfg.data.eval):
-            if split not in (None, "synthetic") and not Path(split).is_file():
-                raise UserError(f"pairs file not found: {split}")
+        raise_problems(reward_recipe_problems(cfg))
         print(f"ok: {args.recipe} (reward recipe, backbone: {cfg.backbone.pretrained or cfg.backbone.name}, "
               f"alpha {cfg.loss.alpha})")
         return 0
@@ -114,10 +112,12 @@ def cmd_sandbox(args) -> int:
 
 def cmd_train_reward(args) -> int:
     """train-reward and distill-reward: both read a reward recipe and write OUTPUT/final/."""
-    from rewards.jrm.config import RewardRecipe, check_reward_recipe
+    from rewards.jrm.config import RewardRecipe, check_reward_recipe, reward_recipe_problems
     from rlkit.config import load_recipe
+    from rlkit.preflight import raise_problems
 
     cfg = load_recipe(args.recipe, args.overrides, schema_cls=RewardRecipe, check=check_reward_recipe)
+    raise_problems(reward_recipe_problems(cfg))  # what validate checks, before loading anything
     if args.command == "distill-reward":
         from rewards.jrm.distill import distill_reward as train
     else:

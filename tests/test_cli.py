@@ -11,7 +11,8 @@ from rlkit.config import packaged_recipes
 
 # recipes whose weights a user downloads or trains first: validate names exactly what is missing
 NEEDS_FILES = {"flux_edit": ("FLUX.1-Kontext-dev", "runs/jrm_reward/final"),
-               "qwen_edit": ("Qwen-Image-Edit", "runs/jrm_reward/final")}
+               "qwen_edit": ("Qwen-Image-Edit", "runs/jrm_reward/final"),
+               "jrm_reward": ("Qwen3-VL-8B-Instruct",)}
 
 
 @pytest.mark.parametrize("name", sorted(packaged_recipes()))
@@ -104,6 +105,22 @@ def test_recipe_errors_exit_2_with_one_clear_line(override, needle, capsys):
     err = capsys.readouterr().err
     assert needle in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.lr=-1", "'train.lr' is -1.0, must be > 0"),
+    ("loss.alpha=1", "'loss.alpha' is 1.0, must be >= 0 and < 1"),
+    ("head.bins=[1]", "'head.bins' must list at least 2"),
+    ("backbone.name=big", "'backbone.name' is 'big', expected one of: tiny, pretrained"),
+    ("train.device=gpu", "'train.device' is 'gpu', expected auto, cpu, cuda or cuda:N"),
+    ("data.train=/nope.jsonl", "data.train: pairs file not found: /nope.jsonl"),
+    ("distill.teacher=/nope", "distill.teacher '/nope': not a trained JRM reward"),
+])
+def test_reward_recipe_errors_exit_2_in_validate_and_train_reward(override, needle, capsys, tmp_path):
+    for command in ("validate", "train-reward"):
+        assert main([command, "jrm_tiny", override, f"output_dir={tmp_path}"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_every_problem_is_reported_in_one_pass(capsys):
