@@ -197,3 +197,18 @@ def test_huge_images_are_refused_by_name(tmp_path, monkeypatch):
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
     with pytest.raises(UserError, match="image too large .*big.png"):
         data.load_image(tmp_path / "big.png", 16)
+
+
+def test_a_second_process_cannot_write_a_running_runs_directory(straight_run, tmp_path, capsys):
+    """Two runs on one output_dir used to interleave their metrics. The first owns it; the second exits 2 naming
+    the owner; a killed owner leaves no stale lock (the OS releases it), so resume works at once."""
+    run = tmp_path / "run"
+    proc = _start(run)
+    _wait_for_lines(run, 1, proc)
+    assert main(["run", str(TINY_RECIPE), f"output_dir={run}", *STEPS]) == 2
+    assert f"is in use by rlkit pid {proc.pid}" in capsys.readouterr().err
+    proc.kill()
+    proc.wait()
+    assert main(["resume", str(run)]) == 0
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6] and _same(_adapter(run, 6), _adapter(straight_run, 6))
