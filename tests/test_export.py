@@ -52,19 +52,25 @@ def _stock_output(editor: str, pipe, cfg, batch, noise) -> torch.Tensor:
     from policies.qwen_image_edit import QwenImageEditPolicy
 
     cfg.policy.finetune = "lora"  # the wrapper must not copy or re-wrap the loaded transformer
-    wrapper = QwenImageEditPolicy(pipe, cfg.policy, cfg.sampler, with_adapter=False)
-    return wrapper.sample(batch, 1, torch.Generator().manual_seed(0), initial_noise=noise).latents[:, -1]
+    return _ode_output(QwenImageEditPolicy(pipe, cfg.policy, cfg.sampler, with_adapter=False), batch, noise)
+
+
+def _ode_output(policy, batch, noise) -> torch.Tensor:
+    return policy.sample(batch, 1, torch.Generator().manual_seed(0), initial_noise=noise).latents[:, -1]
+
+
+def _inputs(editor: str):
+    C, side = EDITORS[editor][1:]
+    return prompt_batch(1), torch.randn(1, C, side, side, generator=torch.Generator().manual_seed(3))
 
 
 @pytest.mark.parametrize("editor", sorted(EDITORS))
 def test_exported_lora_loads_at_its_trained_strength(editor, tmp_path):
     policy, cfg = _trained_policy(editor, "lora")
-    batch = prompt_batch(1)
-    C, side = EDITORS[editor][1:]
-    noise = torch.randn(1, C, side, side, generator=torch.Generator().manual_seed(3))
-    trained = policy.sample(batch, 1, torch.Generator().manual_seed(0), initial_noise=noise).latents[:, -1]
+    batch, noise = _inputs(editor)
+    trained = _ode_output(policy, batch, noise)
     with policy.reference():
-        untrained = policy.sample(batch, 1, torch.Generator().manual_seed(0), initial_noise=noise).latents[:, -1]
+        untrained = _ode_output(policy, batch, noise)
     policy.save_lora(str(tmp_path))
     with safe_open(str(tmp_path / "pytorch_lora_weights.safetensors"), "pt") as f:
         meta = json.loads(f.metadata()["lora_adapter_metadata"])
@@ -80,10 +86,8 @@ def test_exported_lora_loads_at_its_trained_strength(editor, tmp_path):
 @pytest.mark.parametrize("editor", sorted(EDITORS))
 def test_fully_finetuned_transformer_loads_with_from_pretrained(editor, tmp_path):
     policy, cfg = _trained_policy(editor, "full")
-    batch = prompt_batch(1)
-    C, side = EDITORS[editor][1:]
-    noise = torch.randn(1, C, side, side, generator=torch.Generator().manual_seed(3))
-    trained = policy.sample(batch, 1, torch.Generator().manual_seed(0), initial_noise=noise).latents[:, -1]
+    batch, noise = _inputs(editor)
+    trained = _ode_output(policy, batch, noise)
     policy.save_lora(str(tmp_path))
 
     pipe = _stock_pipeline(editor)
