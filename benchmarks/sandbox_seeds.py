@@ -25,6 +25,22 @@ def gt_series(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["gt_heldout"]) for r in read_rows(run / "metrics.jsonl") if r.get("gt_heldout") is not None]
 
 
+def guard_summary(run: Path, series: list[tuple[int, float]]) -> str:
+    """First alarm, best evaluation, and which weights final/ holds with their truth."""
+    import json
+
+    alarms = read_rows(run / "alarms.jsonl")
+    first = (f"first alarm step {alarms[0]['step']} ({alarms[0]['kind']}), {len(alarms)} in all" if alarms
+             else "no alarm")
+    best_step, best = max(series, key=lambda p: (p[1], p[0]))
+    info = run / "final" / "rlkit_final.json"
+    final = json.loads(info.read_text()) if info.exists() else {}
+    exported = dict(series).get(final.get("step"))
+    return (f"{first}; start {series[0][1]:.3f}, best {best:.3f} (step {best_step}), last {series[-1][1]:.3f}; "
+            f"final/ = {final.get('weights', '?')} weights of step {final.get('step', '?')}, truth "
+            f"{'n/a' if exported is None else f'{exported:.3f}'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="a folder for the runs (OUT/seed_N)")
@@ -52,6 +68,7 @@ def main() -> None:
         gains.append(gain)
         steps = " / ".join(f"{v:.3f}" for _, v in series)
         print(f"seed {seed}: gt_heldout at steps {' / '.join(str(s) for s, _ in series)}: {steps}  gain {gain:+.3f}")
+        print(f"  {guard_summary(args.out / f'seed_{seed}', series)}")
     if gains:
         print(f"{len(gains)} seeds: mean gain {sum(gains) / len(gains):+.3f}, worst {min(gains):+.3f}, "
               f"best {max(gains):+.3f}")

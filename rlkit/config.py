@@ -201,6 +201,9 @@ class TrainConfig:
     keep_last: int = setting(3, ge=0)  # checkpoints kept; 0 = all
     log_every: int = setting(1, ge=1)
     grid_every: int = setting(25, ge=0)  # PNG grid (source | group samples) every N steps; 0 = never
+    # with gold evaluations (eval.rewards), final/ holds the weights of the best one and the last weights go to
+    # final_last/ (like transformers' load_best_model_at_end); last: final/ is always the last weights
+    final_weights: str = setting("best_gold", choices=("best_gold", "last"))
     report: bool = True  # write plots/*.png and report.html when the run ends (also: rlkit report RUN_DIR)
 
 
@@ -315,6 +318,7 @@ class StabilityConfig:
     ratio_blowup: RatioAlarm = field(default_factory=RatioAlarm)
     diversity_collapse: DiversityAlarm = field(default_factory=DiversityAlarm)
     rollback_lr_factor: float = setting(0.5, gt=0, le=1)  # learning rate x this after each rollback
+    rollback_kl_factor: float = setting(1.0, ge=1, le=1000)  # algorithm.kl_coef x this after each rollback
     max_rollbacks: int = setting(3, ge=0)  # then a rollback alarm stops the run instead
 
 

@@ -36,7 +36,7 @@ FIXED_ON_RESUME = ("policy.name", "policy.pretrained", "policy.seed", "policy.fi
                    "data.shuffle")
 # what a run writes into its directory (anything else there means the folder is someone else's)
 RUN_FILES = {"config.yaml", "metrics.jsonl", "alarms.jsonl", "tensorboard", "samples", "checkpoints", "final",
-             "guard", "plots", "report.html", ".tmp-final", ".rlkit.lock"}
+             "final_last", "best", "guard", "plots", "report.html", ".tmp-final", ".tmp-final_last", ".rlkit.lock"}
 
 
 def lock_run_dir(run_dir: Path):
@@ -57,6 +57,10 @@ def lock_run_dir(run_dir: Path):
     handle.write(f"rlkit pid {os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def seed_everything(seed: int) -> None:
@@ -264,15 +268,19 @@ class Trainer:
                 self.save_checkpoint()
                 raise GuardStop(f"stability guard stopped the run at step {self.step}: {alarm.kind}: "
                                 f"{alarm.message} (see {self.run_dir / 'alarms.jsonl'}; checkpoint saved)")
-        if (self.guard.wants_rollback and self.guard.eval_steps and self.guard.eval_steps[-1] == self.step
-                and self.guard.is_good()):
+        evaluated_now = self.guard.eval_steps and self.guard.eval_steps[-1] == self.step
+        if evaluated_now and self.guard.gold and self.guard.is_good():  # the best gold so far
+            if self.guard.wants_rollback or self.cfg.train.final_weights == "best_gold":
+                self._save(self.run_dir / "best", keep_last=1)
+        elif evaluated_now and self.guard.wants_rollback and not self.guard.gold and self.guard.is_good():
             self._save(self.run_dir / "guard", keep_last=1)
 
     def _rollback(self, alarm: Alarm) -> None:
-        """Back to the last good weights (optimizer too), learning rate x rollback_lr_factor. The step counter
-        and data position go on, so metrics.jsonl stays one row per step."""
-        good = ckpt.newest_valid(self.run_dir / "guard", warn=lambda m: None) or ckpt.newest_valid(
-            self.run_dir, warn=lambda m: None)
+        """Back to the best weights (optimizer too), learning rate x rollback_lr_factor and KL coefficient x
+        rollback_kl_factor from now on. The step counter and data position go on, so metrics.jsonl stays one
+        row per step."""
+        saved = (ckpt.newest_valid(self.run_dir / d, warn=lambda m: None) for d in ("best", "guard", "."))
+        good = next((c for c in saved if c is not None), None)
         if good is None or good.step > self.step:
             alarm.action = "stop"
             alarm.message += "; no good checkpoint to roll back to"
@@ -285,9 +293,11 @@ class Trainer:
         for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
             group["lr"] = base * fn(sched.last_epoch)
         sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self.algorithm.kl_scale *= self.cfg.stability.rollback_kl_factor
         self.guard.rolled_back()
-        alarm.figures.update({"rollback_to_step": good.step, "new_lr": sched.base_lrs[0]})
-        alarm.message += f"; rolled back to step {good.step}, lr now {sched.base_lrs[0]:.3g}"
+        kl = self.cfg.algorithm.kl_coef * self.algorithm.kl_scale
+        alarm.figures.update({"rollback_to_step": good.step, "new_lr": sched.base_lrs[0], "new_kl_coef": kl})
+        alarm.message += f"; rolled back to step {good.step}, lr now {sched.base_lrs[0]:.3g}, kl_coef {kl:.3g}"
 
     def _request_stop(self, signum, frame) -> None:
         # finish the current step, checkpoint, exit; a second signal exits at once
@@ -419,7 +429,8 @@ class Trainer:
 
     def _write_checkpoint(self, root: Path, keep_last: int, adapter: dict, optim: dict) -> Path:
         state = {"data": self.prompts.state_dict(), "stability": self.stability.state_dict(),
-                 "guard": self.guard.state_dict(), "config": OmegaConf.to_container(self.cfg, resolve=True)}
+                 "guard": self.guard.state_dict(), "kl_scale": self.algorithm.kl_scale,
+                 "config": OmegaConf.to_container(self.cfg, resolve=True)}
         try:
             return ckpt.save_checkpoint(root, self.step, adapter, optim, self.generators, state, keep_last)
         except OSError as err:
@@ -440,6 +451,7 @@ class Trainer:
         self.stability.load_state_dict(state["stability"])
         if "guard" in state:
             self.guard.load_state_dict(state["guard"])
+        self.algorithm.kl_scale = float(state.get("kl_scale", 1.0))
         self.step = int(state["step"])
         print(f"resumed from {path} at step {self.step}")
 
@@ -456,12 +468,47 @@ class Trainer:
         sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _save_final(self) -> None:
+        """final/: the weights of the best gold evaluation when the run has gold evaluations and
+        train.final_weights is best_gold (the last weights then go to final_last/), else the last weights.
+        final/rlkit_final.json says which (step, gold)."""
         state = self.policy.adapter_state_dict()  # every rank: a collective when sharded
         if self.dist.is_main:
-            final = self.run_dir / "final"
-            tmp = self.run_dir / ".tmp-final"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.policy.save_lora(str(tmp), state)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            best = self._best_gold() if self.cfg.train.final_weights == "best_gold" else None
+            last = {"weights": "last", "step": self.step, "gold": self._gold_at(self.step)}
+            if best is None or best[0].step == self.step:
+                self._write_final("final", state, {**last, "best_gold": best is not None})
+                shutil.rmtree(self.run_dir / "final_last", ignore_errors=True)
+            else:
+                checkpoint, gold = best
+                self._write_final("final_last", state, last)
+                self._write_final("final", ckpt.load_checkpoint(checkpoint.path)["adapter"],
+                                  {"weights": "best_gold", "step": checkpoint.step, "gold": gold})
+                print(f"final/ holds the weights of step {checkpoint.step}, the best gold evaluation (gold "
+                      f"{_fmt(gold)}); the last weights (step {self.step}, gold {_fmt(last['gold'])}) are in "
+                      f"final_last/")
         self.dist.barrier()
+
+    def _best_gold(self) -> tuple[ckpt.Checkpoint, float | None] | None:
+        """The best/ checkpoint and its gold, when the run evaluated gold rewards."""
+        if not self.guard.gold:
+            return None
+        found = ckpt.newest_valid(self.run_dir / "best", warn=lambda m: print(f"warning: {m}"))
+        if found is None:
+            print("warning: no valid best/ checkpoint: final/ holds the last weights")
+            return None
+        return found, self._gold_at(found.step)
+
+    def _gold_at(self, step: int) -> float | None:
+        steps = self.guard.eval_steps[-len(self.guard.gold):] if self.guard.gold else []
+        return self.guard.gold[steps.index(step)] if step in steps else None
+
+    def _write_final(self, name: str, state: dict, info: dict) -> None:
+        """A finished export, swapped in whole (a crash leaves the previous one or none, never half of one)."""
+        import json
+
+        final, tmp = self.run_dir / name, self.run_dir / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.policy.save_lora(str(tmp), state)
+        (tmp / "rlkit_final.json").write_text(json.dumps(info, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)

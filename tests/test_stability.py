@@ -168,3 +168,80 @@ def test_report_plots_and_offline_html(tmp_path, capsys):
     assert "kl_blowup" in page and "eval_step_000002" in page
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "not an rlkit run directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the best gold weights are exported
+GOLD = {0: 0.30, 1: 0.50, 2: 0.20, 3: 0.40, 4: 0.10}  # a constructed stream: best at step 1, worst at the end
+
+
+@pytest.fixture
+def scripted_gold(monkeypatch):
+    """Each evaluation's gold is GOLD[step], whatever the policy does: the export must follow the stream."""
+    evaluate = Trainer._evaluate
+
+    def scripted(self):
+        figures = evaluate(self)
+        figures["gold/reward"] = GOLD[self.step]
+        return figures
+
+    monkeypatch.setattr(Trainer, "_evaluate", scripted)
+
+
+def _gold_cfg(tmp_path, *extra):
+    return tiny_config(tmp_path, "train.steps=4", "train.save_every=1", "train.keep_last=0", "eval.every=1",
+                       "eval.max_prompts=1", "eval.samples_per_prompt=2", "eval.rewards=[{name: source_consistency}]",
+                       *extra)
+
+
+def _lora(folder) -> dict:
+    """An exported LoRA keyed like the policy's adapter state (diffusers adds the 'transformer.' prefix)."""
+    exported = load_file(folder / "pytorch_lora_weights.safetensors")
+    return {k.removeprefix("transformer."): v for k, v in exported.items()}
+
+
+def _same_weights(exported: dict, adapter: dict) -> bool:
+    return exported.keys() == adapter.keys() and all(torch.equal(exported[k], adapter[k]) for k in adapter)
+
+
+def test_final_holds_the_best_gold_evaluations_weights(tmp_path, scripted_gold, capsys):
+    run = Trainer(_gold_cfg(tmp_path), progress=False).fit()
+    adapter = {s: load_file(run / "checkpoints" / f"step_{s:06d}" / "adapter.safetensors") for s in (1, 4)}
+    assert _same_weights(_lora(run / "final"), adapter[1])
+    assert _same_weights(_lora(run / "final_last"), adapter[4])
+    assert json.loads((run / "final" / "rlkit_final.json").read_text()) == {"weights": "best_gold", "step": 1,
+                                                                            "gold": 0.5}
+    assert json.loads((run / "final_last" / "rlkit_final.json").read_text())["step"] == 4
+    assert "final/ holds the weights of step 1, the best gold evaluation (gold 0.5000)" in capsys.readouterr().out
+
+
+def test_the_best_gold_export_survives_a_resume(tmp_path, scripted_gold):
+    straight = Trainer(_gold_cfg(tmp_path / "a"), progress=False).fit()
+    Trainer(_gold_cfg(tmp_path / "b"), progress=False).fit(max_steps=2)  # stopped after step 2, best at 1
+    resumed = Trainer(_gold_cfg(tmp_path / "b"), progress=False).fit()
+    for name in ("final", "final_last"):
+        a, b = _lora(straight / name), _lora(resumed / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_final_weights_last_and_runs_without_gold_export_the_last_weights(tmp_path, scripted_gold):
+    run = Trainer(_gold_cfg(tmp_path / "a", "train.final_weights=last"), progress=False).fit()
+    last = load_file(run / "checkpoints" / "step_000004" / "adapter.safetensors")
+    assert _same_weights(_lora(run / "final"), last) and not (run / "final_last").exists()
+    run = Trainer(tiny_config(tmp_path / "b"), progress=False).fit()  # no evaluation at all
+    assert json.loads((run / "final" / "rlkit_final.json").read_text())["best_gold"] is False
+
+
+def test_a_rollback_tightens_the_kl_anchor_and_resume_keeps_it(tmp_path):
+    cfg = always_fires(tiny_config(tmp_path, "train.steps=6", "train.save_every=0", "optim.lr=0.01",
+                                   "eval.every=100", "eval.max_prompts=2", "eval.samples_per_prompt=2",
+                                   "stability.ratio_blowup.action=rollback", "stability.max_rollbacks=2",
+                                   "stability.rollback_kl_factor=4"),
+                       "ratio_blowup.max_clipfrac")
+    trainer = Trainer(cfg, progress=False)
+    with pytest.raises(GuardStop):
+        trainer.fit()
+    alarms = read_rows(trainer.run_dir / "alarms.jsonl")
+    assert [a["figures"]["new_kl_coef"] for a in alarms[:2]] == pytest.approx([0.04, 0.16])
+    assert trainer.algorithm.kl_scale == 16
+    state = json.loads((trainer.run_dir / "checkpoints" / "step_000003" / "state.json").read_text())
+    assert state["kl_scale"] == 16

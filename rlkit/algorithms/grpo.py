@@ -16,6 +16,7 @@ class GRPO:
     def __init__(self, cfg, max_grad_norm: float):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
         self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step
+        self.kl_scale = 1.0  # the guard tightens the KL anchor after a rollback (stability.rollback_kl_factor)
 
     def advantages(self, rewards, group_ids, uncertainty=None):
         adv, zero_std_frac = group_advantages(rewards, group_ids, self.cfg.std_scope, self.cfg.adv_clip)
@@ -58,12 +59,13 @@ class GRPO:
                     clipped = torch.clamp(ratio, 1 - cfg.clip_range_low, 1 + cfg.clip_range_high)
                     pg_loss = torch.maximum(-adv * ratio, -adv * clipped).mean()
                     kl = torch.zeros((), device=ratio.device)
-                    if cfg.kl_coef > 0:
+                    kl_coef = cfg.kl_coef * self.kl_scale
+                    if kl_coef > 0:
                         with torch.no_grad(), policy.reference():
                             ref = policy.step_logprob(rollout, idx, t)
                         dims = tuple(range(1, out.mean.ndim))
                         kl = (((out.mean - ref.mean) ** 2).mean(dim=dims) / (2 * out.std**2)).mean()
-                    loss = pg_loss + cfg.kl_coef * kl
+                    loss = pg_loss + kl_coef * kl
                     (loss / k).backward()  # one optimizer step per micro-batch: the mean over its samples and steps
                     with torch.no_grad():
                         stats["loss"].append(loss.item())
