@@ -100,6 +100,7 @@ def write_report(run_dir: str | Path) -> Path:
     steps = [r["step"] for r in rows]
     parts.append(f"<p>{len(rows)} rows, steps {min(steps, default=0)}-{max(steps, default=0)}; "
                  f"{len(alarms)} alarm(s).</p>")
+    parts += _exported(run_dir)
     evals = [r for r in rows if "eval/reward" in r]
     if evals:
         cols = ["step", "eval/reward", "gold/reward", "gt_heldout", "probe/drift"]
@@ -120,6 +121,21 @@ def write_report(run_dir: str | Path) -> Path:
     out = run_dir / "report.html"
     out.write_text(page)
     return out
+
+
+def _exported(run_dir: Path) -> list[str]:
+    """Which weights final/ (and final_last/) hold, from the rlkit_final.json the run wrote beside them."""
+    import json
+
+    said = []
+    for name in ("final", "final_last"):
+        info = run_dir / name / "rlkit_final.json"
+        if info.is_file():
+            d = json.loads(info.read_text())
+            gold = "" if d.get("gold") is None else f", gold {d['gold']:.4f}"
+            kind = "the best gold evaluation's" if d.get("weights") == "best_gold" else "the last"
+            said.append(f"<code>{name}/</code> holds {kind} weights (step {d.get('step')}{gold})")
+    return [f"<p>Exported: {'; '.join(said)}.</p>"] if said else []
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:

@@ -212,6 +212,11 @@ def test_final_holds_the_best_gold_evaluations_weights(tmp_path, scripted_gold, 
                                                                             "gold": 0.5}
     assert json.loads((run / "final_last" / "rlkit_final.json").read_text())["step"] == 4
     assert "final/ holds the weights of step 1, the best gold evaluation (gold 0.5000)" in capsys.readouterr().out
+    from rlkit.report import write_report
+
+    page = write_report(run).read_text()
+    assert ("<code>final/</code> holds the best gold evaluation's weights (step 1, gold 0.5000); "
+            "<code>final_last/</code> holds the last weights (step 4, gold 0.1000)") in page
 
 
 def test_the_best_gold_export_survives_a_resume(tmp_path, scripted_gold):
