@@ -266,8 +266,12 @@ class Trainer:
             logger.alarm(alarm.to_json())
             if alarm.action == "stop":
                 self.save_checkpoint()
+                exported = ""
+                if self.guard.gold and self.cfg.train.final_weights == "best_gold":  # hand over the best seen
+                    self._save_final()
+                    exported = "; final/ holds the best gold evaluation's weights"
                 raise GuardStop(f"stability guard stopped the run at step {self.step}: {alarm.kind}: "
-                                f"{alarm.message} (see {self.run_dir / 'alarms.jsonl'}; checkpoint saved)")
+                                f"{alarm.message} (see {self.run_dir / 'alarms.jsonl'}; checkpoint saved{exported})")
         evaluated_now = self.guard.eval_steps and self.guard.eval_steps[-1] == self.step
         if evaluated_now and self.guard.gold and self.guard.is_good():  # the best gold so far
             if self.guard.wants_rollback or self.cfg.train.final_weights == "best_gold":

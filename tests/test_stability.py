@@ -250,3 +250,17 @@ def test_a_rollback_tightens_the_kl_anchor_and_resume_keeps_it(tmp_path):
     assert trainer.algorithm.kl_scale == 16
     state = json.loads((trainer.run_dir / "checkpoints" / "step_000003" / "state.json").read_text())
     assert state["kl_scale"] == 16
+
+
+def test_a_guard_stop_hands_over_the_best_gold_weights(tmp_path, scripted_gold):
+    """After max_rollbacks a rollback alarm stops the run: with gold it ends on the best weights it saw."""
+    cfg = _gold_cfg(tmp_path, "stability.gold_divergence.action=stop")
+    OmegaConf.update(cfg, "stability.gold_divergence.proxy_rise", -1e9)  # any fall of the gold (README)
+    trainer = Trainer(cfg, progress=False)
+    with pytest.raises(GuardStop, match="final/ holds the best gold evaluation's weights"):
+        trainer.fit()
+    run = trainer.run_dir
+    assert read_rows(run / "alarms.jsonl")[0]["step"] == 2  # gold 0.2, 0.3 below its best
+    best = load_file(run / "checkpoints" / "step_000001" / "adapter.safetensors")
+    assert _same_weights(_lora(run / "final"), best)
+    assert json.loads((run / "final_last" / "rlkit_final.json").read_text())["step"] == 2
