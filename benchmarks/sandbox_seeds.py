@@ -3,7 +3,8 @@
 Runs the recipe once per seed, one after the other (two torch runs side by side on 2 cores are several times
 slower each), into OUT/seed_N, then prints gt_heldout at every evaluation, the gain of the last evaluation over
 step 0, and the mean and worst gain. A finished run is not run again (resume=auto), so an interrupted sweep
-picks up where it stopped; `--only-report` just reads the runs already in OUT.
+picks up where it stopped (a run the stability guard stopped counts as ended: resuming it would go on past the
+stop); `--only-report` just reads the runs already in OUT.
 
     python benchmarks/sandbox_seeds.py /tmp/seeds                       # seeds 0-4, the recipe as shipped
     python benchmarks/sandbox_seeds.py /tmp/seeds_x --seeds 1 2 -- algorithm.kl_coef=0.04 sandbox.path=/tmp/c
@@ -52,12 +53,15 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for seed in args.seeds if not args.only_report else []:
         run = args.out / f"seed_{seed}"
+        if (run / "final").is_dir():  # finished, or stopped by the guard with its best weights exported
+            continue
         t0 = time.time()
         cmd = ["rlkit", "run", args.recipe, f"seed={seed}", f"output_dir={run}", *args.overrides]
         done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if done.returncode:
+        if done.returncode not in (0, 3):  # 3: the stability guard stopped it, a run's legitimate end
             sys.exit(f"seed {seed} failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
-        print(f"seed {seed}: {time.time() - t0:.0f} s", flush=True)
+        how = "stopped by the guard" if done.returncode == 3 else "finished"
+        print(f"seed {seed}: {how} in {time.time() - t0:.0f} s", flush=True)
     gains = []
     for seed in args.seeds:
         series = gt_series(args.out / f"seed_{seed}")

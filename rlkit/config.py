@@ -318,7 +318,9 @@ class StabilityConfig:
     ratio_blowup: RatioAlarm = field(default_factory=RatioAlarm)
     diversity_collapse: DiversityAlarm = field(default_factory=DiversityAlarm)
     rollback_lr_factor: float = setting(0.5, gt=0, le=1)  # learning rate x this after each rollback
-    rollback_kl_factor: float = setting(1.0, ge=1, le=1000)  # algorithm.kl_coef x this after each rollback
+    # algorithm.kl_coef x this after each rollback: without it the hacking recipe walked back into its hack after
+    # every rollback (3 seeds: 4 alarms and a stop each, last truth -0.043); at 4: 2-3 alarms, -0.010
+    rollback_kl_factor: float = setting(4.0, ge=1, le=1000)
     max_rollbacks: int = setting(3, ge=0)  # then a rollback alarm stops the run instead
 
 
