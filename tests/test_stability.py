@@ -264,3 +264,26 @@ def test_a_guard_stop_hands_over_the_best_gold_weights(tmp_path, scripted_gold):
     best = load_file(run / "checkpoints" / "step_000001" / "adapter.safetensors")
     assert _same_weights(_lora(run / "final"), best)
     assert json.loads((run / "final_last" / "rlkit_final.json").read_text())["step"] == 2
+
+
+def test_resume_across_a_rollback_is_exact(tmp_path):
+    """Stopped right after a rollback and resumed, the run goes on with the rolled-back weights, the lowered
+    learning rate and the tightened KL exactly as the run that was never stopped."""
+    def cfg(where):
+        return always_fires(tiny_config(where, "train.steps=6", "train.save_every=0", "optim.lr=0.01",
+                                        "eval.every=100", "eval.max_prompts=2", "eval.samples_per_prompt=2",
+                                        "stability.ratio_blowup.action=rollback", "stability.max_rollbacks=2"),
+                            "ratio_blowup.max_clipfrac")
+
+    with pytest.raises(GuardStop):
+        Trainer(cfg(tmp_path / "a"), progress=False).fit()  # rollbacks at steps 1 and 2, the stop at 3
+    Trainer(cfg(tmp_path / "b"), progress=False).fit(max_steps=1)  # ends right after the first rollback
+    resumed = Trainer(cfg(tmp_path / "b"), progress=False)
+    assert resumed.algorithm.kl_scale == 4 and resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
+    with pytest.raises(GuardStop):
+        resumed.fit()
+    a, b = (load_file(p / "run" / "checkpoints" / "step_000003" / "adapter.safetensors") for p in
+            (tmp_path / "a", tmp_path / "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [read_rows(p / "run" / "metrics.jsonl") for p in (tmp_path / "a", tmp_path / "b")]
+    assert [r.get("lr") for r in rows[0]] == [r.get("lr") for r in rows[1]]
