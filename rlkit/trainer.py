@@ -480,7 +480,7 @@ class Trainer:
             best = self._best_gold() if self.cfg.train.final_weights == "best_gold" else None
             last = {"weights": "last", "step": self.step, "gold": self._gold_at(self.step)}
             if best is None or best[0].step == self.step:
-                self._write_final("final", state, {**last, "best_gold": best is not None})
+                self._write_final("final", state, {**last, "weights": "best_gold" if best else "last"})
                 shutil.rmtree(self.run_dir / "final_last", ignore_errors=True)
             else:
                 checkpoint, gold = best
