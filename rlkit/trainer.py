@@ -168,47 +168,45 @@ class Trainer:
             self._act(alarms, logger)
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            try:
-                for step in range(self.step, train.steps):
-                    t0 = time.perf_counter()
-                    batch = self.prompts.next_batch(train.prompts_per_step)  # the global batch, on every rank
-                    rollout = self.policy.sample(batch, cfg.algorithm.group_size, self.generators["rollout"],
-                                                 sde_window_start=step, shard=(self.dist.rank, self.dist.world))
-                    self._check_rollout(rollout)
-                    t1 = time.perf_counter()
-                    reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
-                    t2 = time.perf_counter()
-                    totals, adv, adv_info = self._advantages(reward, rollout)
-                    metrics = self.algorithm.update(self.policy, rollout, adv, self.optimizer, self.lr_scheduler,
-                                                    self.generators["train"])
-                    t3 = time.perf_counter()
-                    metrics = self.dist.mean({**metrics, **self.stability.observe(step, reward, rollout)})
-                    self.step = step + 1
-                    row = {"step": self.step, "reward_mean": float(totals.mean()),
-                           "reward_std": float(totals.std(unbiased=False)), **adv_info, **metrics,
-                           "lr": self.lr_scheduler.get_last_lr()[0],
-                           "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_train_s": t3 - t2}
-                    alarms = self.guard.check_step(self.step, row) + self._maybe_evaluate(row)
-                    logger.log(row)
-                    self._act(alarms, logger)
-                    self._maybe_grid(rollout)
-                    if max_steps is not None and self.step - first >= max_steps and self.step < train.steps:
-                        self.save_checkpoint()
-                        return self.run_dir
-                    if self.dist.any(self._stop_requested):  # every rank stops after the same step
-                        self.save_checkpoint()
-                        self.stopped_by_signal = self._stop_requested or signal.SIGTERM  # (another rank's)
-                        print(f"stopped by signal after step {self.step}; resume with: rlkit resume {self.run_dir}")
-                        return self.run_dir
-                    if train.save_every and self.step % train.save_every == 0:
-                        self.save_checkpoint()
-            finally:
-                logger.close()
+            for step in range(self.step, train.steps):
+                t0 = time.perf_counter()
+                batch = self.prompts.next_batch(train.prompts_per_step)  # the global batch, on every rank
+                rollout = self.policy.sample(batch, cfg.algorithm.group_size, self.generators["rollout"],
+                                             sde_window_start=step, shard=(self.dist.rank, self.dist.world))
+                self._check_rollout(rollout)
+                t1 = time.perf_counter()
+                reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
+                t2 = time.perf_counter()
+                totals, adv, adv_info = self._advantages(reward, rollout)
+                metrics = self.algorithm.update(self.policy, rollout, adv, self.optimizer, self.lr_scheduler,
+                                                self.generators["train"])
+                t3 = time.perf_counter()
+                metrics = self.dist.mean({**metrics, **self.stability.observe(step, reward, rollout)})
+                self.step = step + 1
+                row = {"step": self.step, "reward_mean": float(totals.mean()),
+                       "reward_std": float(totals.std(unbiased=False)), **adv_info, **metrics,
+                       "lr": self.lr_scheduler.get_last_lr()[0],
+                       "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_train_s": t3 - t2}
+                alarms = self.guard.check_step(self.step, row) + self._maybe_evaluate(row)
+                logger.log(row)
+                self._act(alarms, logger)
+                self._maybe_grid(rollout)
+                if max_steps is not None and self.step - first >= max_steps and self.step < train.steps:
+                    self.save_checkpoint()
+                    return self.run_dir
+                if self.dist.any(self._stop_requested):  # every rank stops after the same step
+                    self.save_checkpoint()
+                    self.stopped_by_signal = self._stop_requested or signal.SIGTERM  # (another rank's)
+                    print(f"stopped by signal after step {self.step}; resume with: rlkit resume {self.run_dir}")
+                    return self.run_dir
+                if train.save_every and self.step % train.save_every == 0:
+                    self.save_checkpoint()
             if self.step % max(train.save_every, 1) != 0 or not train.save_every:
                 self.save_checkpoint()
             self._save_final()
             return self.run_dir
         finally:
+            logger.close()
             # plots/ and report.html, also when the guard or a signal stopped the run: after the last checkpoint
             # and with the stop handlers still on, so a signal during the report cannot lose the run's end
             if train.report and self.dist.is_main:

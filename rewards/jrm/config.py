@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlkit.config import SEED, UNIT, Range, range_problems, resolved, setting
 from rlkit.errors import UserError
+from rlkit.schema import SEED, UNIT, Range, range_problems, resolved, setting
 
 DTYPES = ("float32", "bfloat16", "float16")
 
