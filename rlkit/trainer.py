@@ -36,7 +36,7 @@ FIXED_ON_RESUME = ("policy.name", "policy.pretrained", "policy.seed", "policy.fi
                    "data.shuffle")
 # what a run writes into its directory (anything else there means the folder is someone else's)
 RUN_FILES = {"config.yaml", "metrics.jsonl", "alarms.jsonl", "tensorboard", "samples", "checkpoints", "final",
-             "final_last", "best", "guard", "plots", "report.html", ".tmp-final", ".tmp-final_last", ".rlkit.lock"}
+             "final_last", "best", "guard", "plots", "report.html"}
 
 
 def lock_run_dir(run_dir: Path):
@@ -315,7 +315,9 @@ class Trainer:
         that are not an rlkit run is refused, never written over."""
         try:
             if self.run_dir.is_dir() and self.dist.is_main:
-                foreign = sorted(p.name for p in self.run_dir.iterdir() if p.name not in RUN_FILES)
+                # (another rank's write probe or a crashed export may be there too: rlkit's own)
+                foreign = sorted(p.name for p in self.run_dir.iterdir()
+                                 if p.name not in RUN_FILES and not p.name.startswith((".rlkit", ".tmp-")))
                 if foreign and not (self.run_dir / "config.yaml").is_file():
                     raise UserError(f"output_dir '{self.run_dir}' holds files that are not an rlkit run (e.g. "
                                     f"{foreign[0]}); choose a new or empty folder")
