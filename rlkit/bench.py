@@ -22,6 +22,7 @@ from rlkit.algorithms import build_algorithm
 from rlkit.data import PromptStream, read_items
 from rlkit.errors import UserError
 from rlkit.plugins import build_rewards
+from rlkit.preparation import prepare_recipe
 
 
 class Clock:
@@ -45,12 +46,7 @@ def bench(cfg, iterations: int = 2, warmup: int = 1) -> dict:
     if cfg.algorithm.name != "grpo":
         raise UserError("rlkit bench measures GRPO iterations; set algorithm.name=grpo")
     device = resolve_device(cfg.policy.device)
-    if cfg.sandbox.enabled:
-        from pathlib import Path
-
-        from rlkit.sandbox.prepare import prepare
-
-        prepare(Path(cfg.sandbox.path), cfg.sandbox, replace=False)
+    prepare_recipe(cfg)
     torch.manual_seed(cfg.seed)
     rewards = build_rewards(cfg.rewards)
     policy = build_policy(cfg.policy, cfg.sampler, device, cfg.algorithm.micro_batch)

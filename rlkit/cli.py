@@ -18,9 +18,11 @@ from rlkit.errors import CheckpointError, GuardStop, RewardError, RolloutError, 
 
 def cmd_run(args) -> int:
     from rlkit.config import load_recipe
+    from rlkit.preparation import prepare_recipe
     from rlkit.trainer import Trainer
 
     cfg = load_recipe(args.recipe, args.overrides)
+    prepare_recipe(cfg)
     return _fit(Trainer(cfg))
 
 
@@ -36,6 +38,7 @@ def cmd_resume(args) -> int:
     from omegaconf import OmegaConf
 
     from rlkit.config import build_config
+    from rlkit.preparation import prepare_recipe
     from rlkit.trainer import Trainer
 
     run_dir = Path(args.run_dir)
@@ -45,6 +48,7 @@ def cmd_resume(args) -> int:
     cfg = build_config(OmegaConf.load(saved), ["resume=auto", *args.overrides], where=str(saved))
     if Path(cfg.output_dir).resolve() != run_dir.resolve():
         cfg.output_dir = str(run_dir)
+    prepare_recipe(cfg)
     return _fit(Trainer(cfg))
 
 
@@ -54,6 +58,7 @@ def cmd_validate(args) -> int:
     from rlkit.config import load_recipe, resolve_recipe_path
     from rlkit.data import read_items
     from rlkit.preflight import preflight, raise_problems
+    from rlkit.preparation import recipe_preparation
 
     raw = OmegaConf.load(resolve_recipe_path(args.recipe))
     if "backbone" in raw:  # a reward-model recipe (rlkit train-reward)
@@ -65,20 +70,11 @@ def cmd_validate(args) -> int:
               f"alpha {cfg.loss.alpha})")
         return 0
     cfg = load_recipe(args.recipe, args.overrides)
-    sandbox_note = None
-    if cfg.sandbox.enabled:
-        from rlkit.sandbox.prepare import check_replaceable, is_prepared, reusable_editor, shipped_preparation
-
-        cache = Path(cfg.sandbox.path).expanduser()
-        if not is_prepared(cache, cfg.sandbox):
-            check_replaceable(cache, cfg.sandbox)
-            editor = reusable_editor(cache, cfg.sandbox)
-            how = ("copied from rlkit's shipped one" if shipped_preparation(cfg.sandbox) else
-                   f"prepared with the editor of {editor.parent}" if editor else "prepared")
-            sandbox_note = f"the sandbox in {cfg.sandbox.path} is {how} on the first run; its files checked then"
-    raise_problems(preflight(cfg, files_ready=sandbox_note is None))
-    if sandbox_note:
-        print(f"ok: {args.recipe} ({sandbox_note})")
+    prep = recipe_preparation(cfg)
+    pending = prep.pending(cfg[prep.section]) if prep else None
+    raise_problems(preflight(cfg, made_later=prep.outputs(cfg[prep.section]) if pending else ()))
+    if pending:
+        print(f"ok: {args.recipe} ({pending})")
         return 0
     items = read_items(cfg.data)
     print(f"ok: {args.recipe} ({len(items)} prompts, rewards: {', '.join(s.name for s in cfg.rewards)}, "
@@ -86,27 +82,30 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def cmd_rewards(args) -> int:
+def cmd_plugins(args) -> int:
+    """`rlkit rewards` and `rlkit preparations`: the installed plugins of one entry-point group."""
     from rich.console import Console
     from rich.table import Table
 
-    from rlkit.plugins import list_rewards
+    from rlkit.plugins import KIND, list_plugins
 
-    table = Table("name", "target", "distribution", "version", title="installed reward plugins (rlkit.rewards)")
-    for name, info in sorted(list_rewards().items()):
+    table = Table("name", "target", "distribution", "version",
+                  title=f"installed {KIND[args.group]} plugins ({args.group})")
+    for name, info in sorted(list_plugins(args.group).items()):
         table.add_row(name, info.target, info.distribution, info.version)
     Console(width=160).print(table)
     return 0
 
 
-def cmd_sandbox(args) -> int:
+def cmd_prepare(args) -> int:
+    """Run a recipe's preparation alone; unlike a run, it may replace outputs made with other settings."""
     from rlkit.config import load_recipe
-    from rlkit.sandbox.prepare import prepare
+    from rlkit.preparation import prepare_recipe
 
     cfg = load_recipe(args.recipe, args.overrides)
-    if not cfg.sandbox.enabled:
-        raise UserError(f"{args.recipe} has no enabled 'sandbox' section")
-    prepare(Path(cfg.sandbox.path), cfg.sandbox)
+    if not cfg.prepare:
+        raise UserError(f"{args.recipe} names no preparation (its 'prepare' key is not set): nothing to prepare")
+    prepare_recipe(cfg, replace=True)
     return 0
 
 
@@ -264,13 +263,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("rewards", help="list installed reward plugins")
-    p.set_defaults(func=cmd_rewards)
+    p.set_defaults(func=cmd_plugins, group="rlkit.rewards")
 
-    p = sub.add_parser("sandbox", help="sandbox tools: rlkit sandbox prepare [RECIPE] [key=value ...]")
-    p.add_argument("action", choices=["prepare"])
-    p.add_argument("recipe", nargs="?", default="sandbox_edit")
+    p = sub.add_parser("preparations", help="list installed preparation plugins")
+    p.set_defaults(func=cmd_plugins, group="rlkit.preparations")
+
+    p = sub.add_parser("prepare", help="run a recipe's preparation alone (e.g. build the sandbox): "
+                                       "rlkit prepare RECIPE [key=value ...]")
+    p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=cmd_sandbox)
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train-reward", help="train a JRM reward model: rlkit train-reward RECIPE [key=value ...]")
     p.add_argument("recipe")

@@ -7,7 +7,6 @@ turns its exceptions into one-line `UserError`s that name the key and suggest th
 from __future__ import annotations
 
 import difflib
-import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from rlkit.errors import UserError
+from rlkit.preparation import load_preparation, with_section
 from rlkit.schema import SEED, UNIT, Range, range_problems, resolved, setting, shape_problems
 
 ACTIONS = ("ignore", "warn", "stop", "rollback")
@@ -140,67 +140,6 @@ class TrainConfig:
 
 
 @dataclass
-class SandboxConfig:
-    """The embedded sandbox (rlkit.sandbox): when enabled, its editor, JRM and data are prepared into `path`
-    before the run (once; later runs reuse them). Recipes refer to them as ${sandbox.path}/editor etc."""
-
-    enabled: bool = False
-    path: str = "~/.cache/rlkit/sandbox/seed_0"
-    seed: int = setting(0, **SEED)
-    vae_steps: int = setting(600, ge=1)
-    # The VAE: 32 px -> (32 / 2^(len(vae_blocks) - 1))^2 latents of latent_channels, 2 x 2 of them per editor
-    # token (FLUX packing). 8 x 8 x 16 (FLUX's own 16 channels) gives the editor 16 tokens per image, and steps
-    # 3x faster than 16 x 16 x 4 (64 tokens) for the same reconstruction (BENCHMARKS.md, session 6).
-    vae_blocks: list[int] = setting(factory=lambda: [16, 32, 64], min_len=2, each=Range(ge=4, multiple_of=4))
-    latent_channels: int = setting(16, ge=1)
-    editor_heads: int = setting(4, ge=1)  # the editor transformer is editor_heads x 32 wide
-    editor_steps: int = setting(1000, ge=1)
-    editor_batch: int = setting(32, ge=1)
-    editor_lr: float = setting(1e-3, gt=0, le=1)
-    editor_prompts: int = setting(512, ge=1)  # distinct (source, instruction, target) examples the editor pre-trains on
-    # editor pre-trained on targets faded towards grey by this much (a flaw RL can fix)
-    washout: float = setting(0.0, ge=0, lt=1)
-    # the share of pre-training examples that are faded, drawn afresh at every step (1: all of them). Below 1 the
-    # editor learns both looks for one prompt (an editor trained on a mix of well and badly processed data), so a
-    # group holds both for RL to rank; at 0.8 a 3000-step editor gives a perfect reward 40% more to gain, and its
-    # judges need the refresh stage not to be hacked (BENCHMARKS.md, session 18)
-    washout_share: float = setting(1.0, gt=0, le=1)
-    # fraction of pre-training examples whose target is the unedited source: an editor that sometimes ignores the
-    # instruction. Measured under truth 3 (BENCHMARKS.md, session 11): at 0.65 the editor also half-does the edits
-    # it attempts (0.083 against 0.297 at 0.0, 3000 steps), so there is little for RL to select; off by default
-    skip_edit: float = setting(0.0, ge=0, lt=1)
-    jrm_pairs: int = setting(256, ge=0)  # synthetic corruption pairs
-    jrm_editor_prompts: int = setting(384, ge=0)  # + pairs among the pre-trained editor's own samples (4 per prompt)
-    # + each of those samples against itself at one of these contrasts about mid-grey (< 1 fades, > 1 undoes
-    # fading): the washout flaw's axis, which a prompt's samples barely span (prepare.write_editor_pairs)
-    jrm_editor_contrast: list[float] = setting(factory=list, each=Range(gt=0, le=10))
-    jrm_epochs: int = setting(4, ge=1)
-    # the judge's vision patch (x2 merge, which must tile the 32 px world images): 4 -> 16 tokens, 8 -> only 4
-    jrm_patch: int = setting(4, choices=(2, 4, 8, 16))
-    jrm_hidden: int = setting(64, ge=32, multiple_of=32)  # the judge's width: 16-wide heads, half as many KV heads
-    jrm_layers: int = setting(2, ge=1)
-    jrm_lr: float = setting(1e-3, gt=0, le=1)
-    train_prompts: int = setting(512, ge=1)
-    # gt_heldout prompts; at 32 its prompt sampling alone moved a gain by ~0.03
-    heldout_prompts: int = setting(128, ge=1)
-    editor_schedule: str = setting("cosine", choices=("constant", "cosine"))  # the editor's lr after warm-up
-    # judges trained (other init seeds) until one agrees with the truth on the editor's samples at least
-    # judge_min_agreement of the time (chance: 0.5); the best is kept
-    judge_tries: int = setting(2, ge=1)
-    judge_min_agreement: float = setting(0.58, **UNIT)
-    judge_check_prompts: int = setting(48, ge=1)  # held-out prompts (x 8 samples) on which each judge is checked
-    judge_ensemble: int = setting(1, ge=1)  # the best K judges are kept (jrm/, jrm_1/, ...): the jrm reward's paths
-    # > 0: a second stage. GRPO of the sandbox_edit recipe runs this many steps against the first judge; pairs of
-    # that policy's samples join the judge's training pairs and the judge is trained again on all of them, so it
-    # knows where RL takes the editor (where the first judge ranks at chance: BENCHMARKS.md, session 7)
-    judge_refresh_steps: int = setting(0, ge=0)
-    judge_refresh_rounds: int = setting(1, ge=1)  # stages after the first: each against the previous one's judge
-    # where preparation trains (a cache is not tied to it; seeded either way)
-    device: str = setting("cpu", choices=("cpu", "cuda"))
-    use_shipped: bool = True  # copy rlkit's shipped preparation when one matches these settings exactly
-
-
-@dataclass
 class EvalConfig:
     """Held-out evaluation with fixed noise: before training (step 0) and every `every` steps."""
 
@@ -261,6 +200,9 @@ class Recipe:
     output_dir: str = setting("runs/rlkit", pattern=r".*\S.*", hint="a folder")
     seed: int = setting(0, **SEED)
     resume: str = setting("auto", pattern=r".*\S.*", hint="auto, never or a checkpoint folder")
+    # a preparation plugin (rlkit/preparation.py) run before the trainer is built; it owns the recipe section of
+    # its name (e.g. `prepare: sandbox` and a `sandbox:` section)
+    prepare: str | None = setting(None, pattern=r"[A-Za-z0-9_.\-]+", optional=True, hint="a preparation name")
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -269,7 +211,6 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
 
 
@@ -337,11 +278,26 @@ def _user_error(err: OmegaConfBaseException, where: str, schema_cls: type, hint:
         # strip list indices for the suggestion: rewards[0].wieght -> rewards.wieght
         plain = key.replace("[", ".").replace("]", "").replace("..", ".")
         plain = ".".join(p for p in plain.split(".") if not p.isdigit())
-        return UserError(f"{where}: unknown key '{key}'{_suggest(plain, schema_cls)}")
+        return UserError(f"{where}: unknown key '{key}'{_suggest(plain, schema_cls) or _owner_hint(plain)}")
     if isinstance(err, ValidationError):
         msg = str(err).splitlines()[0]
         return UserError(f"{where}: wrong type for '{key}': {msg}")
     return UserError(f"{where}: {str(err).splitlines()[0]}")
+
+
+def _owner_hint(key: str) -> str:
+    """' (...add prepare: NAME)' when the unknown key is the section of an installed preparation."""
+    from rlkit.plugins import PREPARATIONS, list_plugins
+
+    top = key.split(".")[0]
+    for name in list_plugins(PREPARATIONS):
+        try:
+            section = load_preparation(name).section
+        except UserError:
+            continue
+        if section == top:
+            return f" ('{top}' is the section of the '{name}' preparation: add prepare: {name})"
+    return ""
 
 
 def packaged_recipes() -> dict[str, Path]:
@@ -374,8 +330,6 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None, schema_c
     except Exception as err:  # YAML syntax errors
         raise UserError(f"{path}: cannot parse YAML: {str(err).splitlines()[0]}") from None
     cfg = build_config(raw, overrides or [], where=str(path), schema_cls=schema_cls, check=check)
-    if "sandbox" in cfg:
-        cfg.sandbox.path = os.path.expanduser(cfg.sandbox.path)
     if "data" not in cfg or "source" not in cfg.data:
         return cfg
     # data paths in a recipe are relative to the recipe file (unless they exist from the working dir); store
@@ -395,6 +349,9 @@ def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schem
     if not isinstance(raw, (DictConfig, dict)):
         raise UserError(f"{where}: a recipe is a mapping of keys (policy:, rewards:, ...), this file holds a "
                         f"{'list' if isinstance(raw, ListConfig) else type(raw).__name__}")
+    prep = _named_preparation(raw, overrides, where) if schema_cls is Recipe else None
+    if prep is not None:
+        schema_cls = with_section(schema_cls, prep)
     shape = shape_problems(raw, schema_cls)
     if shape:
         raise UserError(*(f"{where}: {p}" for p in shape))
@@ -425,8 +382,24 @@ def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schem
                 OmegaConf.update(cfg, key, parsed, merge=True)
         except OmegaConfBaseException as err:
             raise _user_error(err, f"override '{item}'", schema_cls, key) from None
-    check(cfg, where)
+    if prep is not None:
+        prep.normalise(cfg[prep.section])
+    check(cfg, where, schema_cls)
     return cfg
+
+
+def _named_preparation(raw, overrides: list[str], where: str):
+    """The preparation a recipe names (`prepare:`, or a `prepare=` override), loaded: its section's schema
+    joins the recipe's before anything is merged."""
+    name = raw.get("prepare") if isinstance(raw, (dict, DictConfig)) else None
+    for item in overrides:
+        if item.startswith("prepare="):
+            name = item.split("=", 1)[1] or None
+    if name in (None, "null", "None"):
+        return None
+    if not isinstance(name, str):
+        raise UserError(f"{where}: 'prepare' is {name!r}, expected a preparation name")
+    return load_preparation(name)
 
 
 def _nest(parts: list[str], value: Any) -> dict:
@@ -442,14 +415,17 @@ LOGGED_BY_THE_LOOP = frozenset((
     "dpo_pairs", "dpo_acc", "best_reward", "group_diversity", "probe_start", "reward_drift", "reward_ema"))
 
 
-def check_values(cfg: DictConfig, where: str) -> None:
+def check_values(cfg: DictConfig, where: str, schema_cls: type = None) -> None:
     """Every recipe problem at once: each key's declared Range, then what ranges cannot say (keys that
-    depend on each other). Raises one UserError with a line per problem."""
+    depend on each other, here and in a preparation's section). Raises one UserError with a line per problem."""
     values = resolved(cfg, where)
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise UserError(*(f"{where}: required key '{k}' is not set" for k in sorted(missing)))
-    problems = range_problems(values, Recipe) + _cross_key_problems(values)
+    problems = range_problems(values, schema_cls or Recipe) + _cross_key_problems(values)
+    if values.get("prepare"):
+        prep = load_preparation(values["prepare"])
+        problems += prep.problems(cfg[prep.section])
     if problems:
         raise UserError(*(f"{where}: {p}" for p in problems))
 

@@ -1,4 +1,10 @@
-"""Reward plugins: discovered through the `rlkit.rewards` entry-point group, imported only when named."""
+"""Plugins, discovered through entry-point groups and imported only when a recipe names them.
+
+- `rlkit.rewards`: a reward (rewards/base.py's protocol), named in a recipe's `rewards` list;
+- `rlkit.preparations`: a step run before the trainer is built (rlkit/preparation.py's protocol), named by a
+  recipe's `prepare` key; it owns the recipe section of its `section` name.
+Built-ins register through the same groups as third-party packages (pyproject.toml).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from typing import Any
 from rlkit.errors import UserError
 
 GROUP = "rlkit.rewards"
+PREPARATIONS = "rlkit.preparations"
+KIND = {GROUP: "reward", PREPARATIONS: "preparation"}
 
 
 @dataclass(frozen=True)
@@ -20,37 +28,37 @@ class PluginInfo:
     version: str
 
 
-def _entry_points() -> list[tuple[metadata.EntryPoint, str, str]]:
+def _entry_points(group: str = GROUP) -> list[tuple[metadata.EntryPoint, str, str]]:
     found = []
     for dist in metadata.distributions():
         dist_name = dist.metadata["Name"] or "?"
         for ep in dist.entry_points:
-            if ep.group == GROUP:
+            if ep.group == group:
                 found.append((ep, dist_name, dist.version))
     return found
 
 
-def list_rewards() -> dict[str, PluginInfo]:
-    """Every installed reward plugin by name. Two distributions claiming one name is an error naming both."""
+def list_plugins(group: str) -> dict[str, PluginInfo]:
+    """Every installed plugin of `group` by name. Two distributions claiming one name is an error naming both."""
     plugins: dict[str, PluginInfo] = {}
-    for ep, dist, version in _entry_points():
+    for ep, dist, version in _entry_points(group):
         info = PluginInfo(ep.name, ep.value, dist, version)
         seen = plugins.get(ep.name)
         if seen is not None and seen.distribution != dist:
             raise UserError(
-                f"reward '{ep.name}' is registered twice: by '{seen.distribution}' ({seen.target}) and by "
+                f"{KIND[group]} '{ep.name}' is registered twice: by '{seen.distribution}' ({seen.target}) and by "
                 f"'{dist}' ({ep.value}); uninstall one of them"
             )
         plugins[ep.name] = info
     return plugins
 
 
-def load_reward_class(name: str) -> Any:
-    plugins = list_rewards()
+def load_plugin(group: str, name: str) -> Any:
+    plugins = list_plugins(group)
     if name not in plugins:
         close = difflib.get_close_matches(name, list(plugins), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f"; installed: {', '.join(sorted(plugins))}"
-        raise UserError(f"unknown reward '{name}'{hint}")
+        raise UserError(f"unknown {KIND[group]} '{name}'{hint}")
     info = plugins[name]
     module, _, attr = info.target.partition(":")
     try:
@@ -58,8 +66,17 @@ def load_reward_class(name: str) -> Any:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except Exception as err:
-        raise UserError(f"reward '{name}' ({info.target}, from {info.distribution}) failed to import: {err}") from None
+        raise UserError(f"{KIND[group]} '{name}' ({info.target}, from {info.distribution}) failed to import: "
+                        f"{err}") from None
     return obj
+
+
+def list_rewards() -> dict[str, PluginInfo]:
+    return list_plugins(GROUP)
+
+
+def load_reward_class(name: str) -> Any:
+    return load_plugin(GROUP, name)
 
 
 def build_reward(name: str, kwargs: dict[str, Any]) -> Any:

@@ -18,19 +18,25 @@ from omegaconf import DictConfig, OmegaConf
 from rlkit.errors import UserError
 
 
-def preflight(cfg: DictConfig, files_ready: bool = True) -> list[str]:
-    """The problems of an RL recipe that the schema cannot see. ``files_ready=False``: the data and reward
-    files are made by the run itself (a sandbox prepared on the first run), so only their kwargs are checked."""
+def preflight(cfg: DictConfig, made_later=()) -> list[str]:
+    """The problems of an RL recipe that the schema cannot see. ``made_later``: folders the recipe's preparation
+    fills on the first run (rlkit/preparation.py); files under them are not looked for yet, only kwargs."""
+    later = [Path(p).expanduser().resolve() for p in made_later]
+
+    def ready(path) -> bool:
+        resolved_path = Path(str(path or "")).expanduser().resolve()
+        return not any(resolved_path == p or p in resolved_path.parents for p in later)
+
     problems = []
-    if files_ready:
+    if ready(cfg.data.path):
         problems += data_problems(cfg.data, "data")
-        if cfg.eval.every > 0 and cfg.eval.data is not None:
-            problems += data_problems(cfg.eval.data, "eval.data")
+    if cfg.eval.every > 0 and cfg.eval.data is not None and ready(cfg.eval.data.path):
+        problems += data_problems(cfg.eval.data, "eval.data")
     for where, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
         for i, spec in enumerate(specs):
             kwargs = OmegaConf.to_container(spec.kwargs, resolve=True)
-            problems += reward_problems(spec.name, kwargs, f"{where}[{i}]", files_ready)
-    if files_ready or not str(cfg.policy.pretrained or "").startswith(str(cfg.sandbox.path)):
+            problems += reward_problems(spec.name, kwargs, f"{where}[{i}]", files_ready=not later)
+    if ready(cfg.policy.pretrained):
         problems += policy_problems(cfg.policy)
     return problems
 

@@ -96,10 +96,6 @@ class Trainer:
         resume_from = self._find_resume_checkpoint()
         seed_everything(cfg.seed)  # the same on every rank: generators stay in lockstep
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.policy.device)
-        if cfg.sandbox.enabled:  # the embedded world: its editor, JRM and data, built once and cached
-            from rlkit.sandbox.prepare import prepare
-
-            prepare(Path(cfg.sandbox.path), cfg.sandbox, replace=False)
         raise_problems(preflight(cfg))  # what `rlkit validate` checks, before any model is built
         items = read_items(cfg.data)
         self._reward_models: dict = {}  # shared with the evaluator's gold rewards

@@ -192,7 +192,7 @@ def test_every_builtin_reward_round_trips_through_the_server(served, tmp_path):
     import random
 
     from rlkit.plugins import build_reward, list_rewards
-    from rlkit.sandbox.world import random_scene
+    from sandbox.world import random_scene
 
     cases = _builtin_reward_kwargs(tmp_path, served)
     builtin = {n for n, info in list_rewards().items() if info.distribution == "rlkit"}

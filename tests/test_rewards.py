@@ -79,7 +79,7 @@ def test_two_plugins_with_one_name_is_an_error_naming_both(monkeypatch):
 
     eps = [(EntryPoint("judge", "pkg_a:J", plugins.GROUP), "pkg-a", "1.0"),
            (EntryPoint("judge", "pkg_b:J", plugins.GROUP), "pkg-b", "2.0")]
-    monkeypatch.setattr(plugins, "_entry_points", lambda: eps)
+    monkeypatch.setattr(plugins, "_entry_points", lambda group=plugins.GROUP: eps)
     with pytest.raises(UserError) as err:
         plugins.list_rewards()
     assert "pkg-a" in str(err.value) and "pkg-b" in str(err.value)

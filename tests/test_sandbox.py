@@ -12,8 +12,8 @@ from rewards import RewardInput
 from rlkit.config import DataConfig
 from rlkit.data import PromptStream, read_items
 from rlkit.plugins import build_reward
-from rlkit.sandbox.data import write_preference_pairs, write_prompts
-from rlkit.sandbox.world import (
+from sandbox.data import write_preference_pairs, write_prompts
+from sandbox.world import (
     COLOURS,
     OPERATIONS,
     SHAPES,
@@ -107,7 +107,7 @@ def test_preference_pairs_are_ordered_by_ground_truth_with_rationales(tmp_path):
 
 
 def test_prepare_and_run_the_sandbox_end_to_end(tmp_path):
-    """`rlkit sandbox prepare` at toy budgets, then a sandbox run that logs gt_heldout before and after."""
+    """`rlkit prepare` at toy budgets, then a sandbox run that logs gt_heldout before and after."""
     from rlkit.cli import main
 
     small = [f"sandbox.path={tmp_path / 'cache'}", "sandbox.vae_steps=2", "sandbox.editor_steps=2",
@@ -115,7 +115,7 @@ def test_prepare_and_run_the_sandbox_end_to_end(tmp_path):
              "sandbox.train_prompts=16", "sandbox.heldout_prompts=4", "sandbox.editor_heads=2",
              "sandbox.editor_prompts=8", "sandbox.judge_check_prompts=8",
              "sandbox.judge_refresh_steps=0"]  # the recipe's refresh is 100 GRPO steps; its own test is below
-    assert main(["sandbox", "prepare", "sandbox_edit", *small]) == 0
+    assert main(["prepare", "sandbox_edit", *small]) == 0
     cache = tmp_path / "cache"
     assert (cache / "editor" / "model_index.json").is_file() and (cache / "jrm" / "final" / "jrm.json").is_file()
     transformer_config = json.loads((cache / "editor" / "transformer" / "config.json").read_text())
@@ -156,7 +156,7 @@ def test_evaluation_reuses_the_training_reward_models():
 def test_the_judges_synthetic_outcomes_include_the_exploits_rl_found():
     """RL against a judge that never saw an emptied or a splattered canvas learnt to make them (BENCHMARKS.md,
     session 10): both are among the outcomes the judge's pairs are made of, and the truth puts them near 0."""
-    from rlkit.sandbox.data import candidates, sample_prompts
+    from sandbox.data import candidates, sample_prompts
 
     rng, splattered = random.Random(0), []
     for scene, instruction, target in sample_prompts(20, seed=4):
@@ -170,7 +170,7 @@ def test_the_judges_synthetic_outcomes_include_the_exploits_rl_found():
 
 
 def test_washout_is_a_global_flaw_the_truth_penalises():
-    from rlkit.sandbox.world import gt_scores, random_edit, random_scene, render, to_tensor, washout
+    from sandbox.world import gt_scores, random_edit, random_scene, render, to_tensor, washout
 
     rng = random.Random(3)
     scene = random_scene(rng)
@@ -186,7 +186,7 @@ def test_washout_is_a_global_flaw_the_truth_penalises():
 def test_a_partly_faded_editor_sees_both_looks_of_every_example():
     """sandbox.washout_share < 1: each draw takes an example's faded target with that probability, else its clean
     one, so one example is seen both ways over training (the editor learns both looks for one prompt)."""
-    from rlkit.sandbox.prepare import mixed_targets
+    from sandbox.editor import mixed_targets
 
     faded, clean = torch.zeros(4, 2, 3), torch.ones(4, 2, 3)
     g = torch.Generator().manual_seed(0)
@@ -205,8 +205,8 @@ def test_editor_pairs_keep_every_pair_of_samples_the_truth_separates(tmp_path):
     blend/source once), chosen = the truer one; the two exact copies tie and give none."""
     from types import SimpleNamespace
 
-    from rlkit.sandbox.data import sample_prompts
-    from rlkit.sandbox.prepare import write_editor_pairs
+    from sandbox.data import sample_prompts
+    from sandbox.judge import write_editor_pairs
 
     class StandIn:
         def sample(self, batch, samples, generator):
@@ -231,7 +231,7 @@ def test_editor_pairs_keep_every_pair_of_samples_the_truth_separates(tmp_path):
 
     # the judge check on the same samples: a "do nothing" judge (prefers whatever is nearest the source) orders
     # every separable pair against the truth; an oracle (nearest the target) orders all of them with it
-    from rlkit.sandbox.prepare import judge_agreement
+    from sandbox.judge import judge_agreement
 
     class NearSource:
         def score(self, sources, edited, instructions, batch_size):
@@ -257,14 +257,15 @@ def test_prepare_never_damages_an_existing_folder(tmp_path, monkeypatch):
     refused, not overwritten."""
     from rlkit.config import load_recipe
     from rlkit.errors import UserError
-    from rlkit.sandbox import prepare as prep
+    from sandbox import cache as prep
+    from sandbox import prepare as build
 
     cfg = load_recipe("sandbox_edit", ["sandbox.use_shipped=false"]).sandbox
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     with pytest.raises(UserError, match="not a sandbox cache"):
-        prep.prepare(mine, cfg)
+        build.prepare(mine, cfg)
     assert (mine / "thesis.tex").read_text() == "years of work" and len(list(mine.iterdir())) == 1
 
     old = tmp_path / "cache"
@@ -274,21 +275,22 @@ def test_prepare_never_damages_an_existing_folder(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prep, "train_vae", interrupted)
+    monkeypatch.setattr(build, "train_vae", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        prep.prepare(old, cfg)
+        build.prepare(old, cfg)
     assert json.loads((old / "prepared.json").read_text()) == {"config": {"seed": 99}}
     assert (old / "editor").is_dir() and not (old / "data").exists()  # the half-built cache went elsewhere
 
 
 def test_a_run_never_replaces_a_preparation_made_with_other_settings(tmp_path, capsys):
-    """`rlkit sandbox prepare ... sandbox.jrm_editor_prompts=1024` then `rlkit run sandbox_edit sandbox.path=...`
+    """`rlkit prepare ... sandbox.jrm_editor_prompts=1024` then `rlkit run sandbox_edit sandbox.path=...`
     without that override: the run must stop with what differs, not delete 12 minutes of preparation and copy the
     shipped one over it (it did). A copy of the shipped preparation, or a cache of an older world, is replaced."""
     from rlkit.cli import main
     from rlkit.config import load_recipe
     from rlkit.errors import UserError
-    from rlkit.sandbox import prepare as prep
+    from sandbox import cache as prep
+    from sandbox import prepare as build
 
     cfg = load_recipe("sandbox_edit", []).sandbox
     cache = tmp_path / "cache"
@@ -297,7 +299,7 @@ def test_a_run_never_replaces_a_preparation_made_with_other_settings(tmp_path, c
     (cache / "prepared.json").write_text(json.dumps({"config": mine}))
     differs = "jrm_editor_prompts: 1024 there, 384 here"
     with pytest.raises(UserError, match=differs):
-        prep.prepare(cache, cfg, replace=False)
+        build.prepare(cache, cfg, replace=False)
     assert main(["validate", "sandbox_edit", f"sandbox.path={cache}"]) == 2 and differs in capsys.readouterr().err
     assert json.loads((cache / "prepared.json").read_text())["config"] == mine and (cache / "editor").is_dir()
 
@@ -318,7 +320,8 @@ def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_p
     from safetensors.torch import load_file
 
     from rlkit.config import load_recipe
-    from rlkit.sandbox import prepare as prep
+    from sandbox import cache as prep
+    from sandbox import prepare as build
 
     toy = ["sandbox.vae_steps=2", "sandbox.editor_steps=2", "sandbox.editor_batch=4", "sandbox.editor_prompts=8",
            "sandbox.jrm_pairs=8", "sandbox.jrm_editor_prompts=8", "sandbox.jrm_epochs=1", "sandbox.train_prompts=8",
@@ -326,14 +329,14 @@ def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_p
            "sandbox.judge_check_prompts=8", "sandbox.judge_refresh_steps=0"]  # the refresh: `third`, below
     cache = tmp_path / "cache"
     first = load_recipe("sandbox_edit", toy).sandbox
-    prep.prepare(cache, first, log=lambda _: None)
+    build.prepare(cache, first, log=lambda _: None)
     weights = next((cache / "editor" / "transformer").glob("*.safetensors"))
     before = load_file(weights)
     assert prep.reusable_editor(cache, load_recipe("sandbox_edit", [*toy, "sandbox.editor_steps=3"]).sandbox) is None
 
     second = load_recipe("sandbox_edit", [*toy, "sandbox.jrm_pairs=12", "sandbox.judge_ensemble=2"]).sandbox
     logged = []
-    prep.prepare(cache, second, log=logged.append)
+    build.prepare(cache, second, log=logged.append)
     report = json.loads((cache / "prepared.json").read_text())
     assert report["editor_reused"] and report["config"]["jrm_pairs"] == 12 and prep.is_prepared(cache, second)
     assert report["judge_kept"] == [0, 1] or report["judge_kept"] == [1, 0]
@@ -350,7 +353,7 @@ def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_p
     third = load_recipe("sandbox_edit", [*toy, "sandbox.judge_ensemble=2", "sandbox.judge_refresh_steps=2",
                                          "sandbox.judge_refresh_rounds=2"]).sandbox
     logged.clear()
-    prep.prepare(cache, third, log=logged.append)
+    build.prepare(cache, third, log=logged.append)
     report = json.loads((cache / "prepared.json").read_text())
     refresh, round1 = report["judge_refresh"], report["judge_refresh"]["first_judge"]["judge_refresh"]
     assert report["editor_reused"] and refresh["steps"] == 2 and prep.is_prepared(cache, third)
@@ -373,8 +376,8 @@ def test_a_cache_from_another_world_version_is_not_reused(tmp_path):
     """Settings alone do not say what the cached prompts and targets are: the world's version is part of them."""
     from omegaconf import OmegaConf
 
-    from rlkit.config import SandboxConfig
-    from rlkit.sandbox import prepare as prep
+    from sandbox.schema import SandboxConfig
+    from sandbox import cache as prep
 
     cfg = OmegaConf.structured(SandboxConfig)
     settings = prep._settings(cfg)
@@ -389,8 +392,8 @@ def test_a_cache_made_before_a_setting_existed_counts_as_its_default(tmp_path):
     it was made as the field's default makes it; any other value of the field does need a new preparation."""
     from omegaconf import OmegaConf
 
-    from rlkit.config import SandboxConfig
-    from rlkit.sandbox import prepare as prep
+    from sandbox.schema import SandboxConfig
+    from sandbox import cache as prep
 
     cfg = OmegaConf.structured(SandboxConfig)
     older = {k: v for k, v in prep._settings(cfg).items() if k != "judge_check_prompts"}
@@ -406,8 +409,8 @@ def test_a_judge_made_under_another_truth_is_rebuilt_on_the_same_editor(tmp_path
     saw the truth and is reused (a cache from before truth versions has no "truth" key at all)."""
     from omegaconf import OmegaConf
 
-    from rlkit.config import SandboxConfig
-    from rlkit.sandbox import prepare as prep
+    from sandbox.schema import SandboxConfig
+    from sandbox import cache as prep
 
     cfg = OmegaConf.structured(SandboxConfig)
     older = {k: v for k, v in prep._settings(cfg).items() if k != "truth"}
@@ -419,10 +422,10 @@ def test_a_judge_made_under_another_truth_is_rebuilt_on_the_same_editor(tmp_path
 
 
 def test_the_default_recipe_starts_from_the_shipped_preparation():
-    """rlkit ships what `rlkit sandbox prepare` made for sandbox_edit (seed 0). A change to the recipe's sandbox
+    """rlkit ships what `rlkit prepare` made for sandbox_edit (seed 0). A change to the recipe's sandbox
     settings that is not re-shipped would make every first run prepare for half an hour instead: caught here."""
     from rlkit.config import load_recipe
-    from rlkit.sandbox.prepare import shipped_preparation
+    from sandbox.cache import shipped_preparation
 
     cfg = load_recipe("sandbox_edit", []).sandbox
     assert shipped_preparation(cfg) is not None
@@ -436,7 +439,8 @@ def test_prepare_copies_the_shipped_preparation_that_then_edits(tmp_path):
     from policies.base import PromptBatch
     from rlkit.config import load_recipe
     from rlkit.data import read_items
-    from rlkit.sandbox.prepare import is_prepared, prepare
+    from sandbox.cache import is_prepared
+    from sandbox.prepare import prepare
 
     cache = tmp_path / "cache"
     cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}"])

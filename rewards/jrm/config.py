@@ -105,7 +105,7 @@ class RewardRecipe:
     train: RewardTrainConfig = field(default_factory=RewardTrainConfig)
 
 
-def check_reward_recipe(cfg, where: str) -> None:
+def check_reward_recipe(cfg, where: str, schema_cls: type = None) -> None:
     """Every problem at once: each key's Range, then the keys that depend on each other."""
     from omegaconf import OmegaConf
 
@@ -113,7 +113,7 @@ def check_reward_recipe(cfg, where: str) -> None:
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise UserError(*(f"{where}: required key '{k}' is not set" for k in sorted(missing)))
-    problems = range_problems(values, RewardRecipe)
+    problems = range_problems(values, schema_cls or RewardRecipe)
     if values["backbone"]["name"] == "pretrained" and not values["backbone"]["pretrained"]:
         problems.append("'backbone.pretrained' must name a local folder or hub id")
     bins = values["head"]["bins"]

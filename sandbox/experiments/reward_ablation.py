@@ -21,7 +21,7 @@ from rewards.jrm.config import RewardRecipe, check_reward_recipe
 from rewards.jrm.distill import distill_reward
 from rewards.jrm.train import train_reward
 from rlkit.config import load_recipe
-from rlkit.sandbox.data import write_preference_pairs
+from sandbox.data import write_preference_pairs
 
 
 def recipe(out: Path, train: Path, eval_: Path, epochs: float, *extra: str):

@@ -24,8 +24,8 @@ from policies import build_policy
 from rewards.jrm.reward import JRMReward
 from rlkit import checkpoint as ckpt
 from rlkit.config import load_recipe
-from rlkit.sandbox.data import sample_prompts
-from rlkit.sandbox.prepare import judge_agreement, judge_folder
+from sandbox.data import sample_prompts
+from sandbox.prepare import judge_agreement, judge_folder
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Synthetic held-out accuracy (what `rlkit sandbox prepare` prints) predicts a run
 measures the judge where RL needs it: P prompts x K samples from the prepared editor, every within-group pair
 the truth separates by at least a gap, and the fraction the judge orders the same way.
 
-    python benchmarks/judge_agreement.py ~/.cache/rlkit/sandbox/seed_0            # the cache's own judge
+    python benchmarks/judge_agreement.py ~/.cache/sandbox/seed_0            # the cache's own judge
     python benchmarks/judge_agreement.py CACHE --judge runs/other_jrm/final --prompts 48 --samples 8
     python benchmarks/judge_agreement.py CACHE --contrast 0.8 1.25 1.5   # also along the washout flaw's axis
 
@@ -22,9 +22,9 @@ import torch
 from policies import build_policy
 from rewards.jrm.model import JRMModel
 from rlkit.config import load_recipe
-from rlkit.sandbox.data import sample_prompts
-from rlkit.sandbox.prepare import editor_samples, judge_agreement
-from rlkit.sandbox.world import gt_scores, washout
+from sandbox.data import sample_prompts
+from sandbox.prepare import editor_samples, judge_agreement
+from sandbox.world import gt_scores, washout
 
 GAPS = (0.1, 0.2, 0.3)
 

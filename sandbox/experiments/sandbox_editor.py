@@ -5,7 +5,7 @@ edits it can undo, and how good the attempted edits are. `--train key=value ...`
 with the cache's VAE and those `sandbox.*` settings (the cache is not changed; `--save DIR` keeps the editor).
 The first line is the VAE's own ceiling: every target encoded and decoded, scored like an edit.
 
-    python benchmarks/sandbox_editor.py ~/.cache/rlkit/sandbox/seed_0
+    python benchmarks/sandbox_editor.py ~/.cache/sandbox/seed_0
     python benchmarks/sandbox_editor.py CACHE --checkpoint RUN/checkpoints/step_000060   # what RL made of it
     python benchmarks/sandbox_editor.py CACHE --train seed=2 skip_edit=0.0        # about 6 minutes on 2 cores
     python benchmarks/sandbox_editor.py CACHE --new-vae --train vae_blocks=[16,32] latent_channels=4
@@ -23,9 +23,9 @@ from diffusers import AutoencoderKL
 from omegaconf import OmegaConf
 
 from rlkit.config import SandboxConfig
-from rlkit.sandbox.data import sample_prompts
-from rlkit.sandbox.prepare import SIZE, build_pipeline, editor_samples, pretrain_editor, train_vae
-from rlkit.sandbox.world import gt_scores, render, to_tensor
+from sandbox.data import sample_prompts
+from sandbox.prepare import SIZE, build_pipeline, editor_samples, pretrain_editor, train_vae
+from sandbox.world import gt_scores, render, to_tensor
 
 SKIP_DRIFT = 0.04  # a sample this close to its source (mean |difference|) that follows nothing is a skipped edit
 FADED = 0.2  # a sample whose best fit is its target faded by at least this much (washout) counts as faded
