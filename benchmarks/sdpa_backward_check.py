@@ -1,6 +1,6 @@
-"""Does scaled-dot-product attention's backward run on this GPU, per backend? (REFERENCE.md section 6 reports
-the default backend crashing in backward on the lent machine's image.) Each backend runs in its own process,
-since an illegal memory access poisons the CUDA context.
+"""Does scaled-dot-product attention's backward run on this GPU, per backend? (The default backend crashed in
+backward under gradient checkpointing on an H100 with torch 2.11 / cuDNN 9.19: BENCHMARKS.md.) Each backend runs
+in its own process, since an illegal memory access poisons the CUDA context.
 
     python benchmarks/sdpa_backward_check.py
 """

@@ -57,10 +57,16 @@ class Rollout:
 
 
 class EditPolicy(Protocol):
-    """The policy role in the loop: sample with log-probs, recompute them, and give a reference."""
+    """The policy role in the loop: sample with log-probs, recompute them, give a reference, save what trains.
+    Everything the trainer, the evaluator and the algorithms call is declared here."""
 
-    def sample(self, batch: PromptBatch, group_size: int, generator: torch.Generator,
-               sde_window_start: int = 0) -> Rollout: ...
+    full: bool  # every transformer weight trains (reference: a frozen copy); False: a LoRA adapter trains
+    transformer: torch.nn.Module  # the trained network (sharded with FSDP2 in multi-process full fine-tuning)
+
+    def sample(self, batch: PromptBatch, group_size: int, generator: torch.Generator, sde_window_start: int = 0,
+               shard: tuple[int, int] = (0, 1)) -> Rollout:
+        """group_size samples of every prompt. ``shard`` = (rank, world): every rank draws the whole batch's
+        noise (generators stay in lockstep) and keeps its own share of the samples."""
 
     def step_logprob(self, rollout: Rollout, sample_idx: torch.Tensor, steps: torch.Tensor | int) -> StepOutput: ...
 
@@ -71,8 +77,11 @@ class EditPolicy(Protocol):
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
 
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]: ...
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """What trains (the LoRA, or every transformer weight), gathered whole: what a checkpoint holds."""
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
-    def save_lora(self, directory: str) -> None: ...
+    def save_lora(self, directory: str, state: dict[str, torch.Tensor] | None = None) -> None:
+        """The export a diffusers pipeline loads (LoRA file, or the full transformer folder); ``state``: these
+        weights instead of the current ones (e.g. the best checkpoint's)."""

@@ -1,4 +1,5 @@
-"""Reward models for rlkit: the protocol, cheap programmatic rewards, and (later) the JRM module."""
+"""Reward models for rlkit: the protocol (base), the weighted set (combine), programmatic rewards, the remote
+client and its wire format, and the JRM reward model (jrm/)."""
 
 from rewards.base import Reward, RewardInput, RewardOutput
 

@@ -1,4 +1,4 @@
-"""The reward protocol every plugin speaks (DESIGN.md, "Reward plugins").
+"""The reward protocol every plugin speaks.
 
 A reward is any class constructed with keyword arguments and called with a `RewardInput`; it returns a
 `RewardOutput` with one score per edited image, higher is better. Subclassing `Reward` is optional.

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 import resource
-import time
-from contextlib import contextmanager
 
 import torch
 
@@ -23,23 +21,7 @@ from rlkit.data import PromptStream, read_items
 from rlkit.errors import UserError
 from rlkit.plugins import build_rewards
 from rlkit.preparation import prepare_recipe
-
-
-class Clock:
-    def __init__(self, device: torch.device):
-        self.device, self.totals = device, {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        self._sync()
-        t = time.perf_counter()
-        yield
-        self._sync()
-        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+from rlkit.timing import StageTimer
 
 
 def bench(cfg, iterations: int = 2, warmup: int = 1) -> dict:
@@ -58,7 +40,7 @@ def bench(cfg, iterations: int = 2, warmup: int = 1) -> dict:
     prompts = PromptStream(read_items(cfg.data), cfg.policy.resolution, cfg.seed, cfg.data.shuffle)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    def iteration(clock: Clock):
+    def iteration(clock: StageTimer):
         batch = prompts.next_batch(cfg.train.prompts_per_step)
         with clock("rollout"):
             rollout = policy.sample(batch, cfg.algorithm.group_size, gen)
@@ -70,10 +52,10 @@ def bench(cfg, iterations: int = 2, warmup: int = 1) -> dict:
         return rollout
 
     for _ in range(warmup):
-        iteration(Clock(device))
+        iteration(StageTimer(device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    clock = Clock(device)
+    clock = StageTimer(device)
     for _ in range(iterations):
         rollout = iteration(clock)
     pure = pure_compute(policy, rollout, rewards, cfg, device, iterations)
@@ -83,7 +65,7 @@ def bench(cfg, iterations: int = 2, warmup: int = 1) -> dict:
 
 def pure_compute(policy, rollout, rewards, cfg, device, iterations: int) -> dict:
     """Each model's own compute for one iteration, timed alone on the last rollout's tensors."""
-    clock = Clock(device)
+    clock = StageTimer(device)
     n, steps = len(rollout), rollout.num_steps
     chunk = cfg.sampler.batch_size or cfg.algorithm.micro_batch or n
     mb = cfg.algorithm.micro_batch

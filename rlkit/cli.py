@@ -1,4 +1,5 @@
-"""`rlkit` command line: run, resume, validate, rewards.
+"""`rlkit` command line. Training: run, resume, validate, prepare, bench, report. Plugins: rewards,
+preparations. Reward models: train-reward, distill-reward, eval-reward, explain, serve-reward.
 
 User errors (bad recipe, missing file, unknown reward) print one line and exit 2; a failing reward stops the
 run with exit 1 and names the reward. Tracebacks are for bugs only (set RLKIT_DEBUG=1 to see them always).

@@ -131,7 +131,7 @@ class TrainConfig:
     prompts_per_step: int = setting(2, ge=1)
     save_every: int = setting(50, ge=0)  # 0: only at the end
     keep_last: int = setting(3, ge=0)  # checkpoints kept; 0 = all
-    log_every: int = setting(1, ge=1)
+    log_every: int = setting(10, ge=0)  # a console line every N steps and at each evaluation; 0 = none
     grid_every: int = setting(25, ge=0)  # PNG grid (source | group samples) every N steps; 0 = never
     # with gold evaluations (eval.rewards), final/ holds the weights of the best one and the last weights go to
     # final_last/ (like transformers' load_best_model_at_end); last: final/ is always the last weights

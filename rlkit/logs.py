@@ -30,9 +30,10 @@ def json_safe(value):
 
 class RunLogger:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, tensorboard: bool = True,
-                 progress: bool = True, enabled: bool = True):
-        """``enabled=False`` (ranks other than 0): every call does nothing."""
-        self.run_dir, self.enabled = run_dir, enabled
+                 progress: bool = True, enabled: bool = True, log_every: int = 0):
+        """``enabled=False`` (ranks other than 0): every call does nothing. ``log_every``: a console line every
+        that many steps and at every evaluation (0: none), which also reaches a log file without a terminal."""
+        self.run_dir, self.enabled, self.log_every, self.total_steps = run_dir, enabled, log_every, total_steps
         self.tb = self.progress = None
         if not enabled:
             return
@@ -64,10 +65,15 @@ class RunLogger:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(k, v, row["step"])
-        if self.progress is not None and row.get("time_train_s") is not None:
+        step_s = None
+        if row.get("time_train_s") is not None:
             step_s = row["time_rollout_s"] + row["time_reward_s"] + row["time_train_s"]
+        if self.progress is not None and step_s is not None:
             self.progress.update(self.task, completed=row["step"], reward=f"{row['reward_mean']:.4f}",
                                  step_s=f"{step_s:.2f}")
+        evaluated = row.get("eval/reward") is not None
+        if self.log_every and (evaluated or row["step"] % self.log_every == 0):
+            self._say(step_line(row, self.total_steps, step_s))
 
     def alarm(self, row: dict) -> None:
         """One line in alarms.jsonl (step, kind, figures, message, action), and on the console."""
@@ -75,14 +81,30 @@ class RunLogger:
             return
         with open(self.alarms_path, "a") as f:
             f.write(json.dumps(json_safe(row)) + "\n")
-        say = self.progress.console.print if self.progress is not None else print
-        say(f"[stability] step {row['step']} {row['kind']} -> {row['action']}: {row['message']}")
+        self._say(f"[stability] step {row['step']} {row['kind']} -> {row['action']}: {row['message']}")
+
+    def _say(self, line: str) -> None:
+        if self.progress is not None:  # above the bar
+            self.progress.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, flush=True)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
         if self.progress is not None:
             self.progress.stop()
+
+
+def step_line(row: dict, total_steps: int, step_s: float | None) -> str:
+    """`step 10/150  reward 0.4213  eval 0.3850  gold 0.2040  3.12 s/step`: what a console line says."""
+    parts = [f"step {row['step']}/{total_steps}"]
+    for key, name in (("reward_mean", "reward"), ("eval/reward", "eval"), ("gold/reward", "gold")):
+        if isinstance(row.get(key), (int, float)):
+            parts.append(f"{name} {row[key]:.4f}")
+    if step_s is not None:
+        parts.append(f"{step_s:.2f} s/step")
+    return "  ".join(parts)
 
 
 def truncate_jsonl(path: Path, start_step: int) -> None:

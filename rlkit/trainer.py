@@ -1,13 +1,11 @@
-"""The single controller: builds each role from the recipe and runs the loop of DESIGN.md."""
+"""The single controller: builds each role from the recipe and runs the loop (`fit`), one stage per line."""
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,6 @@ from policies import build_policy
 from policies.flow_policy import resolve_device
 from rlkit import checkpoint as ckpt
 from rlkit.algorithms import build_algorithm
-from rlkit.config import to_yaml
 from rlkit.data import PromptStream, read_items
 from rlkit.distributed import Distributed
 from rlkit.errors import CheckpointError, GuardStop, RolloutError, UserError
@@ -27,36 +24,9 @@ from rlkit.logs import REQUIRED_KEYS, RunLogger, save_grid
 from rlkit.plugins import build_rewards
 from rlkit.preflight import preflight, raise_problems
 from rlkit.report import write_report
+from rlkit.run_dir import RunDirectory
 from rlkit.stability import Alarm, StabilityGuard, StabilityTracker
-
-# Changing these between a checkpoint and its resume would load weights into another model, or continue random
-# streams and a data order that were drawn for another seed. Every other setting applies on resume.
-FIXED_ON_RESUME = ("policy.name", "policy.pretrained", "policy.seed", "policy.finetune", "policy.lora.rank",
-                   "policy.lora.alpha", "policy.lora.target_modules", "policy.resolution", "seed",
-                   "data.shuffle")
-# what a run writes into its directory (anything else there means the folder is someone else's)
-RUN_FILES = {"config.yaml", "metrics.jsonl", "alarms.jsonl", "tensorboard", "samples", "checkpoints", "final",
-             "final_last", "best", "guard", "plots", "report.html"}
-
-
-def lock_run_dir(run_dir: Path):
-    """An exclusive lock on RUN_DIR/.rlkit.lock for this process's lifetime (the returned file must stay open)."""
-    import fcntl
-
-    handle = open(run_dir / ".rlkit.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise UserError(f"output_dir '{run_dir}' is in use by {holder}; wait for it to finish or choose another "
-                        f"output_dir") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"rlkit pid {os.getpid()}\n")
-    handle.flush()
-    return handle
+from rlkit.timing import StageTimer
 
 
 def _fmt(x: float | None) -> str:
@@ -69,31 +39,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def config_differences(old: DictConfig, new: DictConfig) -> list[tuple[str, object, object]]:
-    a = OmegaConf.to_container(old, resolve=True)
-    b = OmegaConf.to_container(new, resolve=True)
-    diffs: list[tuple[str, object, object]] = []
-
-    def walk(x, y, prefix):
-        if isinstance(x, dict) and isinstance(y, dict):
-            for k in sorted(set(x) | set(y)):
-                walk(x.get(k), y.get(k), f"{prefix}{k}.")
-        elif x != y:
-            diffs.append((prefix.rstrip("."), x, y))
-
-    walk(a, b, "")
-    return diffs
+def scale_learning_rate(optimizer, scheduler, factor: float) -> None:
+    """Multiply the learning rate by `factor` from now on: the schedule's base rates and the rates in use now
+    (the schedule's own position and warm-up go on unchanged). The loop logs the optimizer's rate, so the
+    scheduler's cached last rate is not needed."""
+    scheduler.base_lrs = [b * factor for b in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+        if "initial_lr" in group:  # what a scheduler built on this optimizer again would start from
+            group["initial_lr"] *= factor
 
 
 class Trainer:
     def __init__(self, cfg: DictConfig, progress: bool = True):
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
-        self._lock = None
         self.dist = Distributed()
         self._check_distributed()
-        self._prepare_run_dir()
-        resume_from = self._find_resume_checkpoint()
+        self.directory = RunDirectory(cfg, self.dist)
+        self.directory.claim()
+        resume_from = self.directory.resume_checkpoint()
         seed_everything(cfg.seed)  # the same on every rank: generators stay in lockstep
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.policy.device)
         raise_problems(preflight(cfg))  # what `rlkit validate` checks, before any model is built
@@ -138,14 +103,11 @@ class Trainer:
         """Train to `train.steps`. ``max_steps``: stop after this many steps of this call, checkpointed and
         resumable, as a stop signal would (tests and benchmarks). The run directory stays locked until it
         returns."""
-        if self._lock is None and self.dist.is_main:
-            self._lock = lock_run_dir(self.run_dir)
+        self.directory.lock()
         try:
             return self._fit(max_steps)
         finally:
-            if self._lock is not None:
-                self._lock.close()  # closing the file releases the lock
-                self._lock = None
+            self.directory.release()
 
     def _fit(self, max_steps: int | None) -> Path:
         cfg, train = self.cfg, self.cfg.train
@@ -156,7 +118,7 @@ class Trainer:
                 self._save_final()
             return self.run_dir
         logger = RunLogger(self.run_dir, train.steps, self.step, progress=self.progress,
-                           enabled=self.dist.is_main)
+                           enabled=self.dist.is_main, log_every=train.log_every)
         if self.evaluator is not None and self.step == 0:  # the starting policy, before any update
             row = {"step": 0, **{k: None for k in REQUIRED_KEYS if k != "step"}}
             alarms = self._maybe_evaluate(row)
@@ -165,24 +127,24 @@ class Trainer:
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             for step in range(self.step, train.steps):
-                t0 = time.perf_counter()
-                batch = self.prompts.next_batch(train.prompts_per_step)  # the global batch, on every rank
-                rollout = self.policy.sample(batch, cfg.algorithm.group_size, self.generators["rollout"],
-                                             sde_window_start=step, shard=(self.dist.rank, self.dist.world))
-                self._check_rollout(rollout)
-                t1 = time.perf_counter()
-                reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
-                t2 = time.perf_counter()
-                totals, adv, adv_info = self._advantages(reward, rollout)
-                metrics = self.algorithm.update(self.policy, rollout, adv, self.optimizer, self.lr_scheduler,
-                                                self.generators["train"])
-                t3 = time.perf_counter()
+                timer = StageTimer(self.device)
+                with timer("rollout"):
+                    batch = self.prompts.next_batch(train.prompts_per_step)  # the global batch, on every rank
+                    rollout = self.policy.sample(batch, cfg.algorithm.group_size, self.generators["rollout"],
+                                                 sde_window_start=step, shard=(self.dist.rank, self.dist.world))
+                    self._check_rollout(rollout)
+                with timer("reward"):
+                    reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
+                with timer("train"):
+                    totals, adv, adv_info = self._advantages(reward, rollout)
+                    metrics = self.algorithm.update(self.policy, rollout, adv, self.optimizer, self.lr_scheduler,
+                                                    self.generators["train"])
                 metrics = self.dist.mean({**metrics, **self.stability.observe(step, reward, rollout)})
                 self.step = step + 1
                 row = {"step": self.step, "reward_mean": float(totals.mean()),
                        "reward_std": float(totals.std(unbiased=False)), **adv_info, **metrics,
-                       "lr": self.lr_scheduler.get_last_lr()[0],
-                       "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_train_s": t3 - t2}
+                       "lr": self.optimizer.param_groups[0]["lr"],
+                       **{f"time_{name}_s": seconds for name, seconds in timer.totals.items()}}
                 alarms = self.guard.check_step(self.step, row) + self._maybe_evaluate(row)
                 logger.log(row)
                 self._act(alarms, logger)
@@ -287,10 +249,7 @@ class Trainer:
         self.policy.load_adapter_state_dict(parts["adapter"])
         self._load_optimizer_state(parts["optimizer"]["optimizer"])
         sched = self.lr_scheduler
-        sched.base_lrs = [b * self.cfg.stability.rollback_lr_factor for b in sched.base_lrs]
-        for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
-            group["lr"] = base * fn(sched.last_epoch)
-        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        scale_learning_rate(self.optimizer, sched, self.cfg.stability.rollback_lr_factor)
         self.algorithm.kl_scale *= self.cfg.stability.rollback_kl_factor
         self.guard.rolled_back()
         kl = self.cfg.algorithm.kl_coef * self.algorithm.kl_scale
@@ -305,62 +264,6 @@ class Trainer:
         print(f"\nsignal {signum}: finishing step {self.step + 1}, then saving a checkpoint")
 
     # ----------------------------------------------------------------- run directory and checkpoints
-    def _prepare_run_dir(self) -> None:
-        """Make the run directory and own it: a lock held while this process lives (the OS releases it when
-        the process dies, however it dies), so two runs never write one directory. A folder holding files
-        that are not an rlkit run is refused, never written over."""
-        try:
-            if self.run_dir.is_dir() and self.dist.is_main:
-                # (another rank's write probe or a crashed export may be there too: rlkit's own)
-                foreign = sorted(p.name for p in self.run_dir.iterdir()
-                                 if p.name not in RUN_FILES and not p.name.startswith((".rlkit", ".tmp-")))
-                if foreign and not (self.run_dir / "config.yaml").is_file():
-                    raise UserError(f"output_dir '{self.run_dir}' holds files that are not an rlkit run (e.g. "
-                                    f"{foreign[0]}); choose a new or empty folder")
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / f".rlkit-write-test.{os.getpid()}"  # per process: ranks probe at once
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as err:
-            raise UserError(f"output_dir '{self.run_dir}' is not writable: {err.strerror}") from None
-        if self.dist.is_main:
-            self._lock = lock_run_dir(self.run_dir)
-
-    def _find_resume_checkpoint(self) -> Path | None:
-        mode = str(self.cfg.resume)
-        saved_cfg = self.run_dir / "config.yaml"
-        if mode == "never":
-            if ckpt.find_checkpoints(self.run_dir):
-                raise UserError(f"output_dir '{self.run_dir}' already holds checkpoints and resume=never; "
-                                f"choose another output_dir or use resume=auto")
-            chosen = None
-        elif mode == "auto":
-            found = ckpt.newest_valid(self.run_dir, warn=lambda m: print(f"warning: {m}"))
-            chosen = found.path if found else None
-        else:
-            chosen = Path(mode).expanduser()
-            if not chosen.is_dir():
-                raise UserError(f"resume: checkpoint folder not found: {chosen}")
-            problem = ckpt.verify(chosen)
-            if problem:
-                raise UserError(f"resume: checkpoint {chosen} is not usable: {problem}")
-        if chosen is not None:  # the checkpoint's own recipe decides, wherever it came from
-            old = ckpt.saved_config(chosen)
-            self._check_compatible(OmegaConf.create(old) if old else OmegaConf.load(saved_cfg))
-        elif saved_cfg.is_file():  # an earlier run with nothing to resume: only the same recipe may restart it
-            try:
-                old = OmegaConf.load(saved_cfg)
-            except Exception:
-                raise UserError(f"output_dir '{self.run_dir}' holds a config.yaml that is not an rlkit recipe; "
-                                f"choose a new or empty folder") from None
-            self._check_restart(old)
-            if (self.run_dir / "metrics.jsonl").exists():
-                print(f"no valid checkpoint in {self.run_dir}: starting from step 0")
-        self.dist.barrier()  # every rank has read the old config before rank 0 replaces it
-        if self.dist.is_main:
-            ckpt.write_atomic_text(saved_cfg, to_yaml(self.cfg))
-        return chosen
-
     def _check_distributed(self) -> None:
         if not self.dist.enabled:
             return
@@ -372,26 +275,6 @@ class Trainer:
         if samples % self.dist.world:
             raise UserError(f"train.prompts_per_step x algorithm.group_size = {samples} samples must be a "
                             f"multiple of the {self.dist.world} processes")
-
-    def _check_compatible(self, old: DictConfig) -> None:
-        """Settings that cannot change on resume are refused; the others apply from the next step."""
-        diffs = [d for d in config_differences(old, self.cfg) if d[0] not in ("resume", "output_dir")]
-        bad = [d for d in diffs if any(d[0] == k or d[0].startswith(k + ".") for k in FIXED_ON_RESUME)]
-        if bad:
-            listed = "; ".join(f"'{k}' {a!r} -> {b!r}" for k, a, b in bad)
-            raise UserError(f"cannot resume with changed {listed}: the checkpoint holds weights and random "
-                            f"streams for the old setting (use a new output_dir to start over)")
-        if diffs:
-            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
-            print(f"resuming with changed settings, applied from the next step: {listed}")
-
-    def _check_restart(self, old: DictConfig) -> None:
-        diffs = [d for d in config_differences(old, self.cfg) if d[0] not in ("resume", "output_dir")]
-        if diffs:
-            key, was, now = diffs[0]
-            more = f" and {len(diffs) - 1} more" if len(diffs) > 1 else ""
-            raise UserError(f"output_dir '{self.run_dir}' holds another run ('{key}' {was!r} -> {now!r}{more}) "
-                            f"with no valid checkpoint to resume; choose another output_dir, or delete that run")
 
     def save_checkpoint(self) -> Path | None:
         return self._save(self.run_dir, self.cfg.train.keep_last)
@@ -459,13 +342,10 @@ class Trainer:
         """The restored optimizer and scheduler carry the old run's hyperparameters: set the recipe's instead,
         keeping their moments and step counts. A new learning rate rescales the current one, so the schedule
         (and any rollback reductions) go on from where they were."""
-        o, sched = self.cfg.optim, self.lr_scheduler
-        scale = o.lr / old["lr"] if old and old.get("lr") else 1.0
-        sched.base_lrs = [b * scale for b in sched.base_lrs]
+        o = self.cfg.optim
+        scale_learning_rate(self.optimizer, self.lr_scheduler, o.lr / old["lr"] if old and old.get("lr") else 1.0)
         for group in self.optimizer.param_groups:
-            group.update(lr=group["lr"] * scale, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-            group["initial_lr"] = group.get("initial_lr", o.lr) * scale
-        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+            group.update(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
     def _save_final(self) -> None:
         """final/: the weights of the best gold evaluation when the run has gold evaluations and

@@ -16,7 +16,7 @@ class SandboxConfig:
     """Built into `path` before the run (once; later runs reuse it). Recipes refer to what is built there as
     ${sandbox.path}/editor, ${sandbox.path}/jrm/final and ${sandbox.path}/data/..."""
 
-    path: str = setting("~/.cache/sandbox/seed_0", pattern=r".*\S.*", hint="a folder")
+    path: str = setting("~/.cache/rlkit/sandbox/seed_0", pattern=r".*\S.*", hint="a folder")
     seed: int = setting(0, **SEED)  # every random stream of the preparation derives from it (sandbox/seeds.py)
     vae_steps: int = setting(600, ge=1)
     # 32 px -> (32 / 2^(len(vae_blocks) - 1))^2 latents of latent_channels, 2 x 2 of them per editor token (FLUX

@@ -13,7 +13,8 @@ the eye sees it:
   stay costs its whole share, not the few per cent of the canvas it covers.
 - `overall`: sqrt(follow * preserve), so an edit must both follow the instruction and keep the rest.
 World 2 scored by the mean colour error over the whole region and the whole rest: an empty canvas scored
-0.34 on the held-out prompts, twice the starting editor, and RL learnt to wipe scenes (BENCHMARKS.md, session 10).
+0.34 on the held-out prompts, twice the starting editor, and RL learnt to wipe scenes (docs/experiments.md,
+2026-12-01).
 Scenes are plain JSON (`Scene.to_json`) so they travel in manifests and reward metadata.
 """
 

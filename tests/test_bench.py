@@ -34,7 +34,7 @@ def test_bench_refuses_dpo(capsys):
 
 
 def test_bench_recipe_for_the_gpu_validates_and_random_judge_scores(tmp_path):
-    """bench_kontext.yaml is what the GPU session runs; its judge kwargs build (tiny here, 8b there)."""
+    """bench_kontext.yaml is what the GPU benchmark runs; its judge kwargs build (tiny here, 8b there)."""
     import torch
 
     from rewards import RewardInput

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from rlkit import checkpoint as ckpt
 from rlkit.cli import main
 from rlkit.errors import UserError
-from rlkit.trainer import Trainer, lock_run_dir
+from rlkit.run_dir import lock_run_dir
+from rlkit.trainer import Trainer
 
 
 def _run(cfg, **kw):

@@ -154,8 +154,8 @@ def test_evaluation_reuses_the_training_reward_models():
 
 
 def test_the_judges_synthetic_outcomes_include_the_exploits_rl_found():
-    """RL against a judge that never saw an emptied or a splattered canvas learnt to make them (BENCHMARKS.md,
-    session 10): both are among the outcomes the judge's pairs are made of, and the truth puts them near 0."""
+    """RL against a judge that never saw an emptied or a splattered canvas learnt to make them (docs/experiments.md,
+    2026-12-01): both are among the outcomes the judge's pairs are made of, and the truth puts them near 0."""
     from sandbox.data import candidates, sample_prompts
 
     rng, splattered = random.Random(0), []
@@ -257,7 +257,6 @@ def test_prepare_never_damages_an_existing_folder(tmp_path, monkeypatch):
     refused, not overwritten."""
     from rlkit.config import load_recipe
     from rlkit.errors import UserError
-    from sandbox import cache as prep
     from sandbox import prepare as build
 
     cfg = load_recipe("sandbox_edit", ["sandbox.use_shipped=false"]).sandbox
@@ -376,8 +375,8 @@ def test_a_cache_from_another_world_version_is_not_reused(tmp_path):
     """Settings alone do not say what the cached prompts and targets are: the world's version is part of them."""
     from omegaconf import OmegaConf
 
-    from sandbox.schema import SandboxConfig
     from sandbox import cache as prep
+    from sandbox.schema import SandboxConfig
 
     cfg = OmegaConf.structured(SandboxConfig)
     settings = prep._settings(cfg)
@@ -392,8 +391,8 @@ def test_a_cache_made_before_a_setting_existed_counts_as_its_default(tmp_path):
     it was made as the field's default makes it; any other value of the field does need a new preparation."""
     from omegaconf import OmegaConf
 
-    from sandbox.schema import SandboxConfig
     from sandbox import cache as prep
+    from sandbox.schema import SandboxConfig
 
     cfg = OmegaConf.structured(SandboxConfig)
     older = {k: v for k, v in prep._settings(cfg).items() if k != "judge_check_prompts"}
@@ -409,8 +408,8 @@ def test_a_judge_made_under_another_truth_is_rebuilt_on_the_same_editor(tmp_path
     saw the truth and is reused (a cache from before truth versions has no "truth" key at all)."""
     from omegaconf import OmegaConf
 
-    from sandbox.schema import SandboxConfig
     from sandbox import cache as prep
+    from sandbox.schema import SandboxConfig
 
     cfg = OmegaConf.structured(SandboxConfig)
     older = {k: v for k, v in prep._settings(cfg).items() if k != "truth"}

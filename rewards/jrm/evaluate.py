@@ -1,4 +1,4 @@
-"""Pairwise reward evaluation with each benchmark's own rule (REFERENCE.md section 4).
+"""Pairwise reward evaluation with each benchmark's own rule.
 
 All formats are JSONL with image paths relative to the file:
 - pairs: prompt, path_src, path1 (preferred), path2[, tie]; accuracy of s1 > s2 over non-tied pairs.

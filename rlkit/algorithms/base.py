@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -10,10 +10,19 @@ from policies.base import EditPolicy, Rollout
 
 
 class Algorithm(Protocol):
-    def advantages(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, dict]: ...
+    """What the trainer calls: advantages from rewards, then one update from a rollout."""
+
+    kl_scale: float  # multiplies the KL coefficient (the stability guard raises it after a rollback)
+    grad_sync: Callable[[list[torch.nn.Parameter]], None] | None  # averages gradients over processes, or None
+
+    def advantages(self, rewards: torch.Tensor, group_ids: torch.Tensor,
+                   uncertainty: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """One advantage per sample (group-normalised), and figures to log. ``uncertainty``: the reward's own
+        per-sample uncertainty (e.g. JRM's sigma), for uncertainty weighting."""
 
     def update(self, policy: EditPolicy, rollout: Rollout, advantages: torch.Tensor,
-               optimizer: torch.optim.Optimizer, lr_scheduler, generator: torch.Generator) -> dict: ...
+               optimizer: torch.optim.Optimizer, lr_scheduler, generator: torch.Generator) -> dict:
+        """Gradient steps on the rollout (one per micro-batch); returns figures to log (loss, ratio, kl, ...)."""
 
 
 def optimizer_step(params: list[torch.nn.Parameter], optimizer, lr_scheduler, max_grad_norm: float,

@@ -1,12 +1,12 @@
 """How well a sandbox judge ranks the editor's *own* samples, the only ranking GRPO uses.
 
-Synthetic held-out accuracy (what `rlkit sandbox prepare` prints) predicts a run's success only loosely; this
+Synthetic held-out accuracy (what `rlkit prepare` prints) predicts a run's success only loosely; this
 measures the judge where RL needs it: P prompts x K samples from the prepared editor, every within-group pair
 the truth separates by at least a gap, and the fraction the judge orders the same way.
 
-    python benchmarks/judge_agreement.py ~/.cache/sandbox/seed_0            # the cache's own judge
-    python benchmarks/judge_agreement.py CACHE --judge runs/other_jrm/final --prompts 48 --samples 8
-    python benchmarks/judge_agreement.py CACHE --contrast 0.8 1.25 1.5   # also along the washout flaw's axis
+    python sandbox/experiments/judge_agreement.py ~/.cache/rlkit/sandbox/seed_0            # the cache's own judge
+    python sandbox/experiments/judge_agreement.py CACHE --judge runs/other_jrm/final --prompts 48 --samples 8
+    python sandbox/experiments/judge_agreement.py CACHE --contrast 0.8 1.25 1.5   # also along the washout flaw's axis
 
 `--contrast C ...` also pairs every sample with itself at contrast C about mid-grey (C < 1 fades it further,
 C > 1 undoes fading): the direction GRPO must find on a faded editor, which samples of one prompt barely span.
@@ -23,7 +23,7 @@ from policies import build_policy
 from rewards.jrm.model import JRMModel
 from rlkit.config import load_recipe
 from sandbox.data import sample_prompts
-from sandbox.prepare import editor_samples, judge_agreement
+from sandbox.judge import editor_samples, judge_agreement
 from sandbox.world import gt_scores, washout
 
 GAPS = (0.1, 0.2, 0.3)
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--contrast", type=float, nargs="*", default=[], help="contrast factors to pair samples with")
     args = ap.parse_args()
     cache = args.cache.expanduser()
-    cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}", "sandbox.enabled=false"])
+    cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}"])
     policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
     judge = JRMModel.load(str(args.judge or cache / "jrm" / "final"), dtype=torch.float32, device="cpu")
     res = judge_agreement(policy, judge, sample_prompts(args.prompts, args.seed), args.samples,

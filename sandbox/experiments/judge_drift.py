@@ -1,14 +1,14 @@
 """Does the sandbox judge still rank the policy's samples after RL? Agreement with the truth on pairs of samples.
 
-`rlkit sandbox prepare` checks the judge on the *starting* editor's samples. RL moves the editor away from them,
-and a judge that only knows the starting editor ranks the trained policy's samples at chance (BENCHMARKS.md,
-session 7): from there GRPO has no signal, whatever its settings. This prints the judge's agreement with the
-truth on the starting editor's samples and, for each checkpoint given, on that policy's samples (48 held-out
-prompts x 8 samples, every pair the truth puts at least 0.1 / 0.2 / 0.3 apart).
+`rlkit prepare` checks the judge on the *starting* editor's samples. RL moves the editor away from them, and a
+judge that only knows the starting editor ranks the trained policy's samples at chance (docs/experiments.md,
+2026-11-23, "The judge after RL"): from there GRPO has no signal, whatever its settings. This prints the judge's
+agreement with the truth on the starting editor's samples and, for each checkpoint given, on that policy's
+samples (48 held-out prompts x 8 samples, every pair the truth puts at least 0.1 / 0.2 / 0.3 apart).
 
-    python benchmarks/judge_drift.py CACHE                                  # the cache's own judge, start only
-    python benchmarks/judge_drift.py CACHE --judge OTHER/final RUN/checkpoints/step_000060
-    python benchmarks/judge_drift.py CACHE --judge A/final --judge B/final ...   # an ensemble: their mean
+    python sandbox/experiments/judge_drift.py CACHE                                  # the cache's own judge, start only
+    python sandbox/experiments/judge_drift.py CACHE --judge OTHER/final RUN/checkpoints/step_000060
+    python sandbox/experiments/judge_drift.py CACHE --judge A/final --judge B/final ...   # an ensemble: their mean
 
 A cache prepared with `sandbox.judge_ensemble: K` is scored by its K judges' mean (jrm/, jrm_1/, ...).
 """
@@ -25,7 +25,7 @@ from rewards.jrm.reward import JRMReward
 from rlkit import checkpoint as ckpt
 from rlkit.config import load_recipe
 from sandbox.data import sample_prompts
-from sandbox.prepare import judge_agreement, judge_folder
+from sandbox.judge import judge_agreement, judge_folder
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=6, help="held-out prompts and sampling noise (prepare uses 6)")
     args = ap.parse_args()
     cache = args.cache.expanduser()
-    cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}", "sandbox.enabled=false"])
+    cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}"])
     policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
     folders = args.judge or [str(cache / judge_folder(i) / "final") for i in range(100)
                              if (cache / judge_folder(i) / "final").is_dir()]

@@ -1,6 +1,6 @@
 """Reward-model variants in the sandbox world, against its ground truth (CPU, minutes).
 
-    python benchmarks/reward_ablation.py --pairs 1000 --epochs 3 --out runs/reward_ablation
+    python sandbox/experiments/reward_ablation.py --pairs 1000 --epochs 3 --out runs/reward_ablation
 
 Same in-world preference pairs (ranked by the truth, JRM-format rationales, 1..5 scores) and the same
 compute for every variant; held-out pairwise accuracy on separate pairs:
@@ -22,6 +22,7 @@ from rewards.jrm.distill import distill_reward
 from rewards.jrm.train import train_reward
 from rlkit.config import load_recipe
 from sandbox.data import write_preference_pairs
+from sandbox.seeds import stream_seed
 
 
 def recipe(out: Path, train: Path, eval_: Path, epochs: float, *extra: str):
@@ -47,8 +48,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/reward_ablation")
     args = ap.parse_args()
     out = Path(args.out)
-    train = write_preference_pairs(out / "pairs_train", args.pairs, args.seed + 3)
-    eval_ = write_preference_pairs(out / "pairs_eval", args.eval_pairs, args.seed + 4)
+    train = write_preference_pairs(out / "pairs_train", args.pairs, stream_seed(args.seed, "synthetic_pairs"))
+    eval_ = write_preference_pairs(out / "pairs_eval", args.eval_pairs, stream_seed(args.seed, "eval_pairs"))
     train_half = half(train, out / "pairs_train" / "half.jsonl")  # same folder: image paths stay valid
     variants = {
         "jrm_alpha0.7": lambda: train_reward(recipe(out / "jrm_a07", train, eval_, args.epochs, "loss.alpha=0.7")),

@@ -5,10 +5,10 @@ edits it can undo, and how good the attempted edits are. `--train key=value ...`
 with the cache's VAE and those `sandbox.*` settings (the cache is not changed; `--save DIR` keeps the editor).
 The first line is the VAE's own ceiling: every target encoded and decoded, scored like an edit.
 
-    python benchmarks/sandbox_editor.py ~/.cache/sandbox/seed_0
-    python benchmarks/sandbox_editor.py CACHE --checkpoint RUN/checkpoints/step_000060   # what RL made of it
-    python benchmarks/sandbox_editor.py CACHE --train seed=2 skip_edit=0.0        # about 6 minutes on 2 cores
-    python benchmarks/sandbox_editor.py CACHE --new-vae --train vae_blocks=[16,32] latent_channels=4
+    python sandbox/experiments/sandbox_editor.py ~/.cache/rlkit/sandbox/seed_0
+    python sandbox/experiments/sandbox_editor.py CACHE --checkpoint RUN/checkpoints/step_000060   # what RL made of it
+    python sandbox/experiments/sandbox_editor.py CACHE --train seed=2 skip_edit=0.0        # about 6 minutes on 2 cores
+    python sandbox/experiments/sandbox_editor.py CACHE --new-vae --train vae_blocks=[16,32] latent_channels=4
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import torch
 from diffusers import AutoencoderKL
 from omegaconf import OmegaConf
 
-from rlkit.config import SandboxConfig
 from sandbox.data import sample_prompts
-from sandbox.prepare import SIZE, build_pipeline, editor_samples, pretrain_editor, train_vae
+from sandbox.editor import SIZE, build_pipeline, pretrain_editor, train_vae
+from sandbox.judge import editor_samples
+from sandbox.schema import SandboxConfig
 from sandbox.world import gt_scores, render, to_tensor
 
 SKIP_DRIFT = 0.04  # a sample this close to its source (mean |difference|) that follows nothing is a skipped edit
@@ -74,7 +75,7 @@ def main() -> None:
         from policies import build_policy
         from rlkit.config import load_recipe
 
-        cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}", "sandbox.enabled=false"])
+        cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}"])
         policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)
         if args.checkpoint:
             from rlkit import checkpoint as ckpt

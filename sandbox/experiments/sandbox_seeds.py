@@ -1,4 +1,4 @@
-"""The sandbox issue's bar, measured: `gt_heldout` gain of `rlkit run sandbox_edit` over several RL seeds.
+"""`gt_heldout` gain of `rlkit run sandbox_edit` (or another sandbox recipe) over several RL seeds.
 
 Runs the recipe once per seed, one after the other (two torch runs side by side on 2 cores are several times
 slower each), into OUT/seed_N, then prints gt_heldout at every evaluation, the gain of the last evaluation over
@@ -6,8 +6,8 @@ step 0, and the mean and worst gain. A finished run is not run again (resume=aut
 picks up where it stopped (a run the stability guard stopped counts as ended: resuming it would go on past the
 stop); `--only-report` just reads the runs already in OUT.
 
-    python benchmarks/sandbox_seeds.py /tmp/seeds                       # seeds 0-4, the recipe as shipped
-    python benchmarks/sandbox_seeds.py /tmp/seeds_x --seeds 1 2 -- algorithm.kl_coef=0.04 sandbox.path=/tmp/c
+    python sandbox/experiments/sandbox_seeds.py /tmp/seeds                       # seeds 0-4, the recipe as shipped
+    python sandbox/experiments/sandbox_seeds.py /tmp/seeds_x --seeds 1 2 -- algorithm.kl_coef=0.04 sandbox.path=/tmp/c
 """
 
 from __future__ import annotations
