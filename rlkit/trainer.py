@@ -23,6 +23,7 @@ from rlkit.evaluation import HeldoutEvaluator
 from rlkit.logs import REQUIRED_KEYS, RunLogger, save_grid
 from rlkit.plugins import build_rewards
 from rlkit.preflight import preflight, raise_problems
+from rlkit.preparation import recipe_preparation
 from rlkit.report import write_report
 from rlkit.run_dir import RunDirectory
 from rlkit.stability import Alarm, StabilityGuard, StabilityTracker
@@ -61,6 +62,7 @@ class Trainer:
         resume_from = self.directory.resume_checkpoint()
         seed_everything(cfg.seed)  # the same on every rank: generators stay in lockstep
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.policy.device)
+        self._check_prepared()
         raise_problems(preflight(cfg))  # what `rlkit validate` checks, before any model is built
         items = read_items(cfg.data)
         self._reward_models: dict = {}  # shared with the evaluator's gold rewards
@@ -88,6 +90,15 @@ class Trainer:
         self.progress = progress
         self._stop_requested = 0  # the signal number once a stop is requested
         self.stopped_by_signal = 0  # set when fit() returned early because of one
+
+    def _check_prepared(self) -> None:
+        """The recipe's preparation runs before the trainer is built (`rlkit run` does it; in Python,
+        rlkit.preparation.prepare_recipe): without it the files it makes are missing, which says why."""
+        prep = recipe_preparation(self.cfg)
+        pending = prep.pending(self.cfg[prep.section]) if prep else None
+        if pending:
+            raise UserError(f"the recipe's '{self.cfg.prepare}' preparation has not run ({pending}): run "
+                            f"rlkit.preparation.prepare_recipe(cfg) before Trainer(cfg), or use `rlkit run`")
 
     def _lr_factor(self, optimizer_steps: int) -> float:
         # warm-up counts optimizer steps (several per RL step: one per micro-batch); the decay follows RL steps,

@@ -22,7 +22,9 @@ def refresh_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, held: li
     report for the new judge, with the previous stage's under `judge_refresh`
     ("first_judge"). With `judge_refresh_rounds` > 1 it runs again against the judge it made (`round_` 1, 2, ...:
     its own seeds and image names; the pairs of every round are kept)."""
-    from rlkit.config import load_recipe
+    from omegaconf import OmegaConf
+
+    from rlkit.config import build_config, load_recipe
     from rlkit.trainer import Trainer
 
     t0 = time.time()
@@ -33,6 +35,10 @@ def refresh_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, held: li
         "eval.every=0", f"policy.device={cfg.device}"])
     # the recipe's one reward is the jrm judge: all of the kept judges
     rcfg.rewards[0].kwargs.path = [str(out / judge_folder(i) / "final") for i in range(cfg.judge_ensemble)]
+    # a plain recipe on the preparation being built (its paths resolved): nothing left to prepare
+    plain = OmegaConf.to_container(rcfg, resolve=True)
+    plain.pop("sandbox")
+    rcfg = build_config(plain | {"prepare": None}, [], where="the judge refresh run")
     prev = "first judge" if round_ == 0 else f"judge of refresh round {round_}"
     log(f"judge refresh: {cfg.judge_refresh_steps} GRPO steps against the {prev}")
     trainer = Trainer(rcfg, progress=False)

@@ -57,3 +57,13 @@ def test_a_preparation_section_is_validated_by_its_plugins_schema():
         load_recipe("tiny_edit", ["sandbox.seed=3"])
     with pytest.raises(UserError, match="unknown preparation 'sandbx' \\(did you mean 'sandbox'\\?\\)"):
         load_recipe("sandbox_edit", ["prepare=sandbx"])
+
+
+def test_a_trainer_built_before_its_preparation_says_what_to_run(tmp_path):
+    from rlkit.config import load_recipe
+    from rlkit.trainer import Trainer
+
+    cfg = load_recipe("sandbox_edit", [f"sandbox.path={tmp_path / 'world'}", f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(UserError, match=r"'sandbox' preparation has not run .*prepare_recipe\(cfg\)"):
+        Trainer(cfg, progress=False)
+    assert not (tmp_path / "world").exists()  # the trainer never prepares

@@ -101,7 +101,8 @@ def test_validate_refuses_what_run_refuses(override, needle, tmp_path, capsys):
 ])
 def test_recipe_errors_exit_2_with_one_clear_line(override, needle, capsys):
     overrides = list(override) if isinstance(override, tuple) else [override]
-    assert main(["validate", str(TINY_RECIPE), *overrides]) == 2
+    sandbox = any(o.startswith("sandbox.") for o in overrides)  # the section of sandbox_edit's preparation
+    assert main(["validate", "sandbox_edit" if sandbox else str(TINY_RECIPE), *overrides]) == 2
     err = capsys.readouterr().err
     assert needle in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1

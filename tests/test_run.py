@@ -74,6 +74,15 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
 
 
+def test_a_run_prints_a_line_every_log_every_steps_and_at_evaluations(tmp_path, capsys):
+    """Without a terminal (nohup, SLURM) these lines are what the log file shows of a run."""
+    _run(tiny_config(tmp_path, "train.steps=4", "train.log_every=2", "eval.every=3", "eval.max_prompts=2"))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == ["0/4", "2/4", "3/4", "4/4"]  # 0 and 3: evaluations
+    assert "eval " in lines[0] and "reward " not in lines[0]  # step 0 evaluates only
+    assert "reward " in lines[1] and "s/step" in lines[1] and "eval " in lines[2]
+
+
 def test_resuming_a_finished_run_says_so(tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     _run(cfg)
