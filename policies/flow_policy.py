@@ -103,6 +103,10 @@ class FlowEditPolicy:
     @classmethod
     def from_pretrained(cls, cfg, sampler_cfg, device, train_micro_batch: int = 0) -> FlowEditPolicy:
         """Load from a local folder or the local hub cache; never downloads."""
+        from diffusers.utils import logging as diffusers_logging
+
+        bars = diffusers_logging.is_progress_bar_enabled()
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" would cut into the run's console
         try:
             pipe = cls.pipeline_class.from_pretrained(
                 cfg.pretrained, dtype=DTYPES[cfg.dtype], local_files_only=True
@@ -113,6 +117,9 @@ class FlowEditPolicy:
                 f"({type(err).__name__}). Download it first, e.g. `hf download {cfg.pretrained}`{cls.download_note}, "
                 f"or set policy.pretrained to a local folder with the diffusers layout."
             ) from None
+        finally:
+            if bars:
+                diffusers_logging.enable_progress_bar()
         return cls(pipe, cfg, sampler_cfg, device, train_micro_batch)
 
     def compute_precision(self):
@@ -295,6 +302,7 @@ class FlowEditPolicy:
             return
         # The adapter's config travels in the file's metadata (diffusers' `lora_adapter_metadata`): without it
         # `load_lora_weights` assumes alpha = rank and loads the LoRA at rank / alpha of its trained strength.
-        config = self.transformer.peft_config["default"].to_dict()
+        peft_config = self.transformer.peft_config["default"]
         self.pipeline_class.save_lora_weights(directory, transformer_lora_layers=state, safe_serialization=True,
-                                              transformer_lora_adapter_metadata=config)
+                                              transformer_lora_adapter_metadata=peft_config.to_dict())
+        peft_config.save_pretrained(directory)  # adapter_config.json, as peft and the Hub expect beside a LoRA

@@ -31,8 +31,21 @@ def _fit(trainer) -> int:
     run_dir = trainer.fit()
     if trainer.stopped_by_signal:  # a checkpoint was saved and the message printed: not a finished run
         return 128 + trainer.stopped_by_signal
-    print(f"done: {run_dir}")
+    if trainer.dist.is_main:
+        _say_summary(trainer.cfg, run_dir)
     return 0
+
+
+def _say_summary(cfg, run_dir: Path) -> None:
+    """The end-of-run summary, on the console and at the end of RUN_DIR/run.log."""
+    from rlkit.export import loading_snippet
+    from rlkit.summary import summarize, summary_lines
+
+    final = run_dir / "final"
+    lines = summary_lines(summarize(run_dir), loading_snippet(cfg, final) if final.is_dir() else "")
+    print("\n".join(lines))
+    with open(run_dir / "run.log", "a") as log:
+        log.write("\n".join(lines) + "\n")
 
 
 def cmd_resume(args) -> int:
@@ -66,11 +79,19 @@ def cmd_validate(args) -> int:
         from rewards.jrm.config import RewardRecipe, check_reward_recipe, reward_recipe_problems
 
         cfg = load_recipe(args.recipe, args.overrides, schema_cls=RewardRecipe, check=check_reward_recipe)
+        if args.print_config:
+            from rlkit.config import to_yaml
+
+            print(to_yaml(cfg), end="")
         raise_problems(reward_recipe_problems(cfg))
         print(f"ok: {args.recipe} (reward recipe, backbone: {cfg.backbone.pretrained or cfg.backbone.name}, "
               f"alpha {cfg.loss.alpha})")
         return 0
     cfg = load_recipe(args.recipe, args.overrides)
+    if args.print_config:
+        from rlkit.config import to_yaml
+
+        print(to_yaml(cfg), end="")
     prep = recipe_preparation(cfg)
     pending = prep.pending(cfg[prep.section]) if prep else None
     raise_problems(preflight(cfg, made_later=prep.outputs(cfg[prep.section]) if pending else ()))
@@ -80,6 +101,30 @@ def cmd_validate(args) -> int:
     items = read_items(cfg.data)
     print(f"ok: {args.recipe} ({len(items)} prompts, rewards: {', '.join(s.name for s in cfg.rewards)}, "
           f"algorithm: {cfg.algorithm.name})")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    """`rlkit recipes`: the packaged recipes with their first comment line; `rlkit recipes cp NAME DEST`."""
+    from rlkit.config import copy_recipe, packaged_recipes, recipe_summary
+
+    if args.action == "cp":
+        if not args.name or not args.dest:
+            raise UserError("usage: rlkit recipes cp NAME DEST (NAME: one of `rlkit recipes`)")
+        print(f"wrote {copy_recipe(args.name, Path(args.dest))}")
+        return 0
+    named = packaged_recipes()
+    width = max(map(len, named))
+    for name in sorted(named):
+        print(f"{name:<{width}}  {recipe_summary(named[name])}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from rlkit.export import push_to_hub
+
+    url = push_to_hub(Path(args.run_dir), args.repo_id, weights=args.weights, private=args.private)
+    print(f"pushed {Path(args.run_dir) / args.weights} to {url}")
     return 0
 
 
@@ -223,84 +268,89 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with rlkit's error format: the usage, then one `error:` line, exit status 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\n")
+
+
+def _command(sub, name: str, func, summary: str, example: str, args=(), recipe: bool = False, **defaults):
+    """A subcommand with a one-line summary (the COMMAND list), a description with an example (its --help)."""
+    p = sub.add_parser(name, help=summary, description=f"{summary}\n\nexample:\n  {example}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    if recipe:
+        p.add_argument("recipe", help="a recipe file, or the name of a packaged recipe (rlkit recipes)")
+        p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="overrides of any recipe key, e.g. train.steps=10 (OmegaConf dotlist)")
+    for flags, kwargs in args:
+        p.add_argument(*flags, **kwargs)
+    p.set_defaults(func=func, **defaults)
+    return p
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rlkit", description="Online RL fine-tuning (GRPO, online DPO) for instruction-following image editors.")
+    parser = _Parser(prog="rlkit", description="Online RL fine-tuning (GRPO, online DPO) for instruction-following "
+                                               "image editors. `rlkit COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"rlkit {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    overrides = (["overrides"], dict(nargs="*", default=[], metavar="KEY=VALUE", help="settings to change"))
 
-    p = sub.add_parser("run", help="train from a recipe: rlkit run RECIPE [key=value ...]")
-    p.add_argument("recipe", help="recipe file, or the name of a packaged recipe (e.g. tiny_edit)")
-    p.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides, e.g. train.steps=10")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
-    p.add_argument("run_dir")
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=cmd_resume)
-
-    p = sub.add_parser("serve-reward", help="serve a reward plugin over HTTP: rlkit serve-reward NAME [key=value ...]")
-    p.add_argument("name", help="reward plugin name (see `rlkit rewards`)")
-    p.add_argument("kwargs", nargs="*", help="the plugin's kwargs, e.g. path=runs/jrm/final")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=8765)
-    p.set_defaults(func=cmd_serve_reward)
-
-    p = sub.add_parser("bench", help="per-stage times of a recipe's iteration and their ratios to pure compute")
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*")
-    p.add_argument("--iterations", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--json", default=None, help="also write the figures to this file")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("report", help="plots and an offline HTML report of a run: RUN_DIR/report.html")
-    p.add_argument("run_dir")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("validate", help="check a recipe (keys, types, data, rewards) without running it")
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=cmd_validate)
-
-    p = sub.add_parser("rewards", help="list installed reward plugins")
-    p.set_defaults(func=cmd_plugins, group="rlkit.rewards")
-
-    p = sub.add_parser("preparations", help="list installed preparation plugins")
-    p.set_defaults(func=cmd_plugins, group="rlkit.preparations")
-
-    p = sub.add_parser("prepare", help="run a recipe's preparation alone (e.g. build the sandbox): "
-                                       "rlkit prepare RECIPE [key=value ...]")
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("train-reward", help="train a JRM reward model: rlkit train-reward RECIPE [key=value ...]")
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=cmd_train_reward)
-
-    p = sub.add_parser("distill-reward", help="RISD: distil a reasoning teacher's score distribution into a "
-                                              "student: rlkit distill-reward RECIPE distill.teacher=DIR")
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=cmd_train_reward)
-
-    p = sub.add_parser("eval-reward", help="pairwise accuracy of a JRM reward on a benchmark file")
-    p.add_argument("reward_dir")
-    p.add_argument("data")
-    p.add_argument("--format", choices=["pairs", "mmrb2", "editreward-bench", "genai-bench"], default="pairs")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--output", default=None, help="JSON report path (default REWARD_DIR/eval_FORMAT.json)")
-    p.set_defaults(func=cmd_eval_reward)
-
-    p = sub.add_parser("explain", help="score one edit and generate the JRM critique")
-    p.add_argument("reward_dir")
-    p.add_argument("source")
-    p.add_argument("edited")
-    p.add_argument("instruction")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.set_defaults(func=cmd_explain)
+    _command(sub, "run", cmd_run, "train from a recipe", "rlkit run sandbox_edit train.steps=50 output_dir=runs/try",
+             recipe=True)
+    _command(sub, "resume", cmd_resume, "continue a run from its newest valid checkpoint, with its saved recipe "
+             "(changed settings apply from the next step)", "rlkit resume runs/sandbox_edit optim.lr=1e-3",
+             [(["run_dir"], dict(help="the run's output_dir")), overrides])
+    _command(sub, "validate", cmd_validate, "check a recipe as `run` does before it loads a model: keys, ranges, "
+             "data, rewards, weights", "rlkit validate flux_edit --print", recipe=True,
+             args=[(["--print"], dict(action="store_true", dest="print_config",
+                                      help="also print the resolved recipe (YAML, every default filled in)"))])
+    _command(sub, "recipes", cmd_recipes, "list the packaged recipes, or copy one to edit (cp NAME DEST)",
+             "rlkit recipes cp sandbox_edit my_recipe.yaml",
+             [(["action"], dict(nargs="?", choices=["ls", "cp"], default="ls")),
+              (["name"], dict(nargs="?", help="cp: the packaged recipe")),
+              (["dest"], dict(nargs="?", help="cp: a new file, or a folder"))])
+    _command(sub, "prepare", cmd_prepare, "run a recipe's preparation alone (e.g. build the sandbox world); it may "
+             "replace a preparation made with other settings", "rlkit prepare sandbox_edit sandbox.seed=1",
+             recipe=True)
+    _command(sub, "bench", cmd_bench, "time a recipe's GRPO iterations by stage, against the pure compute of its "
+             "models", "rlkit bench bench_kontext --iterations 2 --json bench.json", recipe=True,
+             args=[(["--iterations"], dict(type=int, default=2)), (["--warmup"], dict(type=int, default=1)),
+                   (["--json"], dict(default=None, help="also write the figures to this file"))])
+    _command(sub, "report", cmd_report, "write a run's plots and offline HTML report (RUN_DIR/report.html)",
+             "rlkit report runs/sandbox_edit", [(["run_dir"], {})])
+    _command(sub, "push", cmd_push, "upload a run's final/ (LoRA, adapter_config.json, model card) to the Hugging "
+             "Face Hub", "rlkit push runs/sandbox_edit me/kontext-red-lora --private",
+             [(["run_dir"], {}), (["repo_id"], dict(help="user/name on the Hub")),
+              (["--private"], dict(action="store_true")),
+              (["--weights"], dict(choices=["final", "final_last"], default="final",
+                                   help="final (default: the best evaluation's weights, or the last) or final_last"))])
+    _command(sub, "rewards", cmd_plugins, "list installed reward plugins (entry points rlkit.rewards)",
+             "rlkit rewards", group="rlkit.rewards")
+    _command(sub, "preparations", cmd_plugins, "list installed preparation plugins (entry points "
+             "rlkit.preparations)", "rlkit preparations", group="rlkit.preparations")
+    _command(sub, "serve-reward", cmd_serve_reward, "serve a reward plugin over HTTP for the remote reward",
+             "rlkit serve-reward jrm path=runs/jrm/final --port 8765",
+             [(["name"], dict(help="reward plugin name (rlkit rewards)")),
+              (["kwargs"], dict(nargs="*", default=[], metavar="KEY=VALUE", help="the plugin's kwargs")),
+              (["--host"], dict(default="127.0.0.1", help="bind address (default: loopback only)")),
+              (["--port"], dict(type=int, default=8765))])
+    _command(sub, "train-reward", cmd_train_reward, "train a JRM reward model from a reward recipe",
+             "rlkit train-reward jrm_tiny train.epochs=2", recipe=True)
+    _command(sub, "distill-reward", cmd_train_reward, "RISD: distil a reasoning teacher's score distribution into "
+             "a one-prefill student", "rlkit distill-reward jrm_tiny distill.teacher=runs/teacher/final",
+             recipe=True)
+    _command(sub, "eval-reward", cmd_eval_reward, "pairwise accuracy of a JRM reward on a benchmark file",
+             "rlkit eval-reward runs/jrm_tiny/final pairs.jsonl --format mmrb2",
+             [(["reward_dir"], {}), (["data"], {}),
+              (["--format"], dict(choices=["pairs", "mmrb2", "editreward-bench", "genai-bench"], default="pairs")),
+              (["--batch-size"], dict(type=int, default=16)),
+              (["--output"], dict(default=None, help="JSON report path (default REWARD_DIR/eval_FORMAT.json)"))])
+    _command(sub, "explain", cmd_explain, "score one edit with a JRM reward and generate its critique",
+             'rlkit explain runs/jrm_tiny/final source.png edited.png "make the square blue"',
+             [(["reward_dir"], {}), (["source"], {}), (["edited"], {}), (["instruction"], {}),
+              (["--max-new-tokens"], dict(type=int, default=256))])
     return parser
 
 

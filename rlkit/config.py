@@ -152,6 +152,16 @@ class EvalConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Experiment trackers (rlkit/trackers.py): scalars every step, evaluation grids, the recipe, alarms."""
+
+    # tensorboard writes RUN_DIR/tensorboard; wandb needs `pip install wandb` (WANDB_MODE=offline: no login)
+    report_to: list[str] = setting(factory=lambda: ["tensorboard"], each=Range(choices=("tensorboard", "wandb")))
+    project: str = setting("rlkit", pattern=r".*\S.*", hint="a project name")  # the W&B project
+    run_name: str | None = None  # default: the output_dir's folder name
+
+
+@dataclass
 class GoldDivergenceAlarm:
     action: str = setting("warn", choices=ACTIONS)  # not "off": YAML reads that as false
     window: int = setting(2, ge=1)  # evaluations over which the proxy must have risen
@@ -212,6 +222,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
@@ -304,6 +315,45 @@ def packaged_recipes() -> dict[str, Path]:
     """Recipes shipped in the `recipes` package, by name (file stem)."""
     root = resources.files("recipes")
     return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def recipe_summary(path: Path) -> str:
+    """A recipe's first comment line: what it is."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def copy_recipe(name: str, dest: Path) -> Path:
+    """A packaged recipe copied to edit (`rlkit recipes cp`). Data paths the recipe gives relative to itself
+    become absolute, so the copy runs from wherever it is put. Never overwrites a file."""
+    import re
+
+    named = packaged_recipes()
+    if name not in named:
+        close = difflib.get_close_matches(name, list(named), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; packaged recipes: {', '.join(sorted(named))}"
+        raise UserError(f"no packaged recipe '{name}'{hint}")
+    src = named[name]
+    target = dest / src.name if dest.is_dir() else dest
+    if target.exists():
+        raise UserError(f"{target} exists; choose a new file name")
+    text = src.read_text()
+
+    def absolute(match: re.Match) -> str:
+        value = match.group(2)
+        beside = src.parent / value
+        return f"{match.group(1)}{beside.resolve()}" if not Path(value).is_absolute() and beside.exists() else \
+            match.group(0)
+
+    text = re.sub(r"^(\s*path:\s*)([^\s#$'\"{}]+)", absolute, text, flags=re.M)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    except OSError as err:
+        raise UserError(f"cannot write {target}: {err.strerror or err}") from None
+    return target
 
 
 def resolve_recipe_path(recipe: str) -> Path:

@@ -1,4 +1,5 @@
-"""Run-directory logging: metrics.jsonl (one object per step), tensorboard, a progress bar, PNG grids."""
+"""Run-directory logging: metrics.jsonl (one object per step), run.log (the console's lines), the experiment
+trackers, a progress bar, PNG grids."""
 
 from __future__ import annotations
 
@@ -29,22 +30,21 @@ def json_safe(value):
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, tensorboard: bool = True,
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, trackers=None,
                  progress: bool = True, enabled: bool = True, log_every: int = 0):
-        """``enabled=False`` (ranks other than 0): every call does nothing. ``log_every``: a console line every
-        that many steps and at every evaluation (0: none), which also reaches a log file without a terminal."""
+        """``enabled=False`` (ranks other than 0): every call does nothing. ``trackers``: rlkit.trackers.Trackers
+        (or None). ``log_every``: a console line every that many steps and at every evaluation (0: none), also
+        in run.log, so a run without a terminal (nohup, SLURM) shows its progress."""
         self.run_dir, self.enabled, self.log_every, self.total_steps = run_dir, enabled, log_every, total_steps
-        self.tb = self.progress = None
+        self.progress = self.log_file = None
+        self.trackers = trackers
         if not enabled:
             return
+        self.log_file = open(run_dir / "run.log", "a")  # what the console says, also without a terminal
         self.metrics_path = run_dir / "metrics.jsonl"
         self.alarms_path = run_dir / "alarms.jsonl"
         for path in (self.metrics_path, self.alarms_path):
             truncate_jsonl(path, start_step)
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
         if progress:
             self.progress = Progress(
                 TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
@@ -61,10 +61,11 @@ class RunLogger:
         row = {k: json_safe(v) for k, v in metrics.items()}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(k, v, row["step"])
+        grid = self.run_dir / "samples" / f"eval_step_{row['step']:06d}.png"
+        if self.trackers is not None:
+            self.trackers.log(row, row["step"])
+            if row.get("eval/reward") is not None and grid.is_file():
+                self.trackers.log_image("eval/grid", grid, row["step"])
         step_s = None
         if row.get("time_train_s") is not None:
             step_s = row["time_rollout_s"] + row["time_reward_s"] + row["time_train_s"]
@@ -81,17 +82,23 @@ class RunLogger:
             return
         with open(self.alarms_path, "a") as f:
             f.write(json.dumps(json_safe(row)) + "\n")
+        if self.trackers is not None:
+            self.trackers.log_alarm(row)
         self._say(f"[stability] step {row['step']} {row['kind']} -> {row['action']}: {row['message']}")
 
     def _say(self, line: str) -> None:
+        self.log_file.write(line + "\n")
+        self.log_file.flush()
         if self.progress is not None:  # above the bar
             self.progress.console.print(line, markup=False, highlight=False)
         else:
             print(line, flush=True)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        if self.log_file is not None:
+            self.log_file.close()
+        if self.trackers is not None:
+            self.trackers.finish()
         if self.progress is not None:
             self.progress.stop()
 

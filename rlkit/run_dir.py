@@ -22,7 +22,7 @@ FIXED_ON_RESUME = ("policy.name", "policy.pretrained", "policy.seed", "policy.fi
                    "data.shuffle")
 # what a run writes into its directory (anything else there means the folder is someone else's)
 RUN_FILES = {"config.yaml", "metrics.jsonl", "alarms.jsonl", "tensorboard", "samples", "checkpoints", "final",
-             "final_last", "best", "guard", "plots", "report.html"}
+             "final_last", "best", "guard", "plots", "report.html", "run.log"}
 
 
 def lock_run_dir(run_dir: Path):

@@ -20,6 +20,7 @@ from rlkit.data import PromptStream, read_items
 from rlkit.distributed import Distributed
 from rlkit.errors import CheckpointError, GuardStop, RolloutError, UserError
 from rlkit.evaluation import HeldoutEvaluator
+from rlkit.export import write_model_card
 from rlkit.logs import REQUIRED_KEYS, RunLogger, save_grid
 from rlkit.plugins import build_rewards
 from rlkit.preflight import preflight, raise_problems
@@ -28,6 +29,7 @@ from rlkit.report import write_report
 from rlkit.run_dir import RunDirectory
 from rlkit.stability import Alarm, StabilityGuard, StabilityTracker
 from rlkit.timing import StageTimer
+from rlkit.trackers import Trackers
 
 
 def _fmt(x: float | None) -> str:
@@ -128,7 +130,12 @@ class Trainer:
             if not (self.run_dir / "final").exists():
                 self._save_final()
             return self.run_dir
-        logger = RunLogger(self.run_dir, train.steps, self.step, progress=self.progress,
+        trackers = None
+        if self.dist.is_main and cfg.logging.report_to:
+            log = cfg.logging
+            trackers = Trackers(log.report_to, self.run_dir, OmegaConf.to_container(cfg, resolve=True), self.step,
+                                log.project, log.run_name)
+        logger = RunLogger(self.run_dir, train.steps, self.step, trackers, progress=self.progress,
                            enabled=self.dist.is_main, log_every=train.log_every)
         if self.evaluator is not None and self.step == 0:  # the starting policy, before any update
             row = {"step": 0, **{k: None for k in REQUIRED_KEYS if k != "step"}}
@@ -401,5 +408,6 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         self.policy.save_lora(str(tmp), state)
         (tmp / "rlkit_final.json").write_text(json.dumps(info, indent=1))
+        write_model_card(tmp, self.cfg, info, self.run_dir, name)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

@@ -42,7 +42,7 @@ def _stock_pipeline(editor: str):
 def _stock_output(editor: str, pipe, cfg, batch, noise) -> torch.Tensor:
     """The final latents of the stock pipeline. Kontext: the pipeline's own __call__. Qwen-Image-Edit: the
     tiny pipeline has no processor (its __call__ needs one), so the loaded transformer runs inside a policy
-    built on the stock pipeline without an adapter of its own (its ODE equals the pipeline's: test_qwen_edit)."""
+    built on the stock pipeline without an adapter of its own (its ODE equals the pipeline's: test_policy)."""
     C, side = EDITORS[editor][1:]
     if editor == "flux_kontext":
         return pipe(image=batch.sources, prompt=batch.instructions[0], height=32, width=32, max_area=32 * 32,
@@ -75,6 +75,11 @@ def test_exported_lora_loads_at_its_trained_strength(editor, tmp_path):
     with safe_open(str(tmp_path / "pytorch_lora_weights.safetensors"), "pt") as f:
         meta = json.loads(f.metadata()["lora_adapter_metadata"])
     assert meta["transformer.lora_alpha"] == 16 and meta["transformer.r"] == 4
+    from peft import LoraConfig
+
+    config = LoraConfig.from_pretrained(str(tmp_path))  # adapter_config.json, as peft reads it
+    assert (config.r, config.lora_alpha) == (4, 16)
+    assert set(config.target_modules) == set(cfg.policy.lora.target_modules)
 
     pipe = _stock_pipeline(editor)
     pipe.load_lora_weights(str(tmp_path))
@@ -93,4 +98,21 @@ def test_fully_finetuned_transformer_loads_with_from_pretrained(editor, tmp_path
     pipe = _stock_pipeline(editor)
     pipe.transformer = type(pipe.transformer).from_pretrained(tmp_path / "transformer")
     loaded = _stock_output(editor, pipe, cfg, batch, noise)
+    torch.testing.assert_close(loaded, trained, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_the_printed_loading_snippet_gives_the_trained_output(finetune, tmp_path):
+    """The three lines the run prints (and the model card shows), run as they are against a saved base model."""
+    from rlkit.export import loading_snippet
+
+    policy, cfg = _trained_policy("flux_kontext", finetune)
+    batch, noise = _inputs("flux_kontext")
+    trained = _ode_output(policy, batch, noise)
+    policy.save_lora(str(tmp_path / "final"))
+    _stock_pipeline("flux_kontext").save_pretrained(tmp_path / "base")
+    cfg.policy.pretrained, cfg.policy.dtype = str(tmp_path / "base"), "float32"
+    scope: dict = {}
+    exec("import torch\n" + loading_snippet(cfg, tmp_path / "final"), scope)
+    loaded = _stock_output("flux_kontext", scope["pipe"], cfg, batch, noise)
     torch.testing.assert_close(loaded, trained, rtol=0, atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rlkit.config import LoggingConfig
 from rlkit.errors import UserError
 from rlkit.schema import SEED, UNIT, Range, range_problems, resolved, setting
 
@@ -103,6 +104,7 @@ class RewardRecipe:
     distill: DistillConfig = field(default_factory=DistillConfig)
     data: RewardDataConfig = field(default_factory=RewardDataConfig)
     train: RewardTrainConfig = field(default_factory=RewardTrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def check_reward_recipe(cfg, where: str, schema_cls: type = None) -> None:

@@ -19,7 +19,16 @@ import torch
 
 from rewards.jrm.losses import bt_loss, distill_kl, joint_loss
 from rewards.jrm.model import JRMModel
-from rewards.jrm.train import JRMTrainer, Pair, PairCollator, build_model, resolve_data, score_pairs, training_arguments
+from rewards.jrm.train import (
+    JRMTrainer,
+    Pair,
+    PairCollator,
+    build_model,
+    resolve_data,
+    score_pairs,
+    tracker_callbacks,
+    training_arguments,
+)
 from rlkit.errors import UserError
 
 
@@ -96,7 +105,7 @@ def distill_reward(cfg) -> Path:
     student = build_model(cfg)
     collator = DistillCollator(PairCollator(student, with_rationales=cfg.loss.alpha > 0))
     trainer = DistillTrainer(model=student, args=training_arguments(cfg, out), train_dataset=items,
-                             data_collator=collator, loss_cfg=cfg.loss)
+                             data_collator=collator, loss_cfg=cfg.loss, callbacks=tracker_callbacks(cfg, out))
     trainer.distill_cfg = cfg.distill
     resume = any((out / "trainer").glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)

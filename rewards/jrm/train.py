@@ -198,9 +198,21 @@ def training_arguments(cfg, out: Path) -> TrainingArguments:
         logging_steps=cfg.train.logging_steps, save_steps=cfg.train.save_steps,
         save_total_limit=cfg.train.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
         bf16=cfg.backbone.dtype == "bfloat16" and not use_cpu, use_cpu=use_cpu, remove_unused_columns=False,
-        dataloader_num_workers=0, report_to=["tensorboard"], eval_strategy="no",
-        disable_tqdm=False,
+        dataloader_num_workers=0, eval_strategy="no", disable_tqdm=False,
+        # TensorBoard goes to OUTPUT/tensorboard, where an RL run's goes (tracker_callbacks); the others as named
+        report_to=[t for t in cfg.logging.report_to if t != "tensorboard"], project=cfg.logging.project,
+        run_name=cfg.logging.run_name or out.name,
     )
+
+
+def tracker_callbacks(cfg, out: Path) -> list:
+    """TensorBoard in OUTPUT/tensorboard (transformers' default is a dated folder under the trainer's)."""
+    if "tensorboard" not in cfg.logging.report_to:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(str(out / "tensorboard")))]
 
 
 def train_reward(cfg) -> Path:
@@ -213,7 +225,7 @@ def train_reward(cfg) -> Path:
     trainer = JRMTrainer(model=model, args=args, train_dataset=train_pairs,
                          data_collator=PairCollator(model, with_rationales=cfg.loss.alpha > 0 or model.thinks,
                                                     rationale_dropout=cfg.loss.rationale_dropout, seed=cfg.seed),
-                         loss_cfg=cfg.loss)
+                         loss_cfg=cfg.loss, callbacks=tracker_callbacks(cfg, out))
     resume = any((out / "trainer").glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     history = [h for h in trainer.state.log_history if "rank_loss" in h]

@@ -1,0 +1,173 @@
+"""What a user sees and takes away: the console and run.log, the end-of-run summary, final/'s model card and
+adapter config, `rlkit push`, `rlkit recipes`, `validate --print`, and every command's help."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY_RECIPE
+
+from rlkit.cli import main, make_parser
+
+RUN = ["train.steps=3", "sampler.num_steps=3", "algorithm.group_size=3", "algorithm.micro_batch=6",
+       "train.report=false", "train.log_every=2", "eval.every=3", "eval.max_prompts=2",
+       "eval.rewards=[{name: target_color, kwargs: {color: [1.0, 0.0, 0.0]}, log_as: redness}]"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One tiny run through the CLI, as a user starts it, with what it printed."""
+    run = tmp_path_factory.mktemp("out") / "run"
+    done = subprocess.run([sys.executable, "-m", "rlkit", "run", str(TINY_RECIPE), f"output_dir={run}", *RUN],
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    return run, done.stdout
+
+
+def test_a_run_ends_with_a_summary_and_keeps_its_console_in_run_log(finished_run):
+    run, out = finished_run
+    assert f"done: {run} (3 steps" in out
+    assert "reward (training batches)" in out and "redness (held-out)" in out and "alarms: none" in out
+    assert f"weights: {run / 'final'} (the best gold evaluation's weights, step" in out
+    assert "pipe.load_lora_weights(" in out and "Loading pipeline components" not in out
+    log = (run / "run.log").read_text()
+    assert "step 2/3" in log and "step 3/3" in log and f"done: {run}" in log  # periodic lines, evaluation, end
+
+
+def test_final_holds_a_model_card_an_adapter_config_and_the_recipe(finished_run):
+    from huggingface_hub import ModelCard
+    from peft import LoraConfig
+
+    from rlkit.config import load_recipe
+
+    run, _ = finished_run
+    final = run / "final"
+    card = ModelCard.load(final / "README.md")
+    assert "rlkit" in card.data.tags and card.data.library_name == "diffusers"
+    assert "| redness, held-out" in card.text and "pipe.load_lora_weights" in card.text
+    config = LoraConfig.from_pretrained(str(final))
+    assert config.r == load_recipe(str(TINY_RECIPE)).policy.lora.rank
+    assert load_recipe(str(final / "config.yaml")).output_dir == str(run)  # the resolved recipe loads again
+
+
+def test_model_card_names_a_hub_base_model_in_its_metadata():
+    from rlkit.config import load_recipe
+    from rlkit.export import model_card
+    from rlkit.summary import RunSummary
+
+    cfg = load_recipe("flux_edit")
+    card = model_card(cfg, {"weights": "last", "step": 500}, RunSummary(Path("runs/x"), steps=500))
+    assert "base_model: black-forest-labs/FLUX.1-Kontext-dev" in card
+    cfg.policy.pretrained = "/models/kontext"  # a local folder is not Hub metadata
+    assert "base_model" not in model_card(cfg, {"weights": "last", "step": 1}, RunSummary(Path("r")))
+
+
+def test_push_uploads_the_final_folder(finished_run, monkeypatch):
+    """What rlkit hands to huggingface_hub; the upload itself needs the network and is not exercised."""
+    from huggingface_hub import HfApi
+
+    run, _ = finished_run
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw))
+                        or f"https://huggingface.co/{repo_id}")
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
+    assert main(["push", str(run), "me/tiny-lora", "--private"]) == 0
+    (_, repo, create), (_, upload) = calls
+    assert repo == "me/tiny-lora" and create["private"] is True
+    folder = Path(upload["folder_path"])
+    assert folder == run / "final" and {"README.md", "adapter_config.json", "pytorch_lora_weights.safetensors",
+                                        "config.yaml", "rlkit_final.json"} <= {p.name for p in folder.iterdir()}
+
+
+def test_push_offline_or_unfinished_is_one_line(finished_run, tmp_path, capsys):
+    """Tests run with HF_HUB_OFFLINE=1 (conftest): the hub client refuses before any request leaves."""
+    run, _ = finished_run
+    assert main(["push", str(tmp_path), "me/x"]) == 2
+    assert "not a finished run's export" in capsys.readouterr().err
+    assert main(["push", str(run), "me/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "HF_HUB_OFFLINE" in err[0]
+
+
+def test_recipes_are_listed_and_a_copy_runs_from_anywhere(tmp_path, capsys, monkeypatch):
+    from rlkit.config import load_recipe, packaged_recipes
+
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert {line.split()[0] for line in listed} == set(packaged_recipes())
+    assert all(len(line.split()) > 2 for line in listed)  # each with its one-line summary
+    assert main(["recipes", "cp", "tiny_edit", str(tmp_path)]) == 0
+    copy = tmp_path / "tiny_edit.yaml"
+    monkeypatch.chdir(tmp_path)  # far from the packaged data
+    assert main(["validate", str(copy)]) == 0
+    assert Path(load_recipe(str(copy)).data.path).is_absolute()
+    assert main(["recipes", "cp", "tiny_edit", str(copy)]) == 2  # never overwrites
+    assert main(["recipes", "cp", "tiny_edt", str(tmp_path / "x.yaml")]) == 2
+    assert "did you mean 'tiny_edit'" in capsys.readouterr().err
+
+
+def test_validate_print_gives_a_recipe_that_validates(tmp_path, capsys):
+    assert main(["validate", str(TINY_RECIPE), "train.steps=7", "--print"]) == 0
+    printed = capsys.readouterr().out
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(printed[: printed.rindex("ok: ")])
+    assert "steps: 7" in printed and main(["validate", str(resolved)]) == 0
+
+
+def test_every_command_has_a_description_and_an_example():
+    sub = next(a for a in make_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        assert "example:\n  rlkit " + name in parser.description, name
+        assert sub._choices_actions and any(c.dest == name and c.help for c in sub._choices_actions), name
+
+
+def test_a_missing_recipe_names_only_the_recipe(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "error: the following arguments are required: recipe\n" in err
+
+
+
+def test_trackers_get_scalars_images_the_recipe_and_alarms(tmp_path, monkeypatch):
+    """TensorBoard read back with its own reader; W&B in offline mode (no login, nothing leaves the machine)."""
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rlkit.config import load_recipe
+    from rlkit.trainer import Trainer
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = load_recipe(str(TINY_RECIPE), [*RUN, f"output_dir={tmp_path / 'run'}",
+                                         "logging.report_to=[tensorboard,wandb]",
+                                         "stability.kl_blowup.max_kl_ref=1e-12"])  # an alarm every step
+    run = Trainer(cfg, progress=False).fit()
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "tensors": 0}).Reload()
+    tags = events.Tags()
+    assert {"reward_mean", "loss", "eval/reward", "redness"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("reward_mean")] == [1, 2, 3]
+    assert "eval/grid" in tags["images"] and [e.step for e in events.Images("eval/grid")] == [0, 3]
+    assert any("alarms" in t for t in tags["tensors"])  # text summaries are stored as tensors
+    hparams = list((run / "tensorboard").rglob("hparams.yml"))
+    assert hparams and "algorithm.group_size: 3" in hparams[0].read_text()
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    grids = sorted(p.name.split("_")[1] for p in (offline[0] / "files" / "media" / "images" / "eval").glob("*.png"))
+    assert grids == ["0", "3"]  # the evaluation grids, at their steps
+    records = next(offline[0].glob("*.wandb")).read_bytes()  # the run's record log, as `wandb sync` uploads it
+    assert all(key in records for key in (b"reward_mean", b"redness", b"kl_blowup", b"algorithm.group_size"))
+
+
+def test_train_reward_logs_tensorboard_beside_the_rl_runs(tmp_path):
+    from rewards.jrm.config import RewardRecipe, check_reward_recipe
+    from rewards.jrm.train import train_reward
+    from rlkit.config import load_recipe
+
+    cfg = load_recipe("jrm_tiny", [f"output_dir={tmp_path / 'jrm'}", "train.epochs=1", "data.synthetic_pairs=8",
+                                   "train.logging_steps=1"], schema_cls=RewardRecipe, check=check_reward_recipe)
+    out = train_reward(cfg)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list((out / "trainer").glob("runs"))  # not transformers' dated folder
