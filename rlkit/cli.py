@@ -31,6 +31,8 @@ def _fit(trainer) -> int:
     run_dir = trainer.fit()
     if trainer.stopped_by_signal:  # a checkpoint was saved and the message printed: not a finished run
         return 128 + trainer.stopped_by_signal
+    if trainer.stop_requested:  # after the last step (during the final save or the report): nothing was lost
+        print(f"signal {trainer.stop_requested} arrived after the last step: the run is complete")
     if trainer.dist.is_main:
         _say_summary(trainer.cfg, run_dir)
     return 0

@@ -29,15 +29,18 @@ class HeldoutEvaluator:
         self.samples, self.seed = e.samples_per_prompt, e.seed
 
     @torch.no_grad()
-    def __call__(self, policy) -> tuple[dict, object]:
+    def __call__(self, policy) -> tuple[dict, object, dict]:
+        """(figures to log, the rollout, each sample's scores: the report shows them beside the images)."""
         rollout = policy.sample(self.batch, self.samples, torch.Generator().manual_seed(self.seed))
         batch = rollout.as_reward_input()
         proxy = self.proxy(batch)
         figures = {"eval/reward": float(proxy.total.mean())}
+        per_sample = {"instructions": list(self.batch.instructions), "proxy": proxy.total.tolist(), "gold": None}
         figures.update({f"eval/{name}": float(s.mean()) for name, s in proxy.per_reward.items()})
         if self.gold is not None:
             gold = self.gold(batch)
             figures["gold/reward"] = float(gold.total.mean())
+            per_sample["gold"] = gold.total.tolist()
             for name, scores in gold.per_reward.items():
                 figures[f"gold/{name}"] = float(scores.mean())
                 for key, values in (gold.outputs[name].details or {}).items():
@@ -45,4 +48,4 @@ class HeldoutEvaluator:
                         figures[f"gold/{name}/{key}"] = float(values.float().mean())
                 if name in self.log_as:
                     figures[self.log_as[name]] = float(scores.mean())
-        return figures, rollout
+        return figures, rollout, per_sample

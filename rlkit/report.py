@@ -14,14 +14,17 @@ from pathlib import Path
 from rlkit.errors import UserError
 from rlkit.logs import read_rows
 
-# (file, title, [(metric key, label)]): a plot is drawn when any of its keys has values
+# (file, title, [(metric key, label)], [(threshold key in the recipe's stability section, label)]): a plot is
+# drawn when any of its keys has values; each threshold is drawn as the line an alarm fires beyond
 PLOTS = [
-    ("reward.png", "Proxy reward (training) and gold (held-out)",
-     [("reward_mean", "proxy reward (train batch)"), ("eval/reward", "proxy reward (probe)")]),
-    ("kl.png", "KL", [("kl_ref", "KL to reference"), ("approx_kl", "KL to rollout policy")]),
-    ("ratio.png", "Trust region", [("clipfrac", "clip fraction"), ("zero_std_frac", "zero-std groups")]),
-    ("uncertainty.png", "Reward uncertainty", [("reward_uncertainty", "mean uncertainty")]),
-    ("diversity.png", "Within-group diversity", [("group_diversity", "pixel std within groups")]),
+    ("reward.png", "Proxy reward (the training reward)",
+     [("reward_mean", "training batches"), ("eval/reward", "probe: fixed prompts and noise")], []),
+    ("kl.png", "KL", [("kl_ref", "KL to reference"), ("approx_kl", "KL to rollout policy")],
+     [("kl_blowup.max_kl_ref", "kl_blowup: max_kl_ref"), ("kl_blowup.max_approx_kl", "kl_blowup: max_approx_kl")]),
+    ("ratio.png", "Trust region", [("clipfrac", "clip fraction"), ("zero_std_frac", "zero-std groups")],
+     [("ratio_blowup.max_clipfrac", "ratio_blowup: max_clipfrac")]),
+    ("uncertainty.png", "Reward uncertainty", [("reward_uncertainty", "mean uncertainty")], []),
+    ("diversity.png", "Within-group diversity", [("group_diversity", "pixel std within groups")], []),
 ]
 
 
@@ -30,49 +33,76 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _stability(run_dir: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    config = run_dir / "config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(config)).get("stability", {}) if config.is_file() else {}
+
+
+def _threshold(stability: dict, dotted: str):
+    node = stability
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, (int, float)) else None
+
+
 def write_plots(run_dir: Path) -> list[Path]:
-    """One PNG per plot of PLOTS that has data; alarms drawn as vertical lines."""
+    """One PNG per plot that has data: the proxy reward, the gold in a panel of its own (its scale is not the
+    proxy's), the guard's signals with the thresholds their alarms fire beyond; alarms as vertical lines."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
     rows, alarms = read_rows(run_dir / "metrics.jsonl"), read_rows(run_dir / "alarms.jsonl")
+    stability = _stability(run_dir)
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
     written = []
     # the gold under its log_as names (e.g. gt_heldout) when the recipe gave any, else the gold total
     log_as = sorted({k for r in rows for k in r if k in _log_as_keys(run_dir)})
-    gold_keys = [(k, k) for k in log_as] or [("gold/reward", "gold (held-out)")]
-    for name, title, keys in PLOTS:
+    gold_plot = ("gold.png", "Gold (held-out, never trained on)",
+                 [(k, k) for k in log_as] or [("gold/reward", "gold (held-out)")], [])
+    for name, title, keys, thresholds in [PLOTS[0], gold_plot, *PLOTS[1:]]:
         lines = [ln for ln in ((label, *_series(rows, key)) for key, label in keys) if ln[1]]
-        # gold on its own axis: proxy and gold are different scales
-        gold = [ln for ln in ((label, *_series(rows, key)) for key, label in gold_keys) if ln[1]]
-        gold = gold if name == "reward.png" else []
-        if not lines and not gold:
+        if not lines:
             continue
         fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
         for label, xs, ys in lines:
             ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, markersize=3, label=label)
-        handles, labels = ax.get_legend_handles_labels()
-        if gold:
-            ax2 = ax.twinx()
-            for i, (label, xs, ys) in enumerate(gold):
-                ax2.plot(xs, ys, marker="s", markersize=3, color=f"C{3 + i}", label=label)
-            ax2.set_ylabel("gold")
-            h2, l2 = ax2.get_legend_handles_labels()
-            handles, labels = handles + h2, labels + l2
+        for i, (key, label) in enumerate(thresholds):
+            value = _threshold(stability, key)
+            if value is not None:
+                ax.axhline(value, color="red", alpha=0.6, linestyle=":", label=f"{label} = {value:g}")
+        if name == "gold.png":
+            _gold_floor(ax, lines[0], stability)
         for a in alarms:
             ax.axvline(a["step"], color="red" if a["action"] != "warn" else "orange", alpha=0.5, linestyle="--")
         ax.set_title(title + ("  (dashed: alarms)" if alarms else ""), fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(handles, labels, fontsize=8)
+        ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out_dir / name)
         plt.close(fig)
         written.append(out_dir / name)
     return written
+
+
+def _gold_floor(ax, line, stability: dict) -> None:
+    """gold_divergence fires when the gold falls gold_drop below its best so far (and the proxy rose): that
+    floor, drawn under the gold."""
+    drop = _threshold(stability, "gold_divergence.gold_drop")
+    _, xs, ys = line
+    if drop is None or not ys:
+        return
+    best, floor = float("-inf"), []
+    for y in ys:
+        best = max(best, y)
+        floor.append(best - drop)
+    ax.step(xs, floor, where="post", color="red", alpha=0.6, linestyle=":",
+            label=f"gold_divergence: best so far - {drop:g}")
 
 
 def _log_as_keys(run_dir: Path) -> set[str]:
@@ -84,42 +114,118 @@ def _log_as_keys(run_dir: Path) -> set[str]:
     return {str(s.log_as) for s in OmegaConf.select(cfg, "eval.rewards", default=[]) or [] if s.get("log_as")}
 
 
-def _img(path: Path, width: int | None = None) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
+def _img(source: Path | bytes, width: int | None = None, title: str = "") -> str:
+    data = base64.b64encode(source.read_bytes() if isinstance(source, Path) else source).decode()
     style = f' style="width:{width}px;image-rendering:pixelated"' if width else ""
-    return f'<img src="data:image/png;base64,{data}"{style}>'
+    return f'<img src="data:image/png;base64,{data}"{style} title="{html.escape(title)}">'
 
 
 def write_report(run_dir: str | Path) -> Path:
+    from rlkit.summary import summarize, summary_lines
+
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise UserError(f"{run_dir} is not an rlkit run directory (no metrics.jsonl)")
     plots = write_plots(run_dir)
     rows, alarms = read_rows(run_dir / "metrics.jsonl"), read_rows(run_dir / "alarms.jsonl")
-    parts = [f"<h1>rlkit run: {html.escape(str(run_dir))}</h1>"]
-    steps = [r["step"] for r in rows]
-    parts.append(f"<p>{len(rows)} rows, steps {min(steps, default=0)}-{max(steps, default=0)}; "
-                 f"{len(alarms)} alarm(s).</p>")
+    summary = summarize(run_dir)
+    parts = [f"<h1>rlkit run: {html.escape(str(run_dir))}</h1>",
+             "<pre class=summary>" + html.escape("\n".join(summary_lines(summary)[1:])) + "</pre>"]
     parts += _exported(run_dir)
+    parts += _side_by_side(run_dir)
+    parts.append("<h2>Plots</h2>" + "".join(f"<div>{_img(p)}</div>" for p in plots))
     evals = [r for r in rows if "eval/reward" in r]
     if evals:
-        cols = ["step", "eval/reward", "gold/reward", "gt_heldout", "probe/drift"]
-        cols = [c for c in cols if any(c in r for r in evals)]
+        cols = ["step", "eval/reward", "gold/reward", *sorted(_log_as_keys(run_dir)), "probe/drift"]
+        cols = [c for c in dict.fromkeys(cols) if any(c in r for r in evals)]
         parts.append("<h2>Evaluations (fixed prompts and noise)</h2>" + _table(evals, cols))
-    parts.append("<h2>Plots</h2>" + "".join(f"<div>{_img(p)}</div>" for p in plots))
-    parts.append("<h2>Alarms</h2>" + (_table(alarms, ["step", "kind", "action", "message"]) if alarms
-                                      else "<p>none</p>"))
-    grids = sorted((run_dir / "samples").glob("eval_step_*.png")) or sorted((run_dir / "samples").glob("*.png"))
-    if grids:
-        parts.append("<h2>Images over time</h2><p>each row: source, then samples</p>")
-        for g in grids:
-            parts.append(f"<div><b>{g.stem}</b><br>{_img(g, width=min(1200, 4 * _png_width(g)))}</div>")
+    parts.append("<h2>Alarms</h2>" + (_table([{**a, "figures": _figures(a)} for a in alarms],
+                                             ["step", "kind", "action", "figures", "message"])
+                                      if alarms else "<p>none</p>"))
+    parts += _recipe_and_snippet(run_dir)
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>rlkit report</title><style>"
-            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style></head><body>"
-            + "\n".join(parts) + "</body></html>")
+            "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;vertical-align:top}"
+            "pre{background:#f6f6f6;padding:8px;overflow-x:auto}.scores{font-size:12px;color:#444}"
+            "</style></head><body>" + "\n".join(parts) + "</body></html>")
     out = run_dir / "report.html"
     out.write_text(page)
+    return out
+
+
+def _figures(alarm: dict) -> str:
+    """What the alarm measured, next to the thresholds it crossed (both are in its figures)."""
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in (alarm.get("figures") or {}).items())
+
+
+def _side_by_side(run_dir: Path, max_prompts: int = 16, width: int = 128) -> list[str]:
+    """Per probe prompt: the source, the instruction, the samples at the first evaluation and at the latest, each
+    with its proxy (and gold) score. Tiles are cut from the evaluation grids; scores come from the JSON the run
+    writes beside each grid."""
+    import io
+    import json
+
+    from PIL import Image
+
+    grids = [g for g in sorted((run_dir / "samples").glob("eval_step_*.png")) if g.with_suffix(".json").is_file()]
+    if not grids:
+        return []
+    first, last = grids[0], grids[-1]
+
+    def tiles(grid: Path):
+        scores = json.loads(grid.with_suffix(".json").read_text())
+        k = scores["samples_per_prompt"]
+        with Image.open(grid) as im:  # a row per prompt: source, a 2 px gap, its k samples (logs.save_grid)
+            side = (im.size[0] - 2) // (k + 1)
+            n = min(len(scores["instructions"]), im.size[1] // side, max_prompts)
+            rows = []
+            for p in range(n):
+                xs = [0] + [side + 2 + j * side for j in range(k)]
+                crop = [im.crop((x, p * side, x + side, (p + 1) * side)) for x in xs]
+                rows.append((crop, scores["proxy"][p * k:(p + 1) * k],
+                             (scores["gold"] or [None] * len(scores["proxy"]))[p * k:(p + 1) * k]))
+        return scores["instructions"], rows
+
+    def png(image) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    def samples(crops, proxy, gold) -> str:
+        cells = []
+        for image, p, g in zip(crops[1:], proxy, gold):
+            label = f"proxy {p:.3f}" + (f"<br>gold {g:.3f}" if g is not None else "")
+            cells.append(f"<div style='display:inline-block;margin-right:4px'>{_img(png(image), width)}"
+                         f"<div class=scores>{label}</div></div>")
+        return "".join(cells)
+
+    instructions, start = tiles(first)
+    _, latest = tiles(last)
+    step = lambda g: int(g.stem.rsplit("_", 1)[1])  # noqa: E731
+    head = (f"<tr><th>source</th><th>instruction</th><th>step {step(first)}</th>"
+            f"<th>step {step(last)} (latest)</th></tr>")
+    body = "".join(f"<tr><td>{_img(png(a[0][0]), width)}</td><td>{html.escape(instructions[i])}</td>"
+                   f"<td>{samples(*a)}</td><td>{samples(*b)}</td></tr>"
+                   for i, (a, b) in enumerate(zip(start, latest)))
+    return [f"<h2>Samples side by side (first {len(start)} probe prompts, fixed noise)</h2>"
+            f"<table>{head}{body}</table>"]
+
+
+def _recipe_and_snippet(run_dir: Path) -> list[str]:
+    from omegaconf import OmegaConf
+
+    from rlkit.export import loading_snippet
+
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return []
+    out = []
+    if (run_dir / "final").is_dir():
+        out.append("<h2>Load the weights</h2><pre>import torch\n"
+                   + html.escape(loading_snippet(OmegaConf.load(config), run_dir / "final")) + "</pre>")
+    out.append("<h2>Resolved recipe</h2><details><summary>config.yaml</summary><pre>"
+               + html.escape(config.read_text()) + "</pre></details>")
     return out
 
 
@@ -146,9 +252,3 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
-
-def _png_width(path: Path) -> int:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.size[0]

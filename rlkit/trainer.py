@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -21,7 +22,7 @@ from rlkit.distributed import Distributed
 from rlkit.errors import CheckpointError, GuardStop, RolloutError, UserError
 from rlkit.evaluation import HeldoutEvaluator
 from rlkit.export import write_model_card
-from rlkit.logs import REQUIRED_KEYS, RunLogger, save_grid
+from rlkit.logs import REQUIRED_KEYS, RunLogger, json_safe, save_grid
 from rlkit.plugins import build_rewards
 from rlkit.preflight import preflight, raise_problems
 from rlkit.preparation import recipe_preparation
@@ -92,6 +93,11 @@ class Trainer:
         self.progress = progress
         self._stop_requested = 0  # the signal number once a stop is requested
         self.stopped_by_signal = 0  # set when fit() returned early because of one
+
+    @property
+    def stop_requested(self) -> int:
+        """The signal that asked this run to stop (0: none), also when it came after the last step."""
+        return self._stop_requested
 
     def _check_prepared(self) -> None:
         """The recipe's preparation runs before the trainer is built (`rlkit run` does it; in Python,
@@ -224,11 +230,14 @@ class Trainer:
     def _evaluate(self) -> dict:
         # every rank evaluates the same prompts with the same noise: identical figures, so the guard takes
         # the same decision everywhere without any messages
-        figures, rollout = self.evaluator(self.policy)
+        figures, rollout, per_sample = self.evaluator(self.policy)
         figures.update(self.stability.observe_probe(figures["eval/reward"]))
         if self.dist.is_main:
-            save_grid(self.run_dir / "samples" / f"eval_step_{self.step:06d}.png", rollout.sources,
-                      rollout.images, self.cfg.eval.samples_per_prompt)
+            grid = self.run_dir / "samples" / f"eval_step_{self.step:06d}.png"
+            save_grid(grid, rollout.sources, rollout.images, self.cfg.eval.samples_per_prompt)
+            # each sample's scores beside the grid, for the report's side-by-side rows
+            grid.with_suffix(".json").write_text(json.dumps(json_safe(
+                {**per_sample, "samples_per_prompt": self.cfg.eval.samples_per_prompt})))
         return figures
 
     # ----------------------------------------------------------------- stability guard actions
@@ -402,8 +411,6 @@ class Trainer:
 
     def _write_final(self, name: str, state: dict, info: dict) -> None:
         """A finished export, swapped in whole (a crash leaves the previous one or none, never half of one)."""
-        import json
-
         final, tmp = self.run_dir / name, self.run_dir / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         self.policy.save_lora(str(tmp), state)

@@ -171,3 +171,35 @@ def test_train_reward_logs_tensorboard_beside_the_rl_runs(tmp_path):
     out = train_reward(cfg)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert not list((out / "trainer").glob("runs"))  # not transformers' dated folder
+
+
+def test_the_report_shows_each_probe_prompt_side_by_side_with_scores_thresholds_and_recipe(tmp_path, monkeypatch):
+    import re
+
+    from matplotlib.axes import Axes
+
+    from rlkit.config import load_recipe
+    from rlkit.report import write_report
+    from rlkit.trainer import Trainer
+
+    cfg = load_recipe(str(TINY_RECIPE), [*RUN, f"output_dir={tmp_path / 'run'}", "eval.samples_per_prompt=2",
+                                         "stability.kl_blowup.max_kl_ref=0.125"])
+    run = Trainer(cfg, progress=False).fit()
+    drawn = []
+    real = Axes.axhline
+    monkeypatch.setattr(Axes, "axhline", lambda self, y=0, *a, **kw: drawn.append((y, kw.get("label"))) or
+                        real(self, y, *a, **kw))
+    page = write_report(run).read_text()
+    assert (run / "plots" / "gold.png").is_file()  # the gold in a panel of its own
+    assert (0.125, "kl_blowup: max_kl_ref = 0.125") in drawn  # the recipe's threshold, drawn where it fires
+    table = page[page.index("<h2>Samples side by side"):page.index("<h2>Plots")]
+    rows = re.findall(r"<tr><td>.*?</tr>", table, flags=re.S)
+    assert len(rows) == 2 and "step 0</th>" in table and "step 3 (latest)" in table
+    from rlkit.data import read_items
+
+    probe = [item.instruction for item in read_items(cfg.data)][:2]  # the evaluation's prompts, in order
+    assert [r.split("<td>")[2].split("</td>")[0] for r in rows] == probe
+    for row in rows:  # the source, then 2 samples at step 0 and 2 at the latest step, each with its scores
+        assert row.count("<img") == 5 and row.count("proxy ") == 4 and row.count("gold ") == 4
+    assert "<h2>Resolved recipe</h2>" in page and "max_kl_ref: 0.125" in page
+    assert "pipe.load_lora_weights(" in page and 'src="http' not in page

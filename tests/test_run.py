@@ -87,7 +87,8 @@ def test_resuming_a_finished_run_says_so(tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     _run(cfg)
     assert main(["resume", cfg.output_dir]) == 0
-    assert "already finished at step 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "already finished at step 2" in out and f"done: {cfg.output_dir}" in out
 
 
 # --------------------------------------------------------------------------- an outside reward plugin

@@ -165,7 +165,7 @@ def test_report_plots_and_offline_html(tmp_path, capsys):
     assert {p.name for p in (run / "plots").iterdir()} >= {"reward.png", "kl.png", "diversity.png"}
     # embedded, nothing fetched: reads offline
     assert page.count("data:image/png;base64,") >= 4 and 'src="http' not in page and "<link" not in page
-    assert "kl_blowup" in page and "eval_step_000002" in page
+    assert "kl_blowup" in page and "step 2 (latest)" in page
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "not an rlkit run directory" in capsys.readouterr().err
 
