@@ -28,7 +28,12 @@ def cmd_run(args) -> int:
 
 
 def _fit(trainer) -> int:
-    run_dir = trainer.fit()
+    try:
+        run_dir = trainer.fit()
+    except GuardStop:  # a run's legitimate end: say what it reached, then the stop's own line (exit 3)
+        if trainer.dist.is_main:
+            _say_summary(trainer.cfg, trainer.run_dir, ended="stopped by the stability guard")
+        raise
     if trainer.stopped_by_signal:  # a checkpoint was saved and the message printed: not a finished run
         return 128 + trainer.stopped_by_signal
     if trainer.stop_requested:  # after the last step (during the final save or the report): nothing was lost
@@ -38,13 +43,13 @@ def _fit(trainer) -> int:
     return 0
 
 
-def _say_summary(cfg, run_dir: Path) -> None:
+def _say_summary(cfg, run_dir: Path, ended: str = "done") -> None:
     """The end-of-run summary, on the console and at the end of RUN_DIR/run.log."""
     from rlkit.export import loading_snippet
     from rlkit.summary import summarize, summary_lines
 
     final = run_dir / "final"
-    lines = summary_lines(summarize(run_dir), loading_snippet(cfg, final) if final.is_dir() else "")
+    lines = summary_lines(summarize(run_dir), loading_snippet(cfg, final) if final.is_dir() else "", ended)
     print("\n".join(lines))
     with open(run_dir / "run.log", "a") as log:
         log.write("\n".join(lines) + "\n")

@@ -67,9 +67,9 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
-def summary_lines(s: RunSummary, snippet: str = "") -> list[str]:
+def summary_lines(s: RunSummary, snippet: str = "", ended: str = "done") -> list[str]:
     """The end-of-run summary for the console and run.log."""
-    lines = [f"done: {s.run_dir} ({s.steps} steps, {duration(s.seconds)} of rollout, reward and update)"]
+    lines = [f"{ended}: {s.run_dir} ({s.steps} steps, {duration(s.seconds)} of rollout, reward and update)"]
     if s.reward:
         lines.append(f"  reward (training batches)  {s.reward}")
     if s.gold:

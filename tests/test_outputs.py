@@ -203,3 +203,12 @@ def test_the_report_shows_each_probe_prompt_side_by_side_with_scores_thresholds_
         assert row.count("<img") == 5 and row.count("proxy ") == 4 and row.count("gold ") == 4
     assert "<h2>Resolved recipe</h2>" in page and "max_kl_ref: 0.125" in page
     assert "pipe.load_lora_weights(" in page and 'src="http' not in page
+
+
+def test_a_guard_stop_prints_the_summary_then_its_line_and_exits_3(tmp_path, capsys):
+    args = [*RUN, f"output_dir={tmp_path / 'run'}", "stability.kl_blowup.max_kl_ref=1e-12",
+            "stability.kl_blowup.action=stop"]
+    assert main(["run", str(TINY_RECIPE), *args]) == 3
+    captured = capsys.readouterr()
+    assert f"stopped by the stability guard: {tmp_path / 'run'}" in captured.out and "kl_blowup x1" in captured.out
+    assert "error: stability guard stopped the run" in captured.err
