@@ -22,16 +22,16 @@ def _is_hub_id(name: str | None) -> bool:
 
 
 def loading_snippet(cfg: DictConfig, weights: Path | str) -> str:
-    """Three lines of diffusers that load the base model with these weights."""
+    """The lines of diffusers that load the base model with these weights, ready to paste."""
     pipeline, transformer = PIPELINES[_editor(cfg)]
     base = cfg.policy.pretrained or "BASE_MODEL"
     dtype = "torch.bfloat16" if cfg.policy.dtype != "float32" else "torch.float32"
     if cfg.policy.finetune == "full":
-        return (f"from diffusers import {pipeline}, {transformer}\n"
-                f"transformer = {transformer}.from_pretrained(\"{weights}/transformer\", torch_dtype={dtype})\n"
-                f"pipe = {pipeline}.from_pretrained(\"{base}\", transformer=transformer, torch_dtype={dtype})")
-    return (f"from diffusers import {pipeline}\n"
-            f"pipe = {pipeline}.from_pretrained(\"{base}\", torch_dtype={dtype})\n"
+        return (f"import torch\nfrom diffusers import {pipeline}, {transformer}\n"
+                f"transformer = {transformer}.from_pretrained(\"{weights}/transformer\", dtype={dtype})\n"
+                f"pipe = {pipeline}.from_pretrained(\"{base}\", transformer=transformer, dtype={dtype})")
+    return (f"import torch\nfrom diffusers import {pipeline}\n"
+            f"pipe = {pipeline}.from_pretrained(\"{base}\", dtype={dtype})\n"
             f"pipe.load_lora_weights(\"{weights}\")")
 
 
@@ -69,7 +69,7 @@ def model_card(cfg: DictConfig, info: dict, summary: RunSummary, weights: str = 
         lines.append(f"| {summary.gold_name}, held-out ({gold}) | {g.first:.4f} | {g.last:.4f} | "
                      f"{g.best:.4f} ({g.best_step}) |")
     alarms = ", ".join(f"{k} x{n}" for k, n in sorted(summary.alarms.items())) or "none"
-    lines += ["", f"Stability alarms: {alarms}.", "", "## How to load", "", "```python", "import torch",
+    lines += ["", f"Stability alarms: {alarms}.", "", "## How to load", "", "```python",
               loading_snippet(cfg, weights), "```", "",
               "## Recipe", "", "`config.yaml` beside the weights is the resolved recipe: `rlkit run config.yaml` "
               "trains it again where its data and model paths exist.", ""]

@@ -74,7 +74,7 @@ def write_plots(run_dir: Path) -> list[Path]:
         for i, (key, label) in enumerate(thresholds):
             value = _threshold(stability, key)
             if value is not None:
-                ax.axhline(value, color="red", alpha=0.6, linestyle=":", label=f"{label} = {value:g}")
+                ax.axhline(value, color=f"C{i}", alpha=0.7, linestyle=":", label=f"{label} = {value:g}")
         if name == "gold.png":
             _gold_floor(ax, lines[0], stability)
         for a in alarms:
@@ -222,7 +222,7 @@ def _recipe_and_snippet(run_dir: Path) -> list[str]:
         return []
     out = []
     if (run_dir / "final").is_dir():
-        out.append("<h2>Load the weights</h2><pre>import torch\n"
+        out.append("<h2>Load the weights</h2><pre>"
                    + html.escape(loading_snippet(OmegaConf.load(config), run_dir / "final")) + "</pre>")
     out.append("<h2>Resolved recipe</h2><details><summary>config.yaml</summary><pre>"
                + html.escape(config.read_text()) + "</pre></details>")

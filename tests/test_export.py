@@ -113,6 +113,6 @@ def test_the_printed_loading_snippet_gives_the_trained_output(finetune, tmp_path
     _stock_pipeline("flux_kontext").save_pretrained(tmp_path / "base")
     cfg.policy.pretrained, cfg.policy.dtype = str(tmp_path / "base"), "float32"
     scope: dict = {}
-    exec("import torch\n" + loading_snippet(cfg, tmp_path / "final"), scope)
+    exec(loading_snippet(cfg, tmp_path / "final"), scope)  # as printed: its own imports included
     loaded = _stock_output("flux_kontext", scope["pipe"], cfg, batch, noise)
     torch.testing.assert_close(loaded, trained, rtol=0, atol=1e-5)
