@@ -170,6 +170,16 @@ class FlowEditPolicy:
             sigma_max=float(sigmas[1]), noise=noise, prev_sample=prev_sample,
         )
 
+    def _noisy(self, sigmas: torch.Tensor, step: int) -> bool:
+        """Whether the kernel draws noise at this step. A step with none is deterministic: it has no log-prob
+        to train and runs as the ODE (CPS's last step, to sigma 0, is exactly the Euler step there)."""
+        if self.sampler_cfg.noise_level <= 0:
+            return False
+        probe = torch.zeros(1, 1)
+        out = self.kernel(probe, probe, sigmas[step], sigmas[step + 1], self.sampler_cfg.noise_level,
+                          sigma_max=float(sigmas[1]))
+        return bool(out.std[0] > 0)
+
     # ----------------------------------------------------------------- rollout
     @torch.no_grad()
     def sample(self, batch: PromptBatch, group_size: int, generator: torch.Generator,
@@ -198,9 +208,8 @@ class FlowEditPolicy:
         sigmas, timesteps = self.schedule(x.shape[1])
         T = len(timesteps)
         window = sde_window(T, self.sampler_cfg.sde_window, sde_window_start)
-        noisy = self.sampler_cfg.noise_level > 0
         meta = {"sigmas": sigmas, "timesteps": timesteps,
-                "sde_mask": torch.tensor([noisy and m for m in window])}
+                "sde_mask": torch.tensor([m and self._noisy(sigmas, i) for i, m in enumerate(window)])}
 
         chunk = self.rollout_batch or N
         traj, logps = [x.float().cpu()], []

@@ -1,5 +1,7 @@
 """Advantages, GRPO and online DPO updates on the tiny policy."""
 
+import math
+
 import pytest
 import torch
 from conftest import TINY_RECIPE, make_policy, prompt_batch
@@ -130,3 +132,20 @@ def test_reward_set_combines_uncertainties():
     assert out.uncertainty.tolist() == pytest.approx([(0.6**2 + 0.4**2) ** 0.5] * 2)
     with pytest.raises(RewardError, match="'bad'.*uncertainty"):
         RewardSet([("bad", 1.0, unsure(float("nan")))])(batch)
+
+
+@pytest.mark.parametrize("kernel", ["flow_sde", "dance_sde", "cps"])
+def test_every_kernel_trains_a_step_with_the_kl_on(kernel, tmp_path):
+    """CPS's last step (to sigma 0) has no noise: it is sampled as the ODE and never trained, so the KL, which
+    divides by the transition's variance, stays finite."""
+    from conftest import tiny_config
+
+    from rlkit.logs import read_rows
+    from rlkit.trainer import Trainer
+
+    cfg = tiny_config(tmp_path, f"sampler.kernel={kernel}", "sampler.noise_level=0.7", "algorithm.kl_coef=0.1",
+                      "train.steps=2", "algorithm.timestep_fraction=1.0", "optim.lr=0.01")
+    run = Trainer(cfg, progress=False).fit()
+    rows = read_rows(run / "metrics.jsonl")
+    assert len(rows) == 2 and all(math.isfinite(r["kl_ref"]) and math.isfinite(r["grad_norm"]) for r in rows)
+    assert rows[1]["kl_ref"] > 0  # the reference and the trained policy differ after the first update
