@@ -90,6 +90,9 @@ class AlgorithmConfig:
     beta: float = setting(2000.0, gt=0)  # online DPO (Diffusion-DPO) temperature
     # GRPO: scale each advantage by 1 / (1 + (u / uncertainty_scale)^2), u = the reward's uncertainty
     # (e.g. JRM's sigma); uncertainty_scale 0 = the batch median
+    # several rewards: sum = group-normalise their weighted sum; per_reward = normalise each within its groups,
+    # weight, normalise the sum over the batch (GDPO): a reward with a small spread keeps its say
+    reward_norm: str = setting("sum", choices=("sum", "per_reward"))
     uncertainty_weighting: bool = False
     uncertainty_scale: float = setting(0.0, ge=0)
 
@@ -500,6 +503,8 @@ def _cross_key_problems(c: dict) -> list[str]:
                    f"({sampler['num_steps']})")
     if algo["uncertainty_weighting"] and algo["name"] != "grpo":
         out.append("'algorithm.uncertainty_weighting' applies to grpo only")
+    if algo["reward_norm"] == "per_reward" and algo["name"] != "grpo":
+        out.append("'algorithm.reward_norm' per_reward applies to grpo only")
     if policy["name"] in ("flux_kontext", "qwen_image_edit") and not policy["pretrained"]:
         out.append(f"'policy.pretrained' must name a local folder or hub id for {policy['name']}")
     if policy["name"].startswith("flux_kontext") and policy["max_sequence_length"] > 512:

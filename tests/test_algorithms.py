@@ -149,3 +149,43 @@ def test_every_kernel_trains_a_step_with_the_kl_on(kernel, tmp_path):
     rows = read_rows(run / "metrics.jsonl")
     assert len(rows) == 2 and all(math.isfinite(r["kl_ref"]) and math.isfinite(r["grad_norm"]) for r in rows)
     assert rows[1]["kl_ref"] > 0  # the reference and the trained policy differ after the first update
+
+
+def test_per_reward_normalisation_gives_a_small_spread_reward_its_say():
+    """Two rewards that disagree: A spreads 10x wider than B. The plain weighted sum ranks by A alone; GDPO's
+    per-reward normalisation weighs both equally, so with B's weight the larger their ranking follows B."""
+    from rlkit.algorithms.advantages import decoupled_advantages
+
+    group_ids = torch.tensor([0, 0, 0, 0])
+    a = torch.tensor([0.0, 10.0, 20.0, 30.0])  # prefers the last sample
+    b = torch.tensor([3.0, 2.0, 1.0, 0.0])  # prefers the first, with a tenth of the spread
+    plain, _ = group_advantages(a + 2 * b, group_ids)
+    adv, flat, parts = decoupled_advantages(torch.stack([a, b], dim=1), [1.0, 2.0], group_ids)
+    assert plain.argmax() == 3 and adv.argmax() == 0  # the sum follows A; per-reward follows the heavier B
+    z = lambda r: (r - r.mean()) / (r.std(unbiased=False) + 1e-4)  # noqa: E731
+    combined = z(a) + 2 * z(b)
+    torch.testing.assert_close(adv, (combined - combined.mean()) / (combined.std(unbiased=False) + 1e-4))
+    torch.testing.assert_close(parts[1], z(b))
+    assert flat == 0.0
+
+
+def test_per_reward_normalisation_counts_groups_where_every_reward_is_flat():
+    from rlkit.algorithms.advantages import decoupled_advantages
+
+    group_ids = torch.tensor([0, 0, 1, 1])
+    scores = torch.tensor([[1.0, 5.0], [1.0, 5.0], [1.0, 2.0], [1.0, 3.0]])  # group 0 flat in both
+    adv, flat, parts = decoupled_advantages(scores, [1.0, 1.0], group_ids)
+    assert flat == 0.5 and torch.all(adv[:2] == adv[0]) and adv[3] > adv[2]
+    assert torch.all(parts[0] == 0)  # the first reward is flat everywhere: no say at all
+
+
+def test_a_run_with_per_reward_normalisation_logs_each_rewards_advantage(tmp_path):
+    from conftest import tiny_config
+
+    from rlkit.logs import read_rows
+    from rlkit.trainer import Trainer
+
+    rewards = "rewards=[{name: target_color, kwargs: {color: [1.0, 0.0, 0.0]}}, {name: colourfulness, weight: 0.1}]"
+    run = Trainer(tiny_config(tmp_path, rewards, "algorithm.reward_norm=per_reward"), progress=False).fit()
+    rows = read_rows(run / "metrics.jsonl")
+    assert all(r["adv/target_color"] > 0 and r["adv/colourfulness"] > 0 for r in rows)

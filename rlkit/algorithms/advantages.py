@@ -30,6 +30,24 @@ def group_advantages(
     return adv.clamp(-clip, clip), zero_std / max(len(groups), 1)
 
 
+def decoupled_advantages(scores: torch.Tensor, weights: list[float], group_ids: torch.Tensor,
+                         std_scope: str = "group", clip: float = 5.0, eps: float = 1e-4
+                         ) -> tuple[torch.Tensor, float, list[torch.Tensor]]:
+    """GDPO's per-reward normalisation for several rewards: each reward ([B, R] ``scores``, one column each) is
+    normalised within its groups on its own, the weighted sum of those advantages is normalised over the batch,
+    then clipped. A reward with a small spread keeps its say instead of being drowned by one with a large spread
+    (what the plain weighted sum does). Returns (advantages, fraction of groups where every reward is flat, each
+    reward's own group-normalised advantage)."""
+    parts = [group_advantages(scores[:, i], group_ids, std_scope, float("inf"), eps)[0] for i in
+             range(scores.shape[1])]
+    combined = sum(w * a for w, a in zip(weights, parts))
+    std = combined.std(unbiased=False)
+    adv = (combined - combined.mean()) / (std + eps) if std > 0 else torch.zeros_like(combined)
+    groups = torch.unique(group_ids)
+    flat = sum(bool((scores[group_ids == g].std(dim=0, unbiased=False) == 0).all()) for g in groups)
+    return adv.clamp(-clip, clip), flat / max(len(groups), 1), parts
+
+
 def uncertainty_weights(uncertainty: torch.Tensor, scale: float = 0.0) -> torch.Tensor:
     """Per-sample weights in (0, 1]: 1 / (1 + (u / scale)^2). A sample the reward is unsure of (u well above
     scale) counts less; ``scale`` 0 = the batch's median uncertainty (so the typical sample keeps weight 1/2

@@ -15,10 +15,12 @@ class Algorithm(Protocol):
     kl_scale: float  # multiplies the KL coefficient (the stability guard raises it after a rollback)
     grad_sync: Callable[[list[torch.nn.Parameter]], None] | None  # averages gradients over processes, or None
 
-    def advantages(self, rewards: torch.Tensor, group_ids: torch.Tensor,
-                   uncertainty: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def advantages(self, rewards: torch.Tensor, group_ids: torch.Tensor, uncertainty: torch.Tensor | None = None,
+                   per_reward: tuple[list[str], list[float], torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, dict]:
         """One advantage per sample (group-normalised), and figures to log. ``uncertainty``: the reward's own
-        per-sample uncertainty (e.g. JRM's sigma), for uncertainty weighting."""
+        per-sample uncertainty (e.g. JRM's sigma), for uncertainty weighting. ``per_reward``: (names, weights,
+        [B, R] scores) of the rewards the total sums, for per-reward normalisation."""
 
     def update(self, policy: EditPolicy, rollout: Rollout, advantages: torch.Tensor,
                optimizer: torch.optim.Optimizer, lr_scheduler, generator: torch.Generator) -> dict:

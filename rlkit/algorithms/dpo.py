@@ -27,7 +27,7 @@ class OnlineDPO:
         self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step
         self.kl_scale = 1.0  # unused: DPO's anchor is beta (kept so the guard treats every algorithm alike)
 
-    def advantages(self, rewards, group_ids, uncertainty=None):
+    def advantages(self, rewards, group_ids, uncertainty=None, per_reward=None):
         # DPO uses only the ordering inside each group; the "advantage" passed on is the raw reward.
         zero = sum(int(rewards[group_ids == g].std(unbiased=False) == 0) for g in torch.unique(group_ids))
         return rewards.float(), {"zero_std_frac": zero / len(torch.unique(group_ids))}

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from rlkit.algorithms.advantages import group_advantages, uncertainty_weights
+from rlkit.algorithms.advantages import decoupled_advantages, group_advantages, uncertainty_weights
 from rlkit.algorithms.base import chunks, optimizer_step
 from rlkit.errors import UserError
 
@@ -18,9 +18,16 @@ class GRPO:
         self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step
         self.kl_scale = 1.0  # the guard tightens the KL anchor after a rollback (stability.rollback_kl_factor)
 
-    def advantages(self, rewards, group_ids, uncertainty=None):
-        adv, zero_std_frac = group_advantages(rewards, group_ids, self.cfg.std_scope, self.cfg.adv_clip)
-        info = {"zero_std_frac": zero_std_frac}
+    def advantages(self, rewards, group_ids, uncertainty=None, per_reward=None):
+        if self.cfg.reward_norm == "per_reward" and per_reward is not None and len(per_reward[0]) > 1:
+            names, weights, scores = per_reward
+            adv, zero_std_frac, parts = decoupled_advantages(scores, weights, group_ids, self.cfg.std_scope,
+                                                             self.cfg.adv_clip)
+            info = {"zero_std_frac": zero_std_frac,
+                    **{f"adv/{name}": float(p.abs().mean()) for name, p in zip(names, parts)}}
+        else:
+            adv, zero_std_frac = group_advantages(rewards, group_ids, self.cfg.std_scope, self.cfg.adv_clip)
+            info = {"zero_std_frac": zero_std_frac}
         if self.cfg.uncertainty_weighting:
             if uncertainty is None:
                 raise UserError("algorithm.uncertainty_weighting is on but none of the rewards reports an "
