@@ -207,6 +207,10 @@ class FlowEditPolicy:
         x = self.pipe._pack_latents(initial_noise[rows].float(), N, C, h, w).to(self.device)
         sigmas, timesteps = self.schedule(x.shape[1])
         T = len(timesteps)
+        width = self.sampler_cfg.sde_window
+        if self.sampler_cfg.sde_window_placement == "random" and width and width < T:
+            # uniform over the window's positions, from the rollout's generator: the same on every rank
+            sde_window_start = int(torch.randint(0, T - width + 1, (1,), generator=generator))
         window = sde_window(T, self.sampler_cfg.sde_window, sde_window_start)
         meta = {"sigmas": sigmas, "timesteps": timesteps,
                 "sde_mask": torch.tensor([m and self._noisy(sigmas, i) for i, m in enumerate(window)])}

@@ -67,6 +67,9 @@ class SamplerConfig:
     # Above 2 Flow-GRPO's SDE pushes latents to inf in a handful of steps
     noise_level: float = setting(0.7, ge=0, le=2)
     sde_window: int | None = setting(None, ge=1, optional=True)  # MixGRPO: SDE only on this many steps
+    # where the window sits: slide (MixGRPO: moves one step per RL step) or random (Flow-GRPO-Fast: drawn afresh
+    # for every rollout; with sde_window 1-2 only those steps are noised and trained, the ODE elsewhere)
+    sde_window_placement: str = setting("slide", choices=("slide", "random"))
     # transformer batch in the rollout; 0 = algorithm.micro_batch. Matching the training micro-batch keeps the
     # bf16 importance ratio exactly 1 (measured on an H100: 0.0 deviation vs 6.6e-5 with batch 16 vs 4)
     batch_size: int = setting(0, ge=0)
@@ -498,6 +501,9 @@ def _cross_key_problems(c: dict) -> list[str]:
                    "steps; use a noise level > 0, or algorithm.name=dpo")
     if sampler["kernel"] == "cps" and sampler["noise_level"] > 1:
         out.append(f"'sampler.noise_level' is {sampler['noise_level']}: cps reads it as an angle, must be <= 1")
+    if sampler["sde_window_placement"] == "random" and sampler["sde_window"] is None:
+        out.append("'sampler.sde_window_placement' is random but 'sampler.sde_window' is not set: every step is "
+                   "already an SDE step (Flow-GRPO-Fast: sampler.sde_window=2)")
     if sampler["sde_window"] is not None and sampler["sde_window"] > sampler["num_steps"]:
         out.append(f"'sampler.sde_window' ({sampler['sde_window']}) is more than 'sampler.num_steps' "
                    f"({sampler['num_steps']})")

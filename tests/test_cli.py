@@ -65,6 +65,7 @@ def test_validate_refuses_what_run_refuses(override, needle, tmp_path, capsys):
     ("optim.schedule=cosin", "'optim.schedule' is 'cosin', expected one of: constant, cosine"),
     (("algorithm.name=dpo", "algorithm.reward_norm=per_reward", "sampler.noise_level=0"),
      "'algorithm.reward_norm' per_reward applies to grpo only"),
+    ("sampler.sde_window_placement=random", "'sampler.sde_window' is not set"),
     ("algorithm.reward_norm=mean", "'algorithm.reward_norm' is 'mean', expected one of: sum, per_reward"),
     ("sandbox.skip_edit=1.5", "'sandbox.skip_edit' is 1.5, must be >= 0 and < 1"),
     ("sandbox.washout_share=0", "'sandbox.washout_share' is 0.0, must be > 0 and <= 1"),

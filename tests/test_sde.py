@@ -73,3 +73,17 @@ def test_sde_window_slides_and_covers():
     assert sde_window(6, 2, 4) == [False, False, False, False, True, True]
     assert sde_window(6, 2, 5) == [True, True, False, False, False, False]  # wraps around
     assert set(KERNELS) >= {"flow_sde", "dance_sde", "cps", "ode"}
+
+
+def test_a_random_sde_window_moves_between_rollouts_and_trains_only_its_steps(tmp_path):
+    """Flow-GRPO-Fast: SDE noise on 2 steps of 8 at a position drawn for each rollout, the ODE elsewhere."""
+    from conftest import make_policy, prompt_batch
+
+    policy, _ = make_policy("sampler.num_steps=8", "sampler.sde_window=2", "sampler.sde_window_placement=random")
+    g = torch.Generator().manual_seed(0)
+    masks = [policy.sample(prompt_batch(1), 2, g).sde_mask for _ in range(12)]
+    starts = {int(torch.nonzero(m)[0]) for m in masks}
+    assert all(int(m.sum()) == 2 and bool(m[int(torch.nonzero(m)[0]) + 1]) for m in masks)  # 2 adjacent steps
+    assert len(starts) >= 4 and starts <= set(range(7))  # drawn, not fixed, within the schedule
+    rollout = policy.sample(prompt_batch(1), 2, torch.Generator().manual_seed(5))
+    assert torch.all(rollout.log_probs[:, ~rollout.sde_mask] == 0)  # ODE steps: no log-prob, never trained
