@@ -76,8 +76,20 @@ class SamplerConfig:
 
 
 @dataclass
+class NFTConfig:
+    """DiffusionNFT (rlkit/algorithms/nft.py): the old policy is an EMA of the trained weights."""
+
+    beta: float = setting(1.0, gt=0, le=10)  # how far the implicit positive/negative policies sit from the old one
+    ema_decay: float = setting(0.9, ge=0, lt=1)  # the EMA's decay after its warm-up, (1 + n) / (10 + n)
+    t_min: float = setting(0.02, ge=0, lt=0.5)  # re-noising times drawn uniformly from [t_min, 1 - t_min]
+    adaptive_weighting: bool = True  # each sample's x0 error divided by its mean absolute value (detached)
+    sample_with: str = setting("ema", choices=("ema", "current"))  # which weights the rollouts sample with
+
+
+@dataclass
 class AlgorithmConfig:
-    name: str = setting("grpo", choices=("grpo", "dpo"))
+    # grpo: clipped ratio of SDE log-probs; dpo: online Diffusion-DPO; nft: DiffusionNFT (no log-probs, any sampler)
+    name: str = setting("grpo", choices=("grpo", "dpo", "nft"))
     group_size: int = setting(12, ge=2)  # advantages compare samples of a group
     std_scope: str = setting("group", choices=("group", "global"))  # which std normalises advantages
     adv_clip: float = setting(5.0, gt=0)
@@ -96,6 +108,7 @@ class AlgorithmConfig:
     # several rewards: sum = group-normalise their weighted sum; per_reward = normalise each within its groups,
     # weight, normalise the sum over the batch (GDPO): a reward with a small spread keeps its say
     reward_norm: str = setting("sum", choices=("sum", "per_reward"))
+    nft: NFTConfig = field(default_factory=NFTConfig)
     uncertainty_weighting: bool = False
     uncertainty_scale: float = setting(0.0, ge=0)
 
@@ -471,7 +484,8 @@ def _nest(parts: list[str], value: Any) -> dict:
 LOGGED_BY_THE_LOOP = frozenset((
     "step", "reward_mean", "reward_std", "zero_std_frac", "ratio_mean", "ratio_max_dev", "clipfrac", "approx_kl",
     "kl_ref", "loss", "grad_norm", "lr", "time_rollout_s", "time_reward_s", "time_train_s", "adv_weight_mean",
-    "dpo_pairs", "dpo_acc", "best_reward", "group_diversity", "probe_start", "reward_drift", "reward_ema"))
+    "dpo_pairs", "dpo_acc", "best_reward", "group_diversity", "probe_start", "reward_drift", "reward_ema",
+    "nft_r_mean", "ema_decay"))
 
 
 def check_values(cfg: DictConfig, where: str, schema_cls: type = None) -> None:

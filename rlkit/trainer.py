@@ -154,8 +154,9 @@ class Trainer:
                 timer = StageTimer(self.device)
                 with timer("rollout"):
                     batch = self.prompts.next_batch(train.prompts_per_step)  # the global batch, on every rank
-                    rollout = self.policy.sample(batch, cfg.algorithm.group_size, self.generators["rollout"],
-                                                 sde_window_start=step, shard=(self.dist.rank, self.dist.world))
+                    with self.algorithm.rollout_context(self.policy):
+                        rollout = self.policy.sample(batch, cfg.algorithm.group_size, self.generators["rollout"],
+                                                     sde_window_start=step, shard=(self.dist.rank, self.dist.world))
                     self._check_rollout(rollout)
                 with timer("reward"):
                     reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
@@ -278,6 +279,7 @@ class Trainer:
         parts = ckpt.load_checkpoint(good.path)
         self.policy.load_adapter_state_dict(parts["adapter"])
         self._load_optimizer_state(parts["optimizer"]["optimizer"])
+        self.algorithm.load_state_dict(parts["optimizer"].get("algorithm", {}))
         sched = self.lr_scheduler
         scale_learning_rate(self.optimizer, sched, self.cfg.stability.rollback_lr_factor)
         self.algorithm.kl_scale *= self.cfg.stability.rollback_kl_factor
@@ -329,7 +331,8 @@ class Trainer:
                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         else:
             opt = self.optimizer.state_dict()
-        return {"optimizer": opt, "lr_scheduler": self.lr_scheduler.state_dict()}
+        return {"optimizer": opt, "lr_scheduler": self.lr_scheduler.state_dict(),
+                "algorithm": self.algorithm.state_dict()}
 
     def _load_optimizer_state(self, state: dict) -> None:
         if self.sharded:
@@ -357,6 +360,7 @@ class Trainer:
         self.policy.load_adapter_state_dict(parts["adapter"])
         self._load_optimizer_state(parts["optimizer"]["optimizer"])
         self.lr_scheduler.load_state_dict(parts["optimizer"]["lr_scheduler"])
+        self.algorithm.load_state_dict(parts["optimizer"].get("algorithm", {}))
         self._apply_optim_settings(parts["state"].get("config", {}).get("optim"))
         state = parts["state"]
         ckpt.restore_rng(parts["rng"], state["rng"], self.generators)

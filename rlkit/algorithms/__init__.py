@@ -3,12 +3,13 @@
 from rlkit.algorithms.advantages import group_advantages
 from rlkit.algorithms.dpo import OnlineDPO, best_worst_pairs
 from rlkit.algorithms.grpo import GRPO
+from rlkit.algorithms.nft import NFT
 
-ALGORITHMS = {"grpo": GRPO, "dpo": OnlineDPO}
+ALGORITHMS = {"grpo": GRPO, "dpo": OnlineDPO, "nft": NFT}
 
 
 def build_algorithm(cfg, max_grad_norm: float):
     return ALGORITHMS[cfg.name](cfg, max_grad_norm)
 
 
-__all__ = ["ALGORITHMS", "GRPO", "OnlineDPO", "best_worst_pairs", "build_algorithm", "group_advantages"]
+__all__ = ["ALGORITHMS", "GRPO", "NFT", "OnlineDPO", "best_worst_pairs", "build_algorithm", "group_advantages"]

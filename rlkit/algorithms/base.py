@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Callable, Protocol
 
 import torch
@@ -22,9 +23,30 @@ class Algorithm(Protocol):
         per-sample uncertainty (e.g. JRM's sigma), for uncertainty weighting. ``per_reward``: (names, weights,
         [B, R] scores) of the rewards the total sums, for per-reward normalisation."""
 
+    def rollout_context(self, policy: EditPolicy) -> AbstractContextManager:
+        """The weights the rollout samples with (NFT: its old policy); GRPO and DPO: the trained ones."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must hold for an exact resume beyond the policy and optimizer (NFT: its EMA)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
     def update(self, policy: EditPolicy, rollout: Rollout, advantages: torch.Tensor,
                optimizer: torch.optim.Optimizer, lr_scheduler, generator: torch.Generator) -> dict:
         """Gradient steps on the rollout (one per micro-batch); returns figures to log (loss, ratio, kl, ...)."""
+
+
+class Stateless:
+    """The defaults of an algorithm with no state of its own and rollouts from the trained weights."""
+
+    def rollout_context(self, policy) -> AbstractContextManager:
+        return nullcontext()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def optimizer_step(params: list[torch.nn.Parameter], optimizer, lr_scheduler, max_grad_norm: float,

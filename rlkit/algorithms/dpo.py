@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlkit.algorithms.base import chunks, optimizer_step
+from rlkit.algorithms.base import Stateless, chunks, optimizer_step
 
 
 def best_worst_pairs(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,7 +21,7 @@ def best_worst_pairs(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[to
     return torch.tensor(winners, dtype=torch.long), torch.tensor(losers, dtype=torch.long)
 
 
-class OnlineDPO:
+class OnlineDPO(Stateless):
     def __init__(self, cfg, max_grad_norm: float):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
         self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step

@@ -8,11 +8,11 @@ import math
 import torch
 
 from rlkit.algorithms.advantages import decoupled_advantages, group_advantages, uncertainty_weights
-from rlkit.algorithms.base import chunks, optimizer_step
+from rlkit.algorithms.base import Stateless, chunks, optimizer_step
 from rlkit.errors import UserError
 
 
-class GRPO:
+class GRPO(Stateless):
     def __init__(self, cfg, max_grad_norm: float):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
         self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step

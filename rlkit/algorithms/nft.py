@@ -1,0 +1,141 @@
+"""DiffusionNFT: likelihood-free policy optimisation on the forward (noising) process.
+
+Each sample's final clean latents ``x0`` are noised again at a random ``t`` (``x_t = (1 - t) x0 + t eps``); the
+current velocity ``v`` and the old policy's ``v_old`` (an EMA of the trained weights) define an implicit positive
+and negative policy, ``v+ = b v + (1 - b) v_old`` and ``v- = (1 + b) v_old - b v``. The loss pulls the positive
+policy's x0-prediction towards ``x0`` in proportion to the sample's normalised reward ``r`` and the negative
+policy's in proportion to ``1 - r``:
+
+    r = clip(A / (2 A_max) + 0.5, 0, 1),   L = [r L(v+) + (1 - r) L(v-)] / b,
+    L(u) = ||(x_t - t u) - x0||^2 / w   (w: the error's mean absolute value, detached: adaptive weighting)
+
+No log-probabilities: any sampler works, the plain ODE included (``sampler.noise_level: 0``). The old policy's
+weights are part of the checkpoint, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+import torch
+
+from rlkit.algorithms.advantages import group_advantages
+from rlkit.algorithms.base import chunks, optimizer_step
+
+
+def nft_loss(v: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor,
+             r: torch.Tensor, beta: float, adaptive: bool = True) -> torch.Tensor:
+    """[B] NFT losses of one batch; ``t`` is [B] in (0, 1), ``r`` [B] in [0, 1]."""
+    t = t.view(-1, *([1] * (x0.ndim - 1)))
+    dims = tuple(range(1, x0.ndim))
+
+    def x0_error(u: torch.Tensor) -> torch.Tensor:
+        err = (x_t - t * u) - x0
+        weight = err.detach().abs().mean(dim=dims).clamp(min=1e-5) if adaptive else torch.ones(len(x0))
+        return (err**2).mean(dim=dims) / weight.to(err.device)
+
+    positive = beta * v + (1 - beta) * v_old
+    negative = (1 + beta) * v_old - beta * v
+    return (r * x0_error(positive) + (1 - r) * x0_error(negative)) / beta
+
+
+class NFT:
+    def __init__(self, cfg, max_grad_norm: float):
+        self.cfg, self.max_grad_norm = cfg, max_grad_norm
+        self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step
+        self.kl_scale = 1.0  # the guard tightens the KL anchor (algorithm.kl_coef, velocity space) after a rollback
+        self.ema: list[torch.Tensor] | None = None  # the old policy's weights, in trainable_parameters() order
+        self.ema_updates = 0
+
+    # ------------------------------------------------------------------ the old policy (EMA)
+    def _ensure_ema(self, policy) -> None:
+        if self.ema is None:
+            self.ema = [p.detach().float().clone() for p in policy.trainable_parameters()]
+
+    def ema_decay(self) -> float:
+        """Warm-up as diffusers' EMAModel: (1 + n) / (10 + n), at most nft.ema_decay."""
+        n = self.ema_updates
+        return min(self.cfg.nft.ema_decay, (1 + n) / (10 + n))
+
+    @torch.no_grad()
+    def _ema_step(self, policy) -> None:
+        decay = self.ema_decay()
+        for ema, p in zip(self.ema, policy.trainable_parameters()):
+            ema.mul_(decay).add_(p.detach().float(), alpha=1 - decay)
+        self.ema_updates += 1
+
+    @contextmanager
+    def old_policy(self, policy):
+        """The policy with the EMA weights in place of the trained ones (restored on exit)."""
+        self._ensure_ema(policy)
+        params = policy.trainable_parameters()
+        saved = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, e in zip(params, self.ema):
+                p.copy_(e.to(p.device, p.dtype))
+        try:
+            yield policy
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+
+    def rollout_context(self, policy):
+        """Rollouts come from the old policy (DiffusionNFT samples with it), unless nft.sample_with is current."""
+        return self.old_policy(policy) if self.cfg.nft.sample_with == "ema" else nullcontext()
+
+    def state_dict(self) -> dict:
+        return {"ema": list(self.ema or []), "ema_updates": self.ema_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:  # a checkpoint of another algorithm: the EMA starts from the loaded weights
+            return
+        self.ema = [t.float().clone() for t in state["ema"]] or None
+        self.ema_updates = int(state["ema_updates"])
+
+    # ------------------------------------------------------------------ the loop's calls
+    def advantages(self, rewards, group_ids, uncertainty=None, per_reward=None):
+        adv, zero_std_frac = group_advantages(rewards, group_ids, self.cfg.std_scope, self.cfg.adv_clip)
+        return adv, {"zero_std_frac": zero_std_frac}
+
+    def update(self, policy, rollout, advantages, optimizer, lr_scheduler, generator) -> dict:
+        cfg, nft = self.cfg, self.cfg.nft
+        self._ensure_ema(policy)
+        params = policy.trainable_parameters()
+        x0 = rollout.latents[:, -1]
+        r = (advantages.float().cpu() / (2 * cfg.adv_clip) + 0.5).clamp(0, 1)
+        stats: dict[str, list[float]] = {"loss": [], "kl_ref": [], "grad_norm": [], "nft_r_mean": []}
+        for _ in range(cfg.inner_epochs):
+            order = torch.randperm(len(rollout), generator=generator)
+            for idx in chunks(order, cfg.micro_batch):
+                n = len(idx)
+                t = nft.t_min + (1 - 2 * nft.t_min) * torch.rand(n, generator=generator)
+                eps = torch.randn((n, *x0.shape[1:]), generator=generator)
+                s = t.view(-1, *([1] * (x0.ndim - 1)))
+                x_t = ((1 - s) * x0[idx] + s * eps).to(policy.device)
+                cond_idx = rollout.prompt_index[idx]
+                # the old policy first: its weights are swapped in place, which must not touch a graph in flight
+                with torch.no_grad(), self.old_policy(policy):
+                    v_old = policy.predict_velocity(x_t, t, rollout.cond, cond_idx).float()
+                v = policy.predict_velocity(x_t, t, rollout.cond, cond_idx).float()
+                losses = nft_loss(v, v_old, x_t.float(), t.to(v.device), x0[idx].to(v.device).float(),
+                                  r[idx].to(v.device), nft.beta, nft.adaptive_weighting)
+                loss = losses.mean()
+                kl = torch.zeros((), device=v.device)
+                kl_coef = cfg.kl_coef * self.kl_scale
+                if kl_coef > 0:  # in velocity space: there is no transition variance to divide by
+                    with torch.no_grad(), policy.reference():
+                        v_ref = policy.predict_velocity(x_t, t, rollout.cond, cond_idx).float()
+                    kl = ((v - v_ref) ** 2).mean()
+                    loss = loss + kl_coef * kl
+                loss.backward()
+                grad_norm = optimizer_step(params, optimizer, lr_scheduler, self.max_grad_norm, self.grad_sync)
+                self._ema_step(policy)
+                stats["loss"].append(loss.item())
+                stats["kl_ref"].append(kl.item())
+                stats["grad_norm"].append(grad_norm)
+                stats["nft_r_mean"].append(float(r[idx].mean()))
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out["ema_decay"] = self.ema_decay()
+        return out
+
