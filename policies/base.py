@@ -64,9 +64,10 @@ class EditPolicy(Protocol):
     transformer: torch.nn.Module  # the trained network (sharded with FSDP2 in multi-process full fine-tuning)
 
     def sample(self, batch: PromptBatch, group_size: int, generator: torch.Generator, sde_window_start: int = 0,
-               shard: tuple[int, int] = (0, 1)) -> Rollout:
+               shard: tuple[int, int] = (0, 1), noise_level: float | None = None) -> Rollout:
         """group_size samples of every prompt. ``shard`` = (rank, world): every rank draws the whole batch's
-        noise (generators stay in lockstep) and keeps its own share of the samples."""
+        noise (generators stay in lockstep) and keeps its own share of the samples. ``noise_level``: the
+        sampler noise of this rollout instead of the recipe's (evaluations)."""
 
     def step_logprob(self, rollout: Rollout, sample_idx: torch.Tensor, steps: torch.Tensor | int) -> StepOutput: ...
 

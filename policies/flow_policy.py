@@ -166,30 +166,34 @@ class FlowEditPolicy:
         v = self.predict_velocity(x, timesteps[steps] / 1000, cond, prompt_index)
         kernel = self.kernel if bool(noisy[0]) else ode_step
         return kernel(
-            x.to(self.device), v, sigmas[steps], sigmas[steps + 1], self.sampler_cfg.noise_level,
+            x.to(self.device), v, sigmas[steps], sigmas[steps + 1], meta.get("noise_level", self.noise_level),
             sigma_max=float(sigmas[1]), noise=noise, prev_sample=prev_sample,
         )
 
-    def _noisy(self, sigmas: torch.Tensor, step: int) -> bool:
+    @property
+    def noise_level(self) -> float:
+        return self.sampler_cfg.noise_level
+
+    def _noisy(self, sigmas: torch.Tensor, step: int, noise_level: float) -> bool:
         """Whether the kernel draws noise at this step. A step with none is deterministic: it has no log-prob
         to train and runs as the ODE (CPS's last step, to sigma 0, is exactly the Euler step there)."""
-        if self.sampler_cfg.noise_level <= 0:
+        if noise_level <= 0:
             return False
         probe = torch.zeros(1, 1)
-        out = self.kernel(probe, probe, sigmas[step], sigmas[step + 1], self.sampler_cfg.noise_level,
-                          sigma_max=float(sigmas[1]))
+        out = self.kernel(probe, probe, sigmas[step], sigmas[step + 1], noise_level, sigma_max=float(sigmas[1]))
         return bool(out.std[0] > 0)
 
     # ----------------------------------------------------------------- rollout
     @torch.no_grad()
     def sample(self, batch: PromptBatch, group_size: int, generator: torch.Generator,
                sde_window_start: int = 0, initial_noise: torch.Tensor | None = None,
-               shard: tuple[int, int] | None = None) -> Rollout:
+               shard: tuple[int, int] | None = None, noise_level: float | None = None) -> Rollout:
         """G edits per prompt with their trajectories and log-probs. Noise comes from ``generator`` (CPU).
 
         ``shard=(rank, world)``: sample only this rank's contiguous share of the P x G samples (a group may span
         ranks), drawing the noise for the whole batch, so the ranks' rollouts together are exactly the unsharded
-        rollout; group ids stay global. Only the prompts this rank samples are encoded."""
+        rollout; group ids stay global. Only the prompts this rank samples are encoded. ``noise_level``: this
+        rollout's sampler noise instead of the recipe's (evaluations; such a rollout is never trained on)."""
         P, G = len(batch), group_size
         rank, world = shard or (0, 1)
         if (P * G) % world:
@@ -212,8 +216,9 @@ class FlowEditPolicy:
             # uniform over the window's positions, from the rollout's generator: the same on every rank
             sde_window_start = int(torch.randint(0, T - width + 1, (1,), generator=generator))
         window = sde_window(T, self.sampler_cfg.sde_window, sde_window_start)
-        meta = {"sigmas": sigmas, "timesteps": timesteps,
-                "sde_mask": torch.tensor([m and self._noisy(sigmas, i) for i, m in enumerate(window)])}
+        noise_level = self.noise_level if noise_level is None else noise_level
+        meta = {"sigmas": sigmas, "timesteps": timesteps, "noise_level": noise_level,
+                "sde_mask": torch.tensor([m and self._noisy(sigmas, i, noise_level) for i, m in enumerate(window)])}
 
         chunk = self.rollout_batch or N
         traj, logps = [x.float().cpu()], []

@@ -171,6 +171,9 @@ class EvalConfig:
     samples_per_prompt: int = setting(2, ge=1)
     rewards: list[RewardSpec] = field(default_factory=list)  # gold rewards; empty = the training rewards
     seed: int = setting(1234, **SEED)  # the fixed noise: the same for every evaluation
+    # the evaluation's sampler noise; None = the training sampler's. One value (e.g. 0, the ODE users deploy)
+    # puts objectives that sample differently (GRPO's SDE, NFT's ODE) under one evaluation
+    noise_level: float | None = setting(None, ge=0, le=2, optional=True)
 
 
 @dataclass
@@ -513,6 +516,8 @@ def _cross_key_problems(c: dict) -> list[str]:
     if algo["name"] == "grpo" and sampler["noise_level"] == 0:
         out.append("'sampler.noise_level' is 0 (the deterministic ODE): GRPO trains on the log-probs of SDE "
                    "steps; use a noise level > 0, or algorithm.name=dpo")
+    if sampler["kernel"] == "cps" and (c["eval"]["noise_level"] or 0) > 1:
+        out.append(f"'eval.noise_level' is {c['eval']['noise_level']}: cps reads it as an angle, must be <= 1")
     if sampler["kernel"] == "cps" and sampler["noise_level"] > 1:
         out.append(f"'sampler.noise_level' is {sampler['noise_level']}: cps reads it as an angle, must be <= 1")
     if sampler["sde_window_placement"] == "random" and sampler["sde_window"] is None:

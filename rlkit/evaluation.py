@@ -26,12 +26,13 @@ class HeldoutEvaluator:
         self.proxy = train_rewards
         self.gold = build_rewards(e.rewards, built_rewards) if len(e.rewards) else None
         self.log_as = {s.name: s.log_as for s in e.rewards if s.log_as}
-        self.samples, self.seed = e.samples_per_prompt, e.seed
+        self.samples, self.seed, self.noise_level = e.samples_per_prompt, e.seed, e.noise_level
 
     @torch.no_grad()
     def __call__(self, policy) -> tuple[dict, object, dict]:
         """(figures to log, the rollout, each sample's scores: the report shows them beside the images)."""
-        rollout = policy.sample(self.batch, self.samples, torch.Generator().manual_seed(self.seed))
+        rollout = policy.sample(self.batch, self.samples, torch.Generator().manual_seed(self.seed),
+                                noise_level=self.noise_level)
         batch = rollout.as_reward_input()
         proxy = self.proxy(batch)
         figures = {"eval/reward": float(proxy.total.mean())}

@@ -68,6 +68,7 @@ def test_validate_refuses_what_run_refuses(override, needle, tmp_path, capsys):
     ("sampler.sde_window_placement=random", "'sampler.sde_window' is not set"),
     ("algorithm.nft.beta=0", "'algorithm.nft.beta' is 0.0, must be > 0 and <= 10"),
     ("algorithm.nft.sample_with=old", "'algorithm.nft.sample_with' is 'old', expected one of: ema, current"),
+    (("sampler.kernel=cps", "sampler.noise_level=0.5", "eval.noise_level=1.5"), "'eval.noise_level' is 1.5: cps"),
     ("algorithm.reward_norm=mean", "'algorithm.reward_norm' is 'mean', expected one of: sum, per_reward"),
     ("sandbox.skip_edit=1.5", "'sandbox.skip_edit' is 1.5, must be >= 0 and < 1"),
     ("sandbox.washout_share=0", "'sandbox.washout_share' is 0.0, must be > 0 and <= 1"),

@@ -87,3 +87,17 @@ def test_a_random_sde_window_moves_between_rollouts_and_trains_only_its_steps(tm
     assert len(starts) >= 4 and starts <= set(range(7))  # drawn, not fixed, within the schedule
     rollout = policy.sample(prompt_batch(1), 2, torch.Generator().manual_seed(5))
     assert torch.all(rollout.log_probs[:, ~rollout.sde_mask] == 0)  # ODE steps: no log-prob, never trained
+
+
+def test_an_evaluation_may_sample_with_its_own_noise_level():
+    """eval.noise_level: a GRPO policy (SDE at 0.7) evaluated with the ODE samples exactly what the same weights
+    give with sampler.noise_level 0, and its training rollouts are unchanged."""
+    from conftest import make_policy, prompt_batch
+
+    sde, _ = make_policy("sampler.noise_level=0.7")
+    ode, _ = make_policy("sampler.noise_level=0", "algorithm.name=dpo")
+    as_ode = sde.sample(prompt_batch(1), 2, torch.Generator().manual_seed(3), noise_level=0.0)
+    reference = ode.sample(prompt_batch(1), 2, torch.Generator().manual_seed(3))
+    assert not as_ode.sde_mask.any() and torch.equal(as_ode.latents, reference.latents)
+    trained = sde.sample(prompt_batch(1), 2, torch.Generator().manual_seed(3))
+    assert trained.sde_mask.all() and not torch.equal(trained.latents, reference.latents)
