@@ -202,9 +202,9 @@ def _side_by_side(run_dir: Path, max_prompts: int = 16, width: int = 128) -> lis
 
     instructions, start = tiles(first)
     _, latest = tiles(last)
-    step = lambda g: int(g.stem.rsplit("_", 1)[1])  # noqa: E731
-    head = (f"<tr><th>source</th><th>instruction</th><th>step {step(first)}</th>"
-            f"<th>step {step(last)} (latest)</th></tr>")
+    first_step, last_step = (int(g.stem.rsplit("_", 1)[1]) for g in (first, last))  # eval_step_000010
+    head = (f"<tr><th>source</th><th>instruction</th><th>step {first_step}</th>"
+            f"<th>step {last_step} (latest)</th></tr>")
     body = "".join(f"<tr><td>{_img(png(a[0][0]), width)}</td><td>{html.escape(instructions[i])}</td>"
                    f"<td>{samples(*a)}</td><td>{samples(*b)}</td></tr>"
                    for i, (a, b) in enumerate(zip(start, latest)))

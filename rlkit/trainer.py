@@ -212,9 +212,11 @@ class Trainer:
         """Advantages over the whole global batch (rewards gathered from every rank); this rank's share."""
         totals = self.dist.gather(reward.total)
         uncertainty = None if reward.uncertainty is None else self.dist.gather(reward.uncertainty)
-        names = [name for name, _, _ in self.rewards.rewards]
-        per_reward = (names, [weight for _, weight, _ in self.rewards.rewards],
-                      torch.stack([self.dist.gather(reward.per_reward[n]) for n in names], dim=1))
+        per_reward = None
+        if self.cfg.algorithm.reward_norm == "per_reward":  # one more gather per reward: only when it is used
+            names = [name for name, _, _ in self.rewards.rewards]
+            per_reward = (names, [weight for _, weight, _ in self.rewards.rewards],
+                          torch.stack([self.dist.gather(reward.per_reward[n]) for n in names], dim=1))
         adv, info = self.algorithm.advantages(totals, self.dist.gather(rollout.group_ids), uncertainty, per_reward)
         return totals, adv[self.dist.shard(len(adv))], info
 
