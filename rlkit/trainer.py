@@ -29,7 +29,7 @@ from rlkit.preparation import recipe_preparation
 from rlkit.report import write_report
 from rlkit.run_dir import RunDirectory
 from rlkit.stability import Alarm, StabilityGuard, StabilityTracker
-from rlkit.timing import StageTimer
+from rlkit.timing import ForwardCounter, StageTimer
 from rlkit.trackers import Trackers
 
 
@@ -149,9 +149,10 @@ class Trainer:
             logger.log(row)
             self._act(alarms, logger)
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        forwards = ForwardCounter(self.policy.transformer)  # rollout and update only: evaluations come after
         try:
             for step in range(self.step, train.steps):
-                timer = StageTimer(self.device)
+                timer, forwards_before = StageTimer(self.device), forwards.count
                 with timer("rollout"):
                     batch = self.prompts.next_batch(train.prompts_per_step)  # the global batch, on every rank
                     with self.algorithm.rollout_context(self.policy):
@@ -164,7 +165,9 @@ class Trainer:
                     totals, adv, adv_info = self._advantages(reward, rollout)
                     metrics = self.algorithm.update(self.policy, rollout, adv, self.optimizer, self.lr_scheduler,
                                                     self.generators["train"])
-                metrics = self.dist.mean({**metrics, **self.stability.observe(step, reward, rollout)})
+                metrics = self.dist.mean({**metrics, **self.stability.observe(step, reward, rollout),
+                                          "transformer_forwards": forwards.count - forwards_before})
+                metrics["transformer_forwards"] *= self.dist.world  # every rank's, summed
                 self.step = step + 1
                 row = {"step": self.step, "reward_mean": float(totals.mean()),
                        "reward_std": float(totals.std(unbiased=False)), **adv_info, **metrics,
@@ -189,6 +192,7 @@ class Trainer:
             self._save_final()
             return self.run_dir
         finally:
+            forwards.remove()
             logger.close()
             # plots/ and report.html, also when the guard or a signal stopped the run: after the last checkpoint
             # and with the stop handlers still on, so a signal during the report cannot lose the run's end

@@ -1,0 +1,154 @@
+"""Truth gained per second of compute: each objective in the sandbox, over several RL seeds.
+
+Every arm is `rlkit run sandbox_edit` (the shipped judge as the only reward, `gt_heldout` as gold) with its own
+overrides and its own `train.steps`, sized so that it spends about a third of the reference's compute (the
+recipe's 150 GRPO steps). All arms evaluate with the same plain ODE (`eval.noise_level=0`), so the truth is read
+alike. Compute is the run's own rollout + reward + update seconds (`time_*_s`, evaluations excluded) and its
+transformer forwards (samples through the transformer). Runs go to OUT/ARM/seed_N, one after the other (two torch
+runs side by side on 2 cores are several times slower each, which would corrupt the seconds); a finished run is
+not run again. Prints per arm and seed: the gain over step 0 at the end and at the budget (a third of the same
+seed's reference compute), compute and forwards to +0.10, and whether the arm reached the reference's gain within
+the budget; writes OUT/learning_efficiency.png (truth against seconds and against forwards).
+
+    python benchmarks/learning_efficiency.py /tmp/le --arms grpo_150 grpo_50 fast_grpo nft dpo --seeds 0 1 2
+    python benchmarks/learning_efficiency.py /tmp/le --arms nft_beta0.5 --seeds 0 -- sandbox.path=/tmp/sbx
+    python benchmarks/learning_efficiency.py /tmp/le --only-report
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rlkit.logs import read_rows
+
+ODE_EVAL = ["eval.noise_level=0"]
+# Step counts put each arm near 160 s of compute on 2 cores (GRPO 3.3 s a step, NFT 1.25, Fast GRPO and DPO
+# measured at seed 0); the reading "at the budget" does not depend on them matching exactly.
+ARMS = {
+    "grpo_150": ODE_EVAL,  # the reference: the recipe as shipped
+    "grpo_50": [*ODE_EVAL, "train.steps=50"],
+    "grpo_50_lr4e-3": [*ODE_EVAL, "train.steps=50", "optim.lr=4e-3"],
+    "fast_grpo": [*ODE_EVAL, "sampler.sde_window=2", "sampler.sde_window_placement=random", "train.steps=100"],
+    "fast_grpo_lr4e-3": [*ODE_EVAL, "sampler.sde_window=2", "sampler.sde_window_placement=random",
+                         "train.steps=100", "optim.lr=4e-3"],
+    "nft": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130"],
+    "nft_lr1e-3": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130", "optim.lr=1e-3"],
+    "nft_beta0.5": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130", "algorithm.nft.beta=0.5"],
+    "dpo": [*ODE_EVAL, "algorithm.name=dpo", "train.steps=140"],
+    "dpo_lr4e-3": [*ODE_EVAL, "algorithm.name=dpo", "train.steps=140", "optim.lr=4e-3"],
+}
+REFERENCE, TARGET = "grpo_150", 0.10
+
+
+def curve(run: Path) -> list[tuple[int, float, float, float | None]]:
+    """(step, compute seconds, transformer forwards, gt_heldout) at every step, the truth only where evaluated."""
+    out, seconds, forwards = [], 0.0, 0.0
+    for r in read_rows(run / "metrics.jsonl"):
+        seconds += sum(r.get(k) or 0.0 for k in ("time_rollout_s", "time_reward_s", "time_train_s"))
+        if r["step"] > 0 and forwards is not None:  # None: a run logged before forwards were counted
+            forwards = forwards + r["transformer_forwards"] if "transformer_forwards" in r else None
+        out.append((r["step"], seconds, forwards, r.get("gt_heldout")))
+    return out
+
+
+def evaluations(run: Path):
+    return [(s, sec, fw, gt) for s, sec, fw, gt in curve(run) if gt is not None]
+
+
+def run_arm(arm: str, seed: int, out: Path, overrides: list[str]) -> None:
+    run = out / arm / f"seed_{seed}"
+    if (run / "final").is_dir():
+        return
+    cmd = ["rlkit", "run", "sandbox_edit", f"seed={seed}", f"output_dir={run}", *ARMS[arm], *overrides]
+    t0 = time.time()
+    done = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if done.returncode not in (0, 3):  # 3: the stability guard stopped it, a legitimate end
+        sys.exit(f"{arm} seed {seed} failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
+    print(f"{arm} seed {seed}: {'stopped by the guard' if done.returncode == 3 else 'finished'} in "
+          f"{time.time() - t0:.0f} s", flush=True)
+
+
+def report(out: Path, arms: list[str], seeds: list[int]) -> None:
+    ref = {s: evaluations(out / REFERENCE / f"seed_{s}") for s in seeds
+           if (out / REFERENCE / f"seed_{s}" / "metrics.jsonl").exists()}
+    print(f"{'arm':<18} {'seed':>4} {'steps':>5} {'compute s':>9} {'forwards':>9} {'gain':>7} "
+          f"{'gain@budget':>11} {'s to +0.10':>10} {'fw to +0.10':>11} {'ref gain':>8}  reached")
+    for arm in arms:
+        for seed in seeds:
+            run = out / arm / f"seed_{seed}"
+            if not (run / "metrics.jsonl").exists():
+                continue
+            ev = evaluations(run)
+            if len(ev) < 2:
+                continue
+            start = ev[0][3]
+            last = ev[-1]
+            hit = next(((sec, fw) for _, sec, fw, gt in ev if gt - start >= TARGET), None)
+            ref_gain = budget = at_budget = None
+            if seed in ref and len(ref[seed]) > 1:
+                ref_gain = ref[seed][-1][3] - ref[seed][0][3]
+                budget = ref[seed][-1][1] / 3
+                within = [gt for _, sec, _, gt in ev if sec <= budget]
+                at_budget = within[-1] - start if within else None  # the last evaluation, as for the reference
+            reached = ("-" if at_budget is None or ref_gain is None else
+                       "yes" if at_budget >= ref_gain else "no")
+            fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+            print(f"{arm:<18} {seed:>4} {last[0]:>5} {last[1]:>9.0f} {fmt(last[2], '.0f'):>9} "
+                  f"{last[3] - start:>+7.3f} {fmt(at_budget, '+.3f'):>11} {fmt(hit and hit[0], '.0f'):>10} "
+                  f"{fmt(hit and hit[1], '.0f'):>11} {fmt(ref_gain, '+.3f'):>8}  {reached}")
+    plot(out, arms, seeds)
+
+
+def plot(out: Path, arms: list[str], seeds: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = dict(zip(arms, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    for arm in arms:
+        for i, seed in enumerate(seeds):
+            run = out / arm / f"seed_{seed}"
+            ev = evaluations(run) if (run / "metrics.jsonl").exists() else []
+            if len(ev) < 2:
+                continue
+            label = arm if i == 0 else None
+            axes[0].plot([e[1] for e in ev], [e[3] for e in ev], color=colors[arm], label=label, alpha=0.8)
+            if all(e[2] is not None for e in ev):
+                axes[1].plot([e[2] for e in ev], [e[3] for e in ev], color=colors[arm], label=label, alpha=0.8)
+    axes[0].set_xlabel("compute seconds (rollout + reward + update, 2 CPU cores)")
+    axes[1].set_xlabel("transformer forwards (samples)")
+    for ax in axes:
+        ax.set_ylabel("gt_heldout")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"sandbox_edit, seeds {', '.join(map(str, seeds))}: truth against compute")
+    fig.tight_layout()
+    fig.savefig(out / "learning_efficiency.png", dpi=110)
+    print(f"plot: {out / 'learning_efficiency.png'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--arms", nargs="+", default=[REFERENCE, "grpo_50", "fast_grpo", "nft", "dpo"], choices=ARMS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--only-report", action="store_true", help="read the runs in OUT, run nothing")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides for every run (after --)")
+    args = ap.parse_intermixed_args()
+    if not args.only_report:
+        for seed in args.seeds:
+            for arm in args.arms:
+                run_arm(arm, seed, args.out, args.overrides)
+    report(args.out, args.arms, args.seeds)
+
+
+if __name__ == "__main__":
+    main()

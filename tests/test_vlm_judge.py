@@ -1,0 +1,141 @@
+"""The vlm_judge reward: its arithmetic on constructed answers, and the whole path against a real
+OpenAI-compatible server (`transformers serve` on 127.0.0.1 with a tiny VLM made here)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rewards.base import RewardInput
+from rewards.vlm_judge import VLMJudge, expected_score, load_template, parse_score
+from tests.judge_server import digit_bias, save_tiny_vlm, start_transformers_serve, stop
+
+
+def test_expected_score_on_constructed_logprobs():
+    # chosen "4" with p=.6, "3" p=.3, "x" p=.1 (not a score: renormalised away)
+    pos = [[("4", math.log(0.6)), ("3", math.log(0.3)), ("x", math.log(0.1))]]
+    mean, std = expected_score(pos, 0, 5)
+    assert mean == pytest.approx((4 * 0.6 + 3 * 0.3) / 0.9)
+    assert std == pytest.approx(math.sqrt((0.6 * (4 - mean) ** 2 + 0.3 * (3 - mean) ** 2) / 0.9))
+    # the score is read where the answer gives one: a leading space token is skipped; " 2" counts as 2
+    pos = [[(" ", 0.0), ("5", -3.0)], [(" 2", math.log(0.5)), ("5", math.log(0.5))]]
+    assert expected_score(pos, 0, 5) == (pytest.approx(3.5), pytest.approx(1.5))
+    # digits outside the scale are not scores; no score chosen anywhere -> None
+    assert expected_score([[("7", 0.0)], [("a", 0.0)]], 0, 5) is None
+    assert expected_score([], 0, 5) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.floats(-30, 0)), min_size=1, max_size=10),
+       st.integers(0, 4))
+def test_expected_score_is_a_mean_over_the_scale(candidates, lo):
+    hi = lo + 5
+    pos = [[(str(s), lp) for s, lp in candidates]]
+    got = expected_score(pos, lo, hi)
+    if not lo <= candidates[0][0] <= hi:
+        assert got is None
+        return
+    mean, std = got
+    in_scale = [s for s, _ in candidates if lo <= s <= hi]
+    assert min(in_scale) - 1e-9 <= mean <= max(in_scale) + 1e-9
+    assert 0 <= std <= (hi - lo) / 2 + 1e-9
+
+
+def test_parse_score():
+    assert parse_score("Score: 4", None) == 4.0
+    assert parse_score("3.5 out of 5", None) == 3.5
+    assert parse_score("no idea", None) is None
+    keys = ["semantic_consistency", "perceptual_quality"]
+    assert parse_score('{"semantic_consistency": 4, "perceptual_quality": 9}', keys) == pytest.approx(6.0)
+    # broken JSON (no closing brace, trailing comma) is repaired; a list counts as its lowest; strings parse
+    assert parse_score('```json\n{"semantic_consistency": [8, 2], "perceptual_quality": "8",', keys) == \
+        pytest.approx(4.0)
+    assert parse_score('{"semantic_consistency": 4}', keys) is None  # a key missing
+    assert parse_score("4", keys) is None
+
+
+def test_templates_and_kwargs_are_checked(tmp_path):
+    assert load_template("overall_0_5")["scale"] == (0.0, 5.0)
+    assert load_template("editscore")["json_keys"] == ["semantic_consistency", "perceptual_quality"]
+    own = tmp_path / "mine.yaml"
+    own.write_text("scale: [1, 4]\nprompt: 'Rate {instruction} from 1 to 4.'\n")
+    assert load_template(str(own))["scale"] == (1.0, 4.0)
+    bad = [({"template": "nope"}, "neither a shipped template"),
+           ({"template": {"prompt": "no placeholder", "scale": [0, 5]}}, "{instruction}"),
+           ({"template": {"prompt": "{instruction}", "scale": [5, 0]}}, "lowest < highest"),
+           ({"template": "editscore"}, "score_mode logprobs reads single score digits"),
+           ({"score_mode": "vibes"}, "score_mode must be"),
+           ({"on_unparseable": "fallback"}, "fallback_score within"),
+           ({"on_unparseable": "fallback", "fallback_score": 9}, "fallback_score within"),
+           ({"concurrency": 0}, "concurrency"), ({"timeout": 0}, "timeout"), ({"top_logprobs": 50}, "top_logprobs"),
+           ({"base_url": "localhost:8000"}, "base_url")]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match="^.*" + message.replace("(", r"\(")):
+            VLMJudge.check(**{"base_url": "http://127.0.0.1:1/v1", **kwargs})
+
+
+@pytest.fixture(scope="module")
+def judge_server(tmp_path_factory):
+    model = save_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm") / "model")
+    proc, url = start_transformers_serve(model)
+    yield url, model
+    stop(proc)
+
+
+def edits(n: int = 6, seed: int = 0) -> RewardInput:
+    g = torch.Generator().manual_seed(seed)
+    source = torch.rand(1, 3, 32, 32, generator=g).expand(n, -1, -1, -1)
+    colours = torch.rand(n, 3, 1, 1, generator=g)
+    edited = (0.5 * source + 0.5 * colours).clamp(0, 1)  # each edit tinted a different colour
+    return RewardInput(edited=edited, source=source, instructions=["make it warmer"] * n,
+                       group_ids=torch.zeros(n, dtype=torch.long))
+
+
+def test_parse_mode_scores_what_a_real_server_answers(judge_server):
+    url, model = judge_server
+    judge = VLMJudge(url, template="overall_0_5", score_mode="parse", max_tokens=1, concurrency=3,
+                     request={"logit_bias": digit_bias(model)})
+    out = judge(edits())
+    assert out.scores.shape == (6,) and ((out.scores >= 0) & (out.scores <= 1)).all()
+    assert all(r.strip().isdigit() for r in out.rationales)  # the answer is kept as the rationale
+    assert torch.allclose(out.scores, out.details["judge_raw"] / 5)
+    # the same instruction and source, only the edited image differs: the answers differ, so the images reached
+    # the model and were read
+    assert len(set(out.details["judge_raw"].tolist())) > 1
+    # deterministic (temperature 0): the same batch scores the same
+    assert torch.equal(judge(edits()).scores, out.scores)
+
+
+def test_answers_without_a_score_are_an_error_or_the_fallback(judge_server):
+    url, model = judge_server
+    kwargs = dict(template="editscore", score_mode="parse", max_tokens=2, request={"logit_bias": digit_bias(model)})
+    with pytest.raises(ValueError, match=r"vlm_judge: sample 0 \('make it warmer'\): no score in the judge's answer"):
+        VLMJudge(url, **kwargs)(edits(2))  # two digits, no JSON: garbage to this template
+    out = VLMJudge(url, on_unparseable="fallback", fallback_score=2, **kwargs)(edits(2))
+    assert out.details["judge_unparsed"].tolist() == [1.0, 1.0]
+    assert torch.allclose(out.scores, torch.full((2,), 0.2))
+
+
+def test_logprobs_mode_says_when_the_server_sends_none(judge_server):
+    url, _ = judge_server  # transformers serve ignores `logprobs`
+    with pytest.raises(ValueError, match="returned no logprobs for sample 0.*vLLM or SGLang"):
+        VLMJudge(url, score_mode="logprobs")(edits(1))
+
+
+def test_no_server_and_a_server_that_dies(tmp_path):
+    from tests.judge_server import free_port
+
+    with pytest.raises(ValueError, match="no OpenAI-compatible server at http://127.0.0.1:"):
+        VLMJudge(f"http://127.0.0.1:{free_port()}/v1", score_mode="parse")
+    model = save_tiny_vlm(tmp_path / "model")
+    proc, url = start_transformers_serve(model)
+    try:
+        judge = VLMJudge(url, score_mode="parse", max_tokens=1, retries=1, timeout=10,
+                         request={"logit_bias": digit_bias(model)})
+        assert judge(edits(1)).scores.shape == (1,)
+    finally:
+        stop(proc)
+    with pytest.raises(RuntimeError, match=r"failed on sample 0 \('make it warmer'\) after 2 tries: could not connect"):
+        judge(edits(1))
