@@ -2,6 +2,9 @@
 
     rewards: [{name: remote, kwargs: {url: "http://127.0.0.1:8765", timeout: 120, retries: 3}}]
 
+A server started with a token (`rlkit serve-reward ... --token T`, required beyond loopback) wants it back:
+`token: T`, or the RLKIT_REWARD_TOKEN environment variable (which keeps it out of the recipe and its copies).
+
 Connection errors, timeouts, truncated or unreadable replies and server errors (5xx) are retried with
 exponential backoff; a request the server rejects (4xx) is not. `timeout` bounds each try as a whole. When
 the tries run out the plugin raises, and the run stops the step naming the reward (nothing is applied to the
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import socket
 import threading
 import time
@@ -27,16 +31,19 @@ from rewards.wire import WireError, decode_output, encode_input
 
 class RemoteReward:
     def __init__(self, url: str, timeout: float = 120.0, retries: int = 3, backoff: float = 1.0,
-                 wire_dtype: str = "uint8", check_health: bool = True):
+                 wire_dtype: str = "uint8", check_health: bool = True, token: str | None = None):
         self.check(url, timeout, retries, backoff, wire_dtype)
         self.url = url.rstrip("/")
+        token = token or os.environ.get("RLKIT_REWARD_TOKEN")
+        self.headers = {"Content-Type": "application/octet-stream",
+                        **({"Authorization": f"Bearer {token}"} if token else {})}
         self.timeout, self.retries, self.backoff, self.wire_dtype = timeout, retries, backoff, wire_dtype
         if check_health:  # fail at start-up, not at the first step, when the server is not there
             self.health()
 
     @staticmethod
     def check(url: str, timeout: float = 120.0, retries: int = 3, backoff: float = 1.0, wire_dtype: str = "uint8",
-              check_health: bool = True) -> None:
+              check_health: bool = True, token: str | None = None) -> None:
         """The kwargs, without contacting the server (a run checks that it answers when it starts)."""
         from urllib.parse import urlparse
 
@@ -93,8 +100,7 @@ class RemoteReward:
 
         def request() -> None:
             try:
-                conn.request("POST", f"{parts.path.rstrip('/')}{path}", body,
-                             {"Content-Type": "application/octet-stream"})
+                conn.request("POST", f"{parts.path.rstrip('/')}{path}", body, self.headers)
                 response = conn.getresponse()
                 outcome["reply"] = (response.status, response.read())
             except BaseException as err:  # handed to the caller's thread

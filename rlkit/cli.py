@@ -227,7 +227,7 @@ def cmd_serve_reward(args) -> int:
     if bad:
         raise UserError(f"reward kwargs must be key=value, got '{bad[0]}'")
     kwargs = OmegaConf.to_container(OmegaConf.from_dotlist(args.kwargs)) if args.kwargs else {}
-    serve(args.name, kwargs, args.host, args.port)
+    serve(args.name, kwargs, args.host, args.port, args.token, args.max_batch, args.max_wait)
     return 0
 
 
@@ -281,6 +281,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
         self.exit(2, f"error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def _command(sub, name: str, func, summary: str, example: str, args=(), recipe: bool = False, **defaults):
@@ -342,7 +350,13 @@ def make_parser() -> argparse.ArgumentParser:
              [(["name"], dict(help="reward plugin name (rlkit rewards)")),
               (["kwargs"], dict(nargs="*", default=[], metavar="KEY=VALUE", help="the plugin's kwargs")),
               (["--host"], dict(default="127.0.0.1", help="bind address (default: loopback only)")),
-              (["--port"], dict(type=int, default=8765))])
+              (["--port"], dict(type=int, default=8765)),
+              (["--token"], dict(default=None, help="bearer token the clients must send (required beyond "
+                                                    "loopback; default: $RLKIT_REWARD_TOKEN)")),
+              (["--max-batch"], dict(type=_positive_int, default=64, help="most images in one reward call "
+                                                                          "(requests are batched together)")),
+              (["--max-wait"], dict(type=float, default=0.01, help="seconds a request waits for others to "
+                                                                   "batch with"))])
     _command(sub, "train-reward", cmd_train_reward, "train a JRM reward model from a reward recipe",
              "rlkit train-reward jrm_tiny train.epochs=2", recipe=True)
     _command(sub, "distill-reward", cmd_train_reward, "RISD: distil a reasoning teacher's score distribution into "

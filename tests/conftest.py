@@ -44,3 +44,15 @@ def prompt_batch(n: int = 2, seed: int = 0, keys: list[str] | None = None) -> Pr
 def tiny_policy():
     policy, _ = make_policy()
     return policy
+
+
+@pytest.fixture(scope="session")
+def judge_server(tmp_path_factory):
+    """(url, model folder) of a real OpenAI-compatible judge: `transformers serve` with a tiny VLM on 127.0.0.1,
+    shared by the tests that need one (it takes a few seconds to start)."""
+    from judge_server import save_tiny_vlm, start_transformers_serve, stop
+
+    model = save_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm") / "model")
+    proc, url = start_transformers_serve(model)
+    yield url, model
+    stop(proc)

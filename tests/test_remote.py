@@ -16,28 +16,26 @@ from rewards.programmatic import SourceConsistency
 from rewards.remote import RemoteReward
 from rewards.wire import WireError, decode_input, encode_input
 from rlkit.errors import RewardError
-from rlkit.serve import make_server
+from rlkit.serve import RewardServer
 
 
-def _serve(reward, name="test"):
-    server = make_server(name, reward, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+def _serve(reward, name="test", **kwargs):
+    server = RewardServer(name, reward, "127.0.0.1", 0, **kwargs)
+    return server, server.start()
 
 
 @pytest.fixture
 def served():
     servers = []
 
-    def start(reward, name="test"):
-        server, url = _serve(reward, name)
+    def start(reward, name="test", **kwargs):
+        server, url = _serve(reward, name, **kwargs)
         servers.append(server)
         return url
 
     yield start
     for s in servers:
-        s.shutdown()
-        s.server_close()
+        s.stop()
 
 
 def _batch(n=4, seed=0):
@@ -172,8 +170,10 @@ def test_serve_reward_command(tmp_path):
         proc.wait(timeout=10)
 
 
-def _builtin_reward_kwargs(tmp_path, served) -> dict[str, dict]:
+def _builtin_reward_kwargs(tmp_path, served, judge_server) -> dict[str, dict]:
     """Kwargs that build each built-in reward here, without downloads."""
+    from judge_server import digit_bias
+
     from rewards.jrm.reward import random_jrm
     from rewards.programmatic import SourceConsistency
 
@@ -182,10 +182,12 @@ def _builtin_reward_kwargs(tmp_path, served) -> dict[str, dict]:
         "source_consistency": {}, "colourfulness": {}, "target_color": {"color": [0.0, 0.0, 1.0]},
         "jrm": {"path": str(tmp_path / "jrm")}, "sandbox_gt": {"score": "follow"},
         "remote": {"url": served(SourceConsistency(), "source_consistency"), "wire_dtype": "float32"},
+        "vlm_judge": {"base_url": judge_server[0], "score_mode": "parse", "max_tokens": 1,
+                      "request": {"logit_bias": digit_bias(judge_server[1])}},
     }
 
 
-def test_every_builtin_reward_round_trips_through_the_server(served, tmp_path):
+def test_every_builtin_reward_round_trips_through_the_server(served, tmp_path, judge_server):
     """Each reward rlkit ships, served and called through `remote`, gives what it gives in process: scores,
     uncertainty, every detail and the rationales (the JRM's uncertainty is also its details/sigma: one tensor
     under two names, which safetensors refuses unless the server copies them)."""
@@ -194,7 +196,7 @@ def test_every_builtin_reward_round_trips_through_the_server(served, tmp_path):
     from rlkit.plugins import build_reward, list_rewards
     from sandbox.world import random_scene
 
-    cases = _builtin_reward_kwargs(tmp_path, served)
+    cases = _builtin_reward_kwargs(tmp_path, served, judge_server)
     builtin = {n for n, info in list_rewards().items() if info.distribution == "rlkit"}
     assert builtin == set(cases)  # a new built-in reward needs its case here
     batch = _batch(4)
@@ -310,21 +312,18 @@ def _raw_request(url: str, data: bytes, read_timeout: float = 5) -> bytes:
 def test_a_malformed_content_length_gets_a_400(served, length):
     url = served(SourceConsistency())
     reply = _raw_request(url, b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n")
-    assert reply.startswith(b"HTTP/1.0 400") and b'"error"' in reply
+    assert reply.split(b"\r\n")[0].split(b" ")[1] in (b"400", b"413")  # refused by the HTTP layer or by ours
 
 
 def test_idle_and_half_sent_connections_are_closed(served):
-    server = make_server("test", SourceConsistency(), "127.0.0.1", 0, idle_timeout=0.5)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
+    server, url = _serve(SourceConsistency(), idle_timeout=0.5)
     try:
         start = time.perf_counter()
         assert _raw_request(url, b"") == b""  # says nothing: closed by the server, not held forever
-        half = _raw_request(url, b"POST /score HTTP/1.1\r\nContent-Length: 1000\r\n\r\nonly this")
-        assert time.perf_counter() - start < 4 and (half == b"" or b" 400" in half.split(b"\r\n")[0])
+        half = _raw_request(url, b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly this")
+        assert time.perf_counter() - start < 4 and (half == b"" or b" 408" in half.split(b"\r\n")[0])
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def test_a_busy_port_is_one_line(capsys):
@@ -341,3 +340,108 @@ def main_cli(argv):
     from rlkit.cli import main
 
     return main(argv)
+
+
+# ------------------------------------------------------------------ batching and the token
+def test_merge_keeps_each_requests_groups_apart():
+    from rlkit.serve import merge, split
+
+    a, b = _batch(4, seed=0), _batch(2, seed=1)  # both number their groups from 0
+    merged = merge([a, b])
+    assert merged.group_ids.tolist() == [0, 0, 1, 1, 2, 2]  # b's group 0 is not a's group 0
+    assert merged.instructions == a.instructions + b.instructions and len(merged.metadata) == 6
+    out = RewardOutput(scores=torch.arange(6.0), uncertainty=torch.ones(6), details={"d": torch.arange(6.0)},
+                       rationales=[str(i) for i in range(6)])
+    first, second = split(out, [4, 2])
+    assert second.scores.tolist() == [4, 5] and second.details["d"].tolist() == [4, 5]
+    assert first.rationales == ["0", "1", "2", "3"] and second.uncertainty.tolist() == [1, 1]
+
+
+def _concurrently(calls):
+    """Runs each zero-argument call in its own thread, all released at once; returns results or exceptions."""
+    barrier, out = threading.Barrier(len(calls)), [None] * len(calls)
+
+    def run(i):
+        barrier.wait()
+        try:
+            out[i] = calls[i]()
+        except Exception as err:
+            out[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def test_four_clients_are_batched_into_fewer_reward_calls(served):
+    sizes = []
+
+    def judge(b):  # a judge that takes a while per call, as a GPU model does
+        sizes.append(len(b))
+        time.sleep(0.3)
+        return SourceConsistency()(b)
+
+    url = served(judge, max_wait=0.05)
+    batches = [_batch(4, seed=i) for i in range(4)]
+    clients = [RemoteReward(url, wire_dtype="float32") for _ in batches]
+    outs = _concurrently([lambda c=c, b=b: c(b) for c, b in zip(clients, batches)])
+    for out, batch in zip(outs, batches):  # each client gets its own images' scores back
+        assert torch.equal(out.scores, SourceConsistency()(batch).scores)
+    health = clients[0].health()
+    assert health["requests"] == 4 and health["reward_calls"] == len(sizes) < 4
+    assert sum(sizes) == 16 and max(sizes) > 4
+
+
+def test_a_bad_request_in_a_batch_fails_alone(served):
+    def judge(b):
+        if "bad" in b.instructions:
+            raise ValueError("cannot judge 'bad'")
+        time.sleep(0.2)
+        return SourceConsistency()(b)
+
+    url = served(judge, max_wait=0.05)
+    good, bad = _batch(2), _batch(2, seed=1)
+    bad.instructions = ["bad", "bad"]
+    outs = _concurrently([lambda: RemoteReward(url, retries=0)(good), lambda: RemoteReward(url, retries=0)(bad)])
+    assert isinstance(outs[1], RuntimeError) and "cannot judge 'bad'" in str(outs[1])
+    assert torch.allclose(outs[0].scores, SourceConsistency()(good).scores, atol=1 / 255)
+
+
+def test_images_of_another_size_wait_for_their_own_call(served):
+    sizes = []
+
+    def judge(b):
+        sizes.append(tuple(b.edited.shape))
+        time.sleep(0.2)
+        return SourceConsistency()(b)
+
+    url = served(judge, max_wait=0.05)
+    small, large = _batch(2), _batch(2)
+    large.edited, large.source = torch.rand(2, 3, 24, 24), torch.rand(2, 3, 24, 24)
+    outs = _concurrently([lambda b=b: RemoteReward(url)(b) for b in (small, large, small)])
+    assert all(o.scores.shape == (2,) for o in outs)
+    assert all(len({s[2] for s in [shape]}) == 1 for shape in sizes) and len(sizes) >= 2
+
+
+def test_the_token(served, monkeypatch):
+    from rlkit.errors import UserError
+
+    with pytest.raises(UserError, match="serving on 0.0.0.0 lets anyone.*token"):
+        RewardServer("test", SourceConsistency(), "0.0.0.0", 0)  # refused before anything binds
+    url = served(SourceConsistency(), token="s3cret")
+    with pytest.raises(RuntimeError, match=r"rejected the request \(401\).*bearer token"):
+        RemoteReward(url, retries=0)(_batch())
+    with pytest.raises(RuntimeError, match=r"\(401\)"):
+        RemoteReward(url, retries=0, token="wrong")(_batch())
+    assert RemoteReward(url, token="s3cret")(_batch()).scores.shape == (4,)
+    monkeypatch.setenv("RLKIT_REWARD_TOKEN", "s3cret")  # kept out of the recipe
+    assert RemoteReward(url)(_batch()).scores.shape == (4,)
+
+
+def test_a_body_over_the_limit_is_refused(served):
+    url = served(SourceConsistency(), max_body=1000)
+    with pytest.raises(RuntimeError, match=r"\(413\).*1000 bytes"):
+        RemoteReward(url, retries=0)(_batch())

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from rewards.base import RewardInput
 from rewards.vlm_judge import VLMJudge, expected_score, load_template, parse_score
-from tests.judge_server import digit_bias, save_tiny_vlm, start_transformers_serve, stop
+from judge_server import digit_bias, free_port, save_tiny_vlm, start_transformers_serve, stop
 
 
 def test_expected_score_on_constructed_logprobs():
@@ -76,14 +76,6 @@ def test_templates_and_kwargs_are_checked(tmp_path):
             VLMJudge.check(**{"base_url": "http://127.0.0.1:1/v1", **kwargs})
 
 
-@pytest.fixture(scope="module")
-def judge_server(tmp_path_factory):
-    model = save_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm") / "model")
-    proc, url = start_transformers_serve(model)
-    yield url, model
-    stop(proc)
-
-
 def edits(n: int = 6, seed: int = 0) -> RewardInput:
     g = torch.Generator().manual_seed(seed)
     source = torch.rand(1, 3, 32, 32, generator=g).expand(n, -1, -1, -1)
@@ -125,8 +117,6 @@ def test_logprobs_mode_says_when_the_server_sends_none(judge_server):
 
 
 def test_no_server_and_a_server_that_dies(tmp_path):
-    from tests.judge_server import free_port
-
     with pytest.raises(ValueError, match="no OpenAI-compatible server at http://127.0.0.1:"):
         VLMJudge(f"http://127.0.0.1:{free_port()}/v1", score_mode="parse")
     model = save_tiny_vlm(tmp_path / "model")
