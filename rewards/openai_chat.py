@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -87,13 +88,14 @@ class ChatEndpoint:
 
         client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout,
                                     max_retries=self.retries)
+        known = set(inspect.signature(client.chat.completions.create).parameters)
         bound = asyncio.Semaphore(self.concurrency)
         out: list[Any] = [None] * len(bodies)
 
         async def one(i: int, body: dict):
             async with bound:
                 try:
-                    out[i] = await client.chat.completions.create(model=self.model, **body)
+                    out[i] = await client.chat.completions.create(model=self.model, **split_extras(body, known))
                 except openai.APIError as err:
                     out[i] = err
             if on_result is not None:
@@ -104,6 +106,16 @@ class ChatEndpoint:
         finally:
             await client.close()
         return out
+
+
+def split_extras(body: dict, known: set[str]) -> dict:
+    """The OpenAI arguments as they are, and the fields the client does not know (a server's own extensions:
+    vLLM's sampling settings, transformers serve's generation_config) sent in `extra_body`."""
+    args = {k: v for k, v in body.items() if k in known}
+    extra = {k: v for k, v in body.items() if k not in known}
+    if extra:
+        args["extra_body"] = {**extra, **(args.get("extra_body") or {})}
+    return args
 
 
 def describe(err: Exception) -> str:

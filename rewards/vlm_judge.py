@@ -66,7 +66,8 @@ def load_template(template: str | dict) -> dict:
     scale = spec.get("scale")
     if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and all(isinstance(v, (int, float)) for v in scale)
             and scale[0] < scale[1]):
-        raise ValueError(f"template {template!r}: `scale` must be [lowest, highest] with lowest < highest, got {scale!r}")
+        raise ValueError(f"template {template!r}: `scale` must be [lowest, highest] with lowest < highest, "
+                         f"got {scale!r}")
     keys = spec.get("json_keys")
     if keys is not None and not (isinstance(keys, list) and keys and all(isinstance(k, str) for k in keys)):
         raise ValueError(f"template {template!r}: `json_keys` must be a list of key names, got {keys!r}")

@@ -1,5 +1,5 @@
 """`rlkit` command line. Training: run, resume, validate, prepare, bench, report. Plugins: rewards,
-preparations. Reward models: train-reward, distill-reward, eval-reward, explain, serve-reward.
+preparations. Reward models: annotate-pairs, train-reward, distill-reward, eval-reward, explain, serve-reward.
 
 User errors (bad recipe, missing file, unknown reward) print one line and exit 2; a failing reward stops the
 run with exit 1 and names the reward. Tracebacks are for bugs only (set RLKIT_DEBUG=1 to see them always).
@@ -175,6 +175,30 @@ def cmd_train_reward(args) -> int:
     else:
         from rewards.jrm.train import train_reward as train
     print(f"done: {train(cfg) / 'final'}")
+    return 0
+
+
+def cmd_annotate_pairs(args) -> int:
+    from rewards.jrm.annotate import annotate_pairs
+    from rewards.openai_chat import ChatEndpoint
+
+    try:
+        request = json.loads(args.request) if args.request else None
+        endpoint = ChatEndpoint(args.base_url, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"),
+                                args.timeout, args.retries, args.concurrency)
+        if request is not None and not isinstance(request, dict):
+            raise ValueError("--request must be a JSON object")
+        counts = annotate_pairs(args.pairs, args.out, endpoint, args.image_root, args.seed, args.max_tokens, request)
+    except (ValueError, json.JSONDecodeError) as err:
+        raise UserError(str(err)) from None
+    print(f"annotated {counts['kept'] + counts['contradicting'] + counts['unreadable']} pairs: kept "
+          f"{counts['kept']}, dropped {counts['contradicting']} contradicting the human label and "
+          f"{counts['unreadable']} unreadable (reasons in {counts['dropped_file']}); {counts['already']} done before")
+    if counts["failed"]:
+        print(f"error: {counts['failed']} pairs got no answer (first: {counts['failures'][0]}); run the same "
+              f"command again to retry them", file=sys.stderr)
+        return 1
+    print(f"done: {counts['out']}")
     return 0
 
 
@@ -362,6 +386,22 @@ def make_parser() -> argparse.ArgumentParser:
     _command(sub, "distill-reward", cmd_train_reward, "RISD: distil a reasoning teacher's score distribution into "
              "a one-prefill student", "rlkit distill-reward jrm_tiny distill.teacher=runs/teacher/final",
              recipe=True)
+    _command(sub, "annotate-pairs", cmd_annotate_pairs, "a teacher VLM (any OpenAI-compatible server) writes JRM "
+             "rationales for preference pairs, dropping those that contradict the human label",
+             "rlkit annotate-pairs train.json pairs_rationales.jsonl --base-url http://127.0.0.1:8000/v1",
+             [(["pairs"], dict(help="pairs JSONL or EditReward-Data JSON (or hf:OWNER/NAME/PATH from the hub cache)")),
+              (["out"], dict(help="output JSONL (appended; run again to go on where it stopped)")),
+              (["--base-url"], dict(required=True, help="the teacher's OpenAI-compatible /v1 address")),
+              (["--model"], dict(default=None, help="model name (default: the server's first)")),
+              (["--api-key"], dict(default=None, help="default: $OPENAI_API_KEY")),
+              (["--image-root"], dict(default=None, help="folder the image paths are relative to (default: the "
+                                                         "pairs file's)")),
+              (["--concurrency"], dict(type=_positive_int, default=8)),
+              (["--timeout"], dict(type=float, default=120.0, help="seconds per try")),
+              (["--retries"], dict(type=int, default=3)),
+              (["--max-tokens"], dict(type=_positive_int, default=1024)),
+              (["--seed"], dict(type=int, default=0, help="draws which edit is shown first")),
+              (["--request"], dict(default=None, help="JSON object of extra request fields"))])
     _command(sub, "eval-reward", cmd_eval_reward, "pairwise accuracy of a JRM reward on a benchmark file",
              "rlkit eval-reward runs/jrm_tiny/final pairs.jsonl --format mmrb2",
              [(["reward_dir"], {}), (["data"], {}),

@@ -23,8 +23,14 @@ CHAT_TEMPLATE = (
 
 def save_tiny_vlm(path: Path, seed: int = 0) -> Path:
     """LLaVA at toy size (CLIP vision 2 x 32 wide, Qwen2 text 2 x 64 wide, ~0.14M parameters) with its processor."""
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration,
-                              LlavaProcessor, Qwen2Config)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        Qwen2Config,
+    )
 
     from rewards.jrm.backbone import qwen_byte_tokenizer
 
@@ -93,3 +99,14 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def forced_answer(path: Path, text: str) -> dict:
+    """Request fields (transformers serve's `generation_config`) that make the tiny model answer exactly `text`:
+    a sequence bias on every prefix of the answer, larger for longer prefixes, so the longest match leads."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+    bias = [[ids[: i + 1], 100.0 + 10.0 * i] for i in range(len(ids))]
+    return {"generation_config": json.dumps({"sequence_bias": bias})}

@@ -73,9 +73,11 @@ class DistillConfig:
 
 @dataclass
 class RewardDataConfig:
-    # pairs JSONL (prompt, path_src, path1 preferred, path2, rationale1, rationale2[, tie]), or "synthetic"
+    # pairs: JSONL or EditReward-Data JSON (prompt, path_src, path1 preferred, path2[, rationale1, rationale2,
+    # tie/tie_case, scores]), hf:OWNER/NAME/PATH from the local hub cache, or "synthetic" (rewards/jrm/pairs.py)
     train: str = "???"
-    eval: str | None = None  # held-out pairs JSONL | synthetic | null
+    eval: str | None = None  # held-out pairs, same forms | synthetic | null
+    image_root: str | None = None  # the folder image paths are relative to (default: the pairs file's folder)
     synthetic_pairs: int = setting(256, ge=1)
     synthetic_eval_pairs: int = setting(64, ge=1)
 
@@ -130,9 +132,19 @@ def reward_recipe_problems(cfg) -> list[str]:
     backbone's weights (a local folder or the local hub cache) and the teacher. `rlkit validate` says the same."""
     from pathlib import Path
 
-    problems = [f"data.{split}: pairs file not found: {path}" for split, path in
-                (("train", cfg.data.train), ("eval", cfg.data.eval))
-                if path not in (None, "synthetic") and not Path(path).is_file()]
+    from rewards.jrm.pairs import resolve_pairs_file
+
+    problems = []
+    for split, spec in (("train", cfg.data.train), ("eval", cfg.data.eval)):
+        if spec in (None, "synthetic"):
+            continue
+        try:
+            if not resolve_pairs_file(spec).is_file():
+                problems.append(f"data.{split}: pairs file not found: {spec}")
+        except UserError as err:
+            problems.append(f"data.{split}: {err}")
+    if cfg.data.image_root and not Path(cfg.data.image_root).expanduser().is_dir():
+        problems.append(f"data.image_root: not a folder: {cfg.data.image_root}")
     if cfg.backbone.name == "pretrained" and not _local_model(cfg.backbone.pretrained):
         problems.append(f"backbone.pretrained '{cfg.backbone.pretrained}' is not a local folder nor in the local hub "
                         f"cache and rlkit never downloads; download it first (`hf download "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,53 +18,14 @@ from transformers import Trainer, TrainingArguments
 from rewards.jrm.backbone import load_backbone, tiny_backbone
 from rewards.jrm.losses import bin_ce_loss, bt_loss, joint_loss, score_gap_loss, uncertain_bt_loss
 from rewards.jrm.model import JRMConfig, JRMModel
+from rewards.jrm.pairs import Pair, read_pairs
 from rewards.jrm.synthetic import make_pairs
 from rlkit.data import open_rgb
-from rlkit.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ---------------------------------------------------------------------------------------------- data
-@dataclass
-class Pair:
-    instruction: str
-    source: Path
-    chosen: Path
-    rejected: Path
-    rationale_chosen: str | None = None
-    rationale_rejected: str | None = None
-    tie: bool = False
-    score_chosen: float = float("nan")  # annotated scores on the distribution head's scale (optional)
-    score_rejected: float = float("nan")
-
-
-def read_pairs(path: str | Path) -> list[Pair]:
-    """EditReward-style pairs JSONL; image paths relative to the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"pairs file not found: {path}")
-    pairs = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            pair = Pair(row["prompt"], path.parent / row["path_src"], path.parent / row["path1"],
-                        path.parent / row["path2"], row.get("rationale1"), row.get("rationale2"),
-                        bool(row.get("tie", False)), float(row.get("score1", "nan")),
-                        float(row.get("score2", "nan")))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise UserError(f"{path}:{lineno}: expected prompt, path_src, path1, path2 ({err})") from None
-        for p in (pair.source, pair.chosen, pair.rejected):
-            if not p.is_file():
-                raise UserError(f"{path}:{lineno}: image not found: {p}")
-        pairs.append(pair)
-    if not pairs:
-        raise UserError(f"{path}: no pairs")
-    return pairs
-
-
 class PairCollator:
     """Pairs -> one Encoded batch: the B chosen sequences, then the B rejected ones. Each rationale is dropped
     with probability ``rationale_dropout`` (DeScore stage 1)."""
@@ -158,15 +118,16 @@ def build_model(cfg) -> JRMModel:
 
 def resolve_data(cfg, out: Path) -> tuple[list[Pair], list[Pair] | None]:
     d = cfg.data
+    head_range = (min(cfg.head.bins), max(cfg.head.bins))
     if d.train == "synthetic":
         train = read_pairs(make_pairs(out / "data" / "train", d.synthetic_pairs, cfg.seed))
     else:
-        train = read_pairs(d.train)
+        train = read_pairs(d.train, d.image_root, head_range)
     if d.eval is None:
         return train, None
     if d.eval == "synthetic":
         return train, read_pairs(make_pairs(out / "data" / "eval", d.synthetic_eval_pairs, cfg.seed + 10_000, "e"))
-    return train, read_pairs(d.eval)
+    return train, read_pairs(d.eval, d.image_root, head_range)
 
 
 def score_pairs(model: JRMModel, pairs: list[Pair], batch_size: int = 16, given_rationales: bool = False):
