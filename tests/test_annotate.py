@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from judge_server import forced_answer, free_port
 
-from rewards.jrm.annotate import read_answer, rationale_text
+from rewards.jrm.annotate import rationale_text, read_answer
 from rewards.jrm.pairs import read_pairs, resolve_pairs_file
 from rlkit.errors import UserError
 
