@@ -44,6 +44,7 @@ class Rollout:
     prompt_index: torch.Tensor  # [N] long: row of `cond` for each sample
     cond: Any  # policy-specific conditioning, one row per prompt (computed once per group)
     metadata: list[dict] = field(default_factory=list)
+    means: torch.Tensor | None = None  # [N, T, ...] transition means at sampling, kept when asked (GRPO-Guard)
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -64,10 +65,12 @@ class EditPolicy(Protocol):
     transformer: torch.nn.Module  # the trained network (sharded with FSDP2 in multi-process full fine-tuning)
 
     def sample(self, batch: PromptBatch, group_size: int, generator: torch.Generator, sde_window_start: int = 0,
-               shard: tuple[int, int] = (0, 1), noise_level: float | None = None) -> Rollout:
+               shard: tuple[int, int] = (0, 1), noise_level: float | None = None,
+               keep_means: bool = False) -> Rollout:
         """group_size samples of every prompt. ``shard`` = (rank, world): every rank draws the whole batch's
         noise (generators stay in lockstep) and keeps its own share of the samples. ``noise_level``: the
-        sampler noise of this rollout instead of the recipe's (evaluations)."""
+        sampler noise of this rollout instead of the recipe's (evaluations). ``keep_means``: also record the
+        transition means (`Rollout.means`), which GRPO-Guard's ratio needs."""
 
     def step_logprob(self, rollout: Rollout, sample_idx: torch.Tensor, steps: torch.Tensor | int) -> StepOutput: ...
 

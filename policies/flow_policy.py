@@ -187,13 +187,15 @@ class FlowEditPolicy:
     @torch.no_grad()
     def sample(self, batch: PromptBatch, group_size: int, generator: torch.Generator,
                sde_window_start: int = 0, initial_noise: torch.Tensor | None = None,
-               shard: tuple[int, int] | None = None, noise_level: float | None = None) -> Rollout:
+               shard: tuple[int, int] | None = None, noise_level: float | None = None,
+               keep_means: bool = False) -> Rollout:
         """G edits per prompt with their trajectories and log-probs. Noise comes from ``generator`` (CPU).
 
         ``shard=(rank, world)``: sample only this rank's contiguous share of the P x G samples (a group may span
         ranks), drawing the noise for the whole batch, so the ranks' rollouts together are exactly the unsharded
         rollout; group ids stay global. Only the prompts this rank samples are encoded. ``noise_level``: this
-        rollout's sampler noise instead of the recipe's (evaluations; such a rollout is never trained on)."""
+        rollout's sampler noise instead of the recipe's (evaluations; such a rollout is never trained on).
+        ``keep_means``: record each transition's mean as well (`Rollout.means`, for GRPO-Guard's ratio)."""
         P, G = len(batch), group_size
         rank, world = shard or (0, 1)
         if (P * G) % world:
@@ -221,7 +223,7 @@ class FlowEditPolicy:
                 "sde_mask": torch.tensor([m and self._noisy(sigmas, i, noise_level) for i, m in enumerate(window)])}
 
         chunk = self.rollout_batch or N
-        traj, logps = [x.float().cpu()], []
+        traj, logps, means = [x.float().cpu()], [], []
         for step in range(T):
             noise = None
             if meta["sde_mask"][step]:
@@ -234,6 +236,8 @@ class FlowEditPolicy:
             ]
             x = torch.cat([o.prev_sample for o in outs])
             logps.append(torch.cat([o.log_prob for o in outs]).cpu())
+            if keep_means:
+                means.append(torch.cat([o.mean for o in outs]).float().cpu())
             traj.append(x.cpu())
         images = self.decode(x)
         group_of_key = {k: i for i, k in enumerate(dict.fromkeys(batch.keys))}
@@ -245,6 +249,7 @@ class FlowEditPolicy:
             instructions=[batch.instructions[p] for p in global_prompt.tolist()],
             group_ids=group_ids, prompt_index=prompt_index, cond=cond,
             metadata=[dict(batch.metadata[p]) if batch.metadata else {} for p in global_prompt.tolist()],
+            means=torch.stack(means, dim=1) if keep_means else None,
         )
 
     # ----------------------------------------------------------------- training-side calls

@@ -108,6 +108,9 @@ class AlgorithmConfig:
     # several rewards: sum = group-normalise their weighted sum; per_reward = normalise each within its groups,
     # weight, normalise the sum over the batch (GDPO): a reward with a small spread keeps its say
     reward_norm: str = setting("sum", choices=("sum", "per_reward"))
+    # GRPO-Guard's regulated clipping: each step's log-ratio rescaled by its std and freed of the bias that
+    # pulls plain flow-SDE ratios below 1, so the clip acts evenly across timesteps (rlkit/algorithms/grpo.py)
+    ratio_norm: bool = False
     nft: NFTConfig = field(default_factory=NFTConfig)
     uncertainty_weighting: bool = False
     uncertainty_scale: float = setting(0.0, ge=0)
@@ -530,6 +533,8 @@ def _cross_key_problems(c: dict) -> list[str]:
         out.append("'algorithm.uncertainty_weighting' applies to grpo only")
     if algo["reward_norm"] == "per_reward" and algo["name"] != "grpo":
         out.append("'algorithm.reward_norm' per_reward applies to grpo only")
+    if algo["ratio_norm"] and algo["name"] != "grpo":
+        out.append("'algorithm.ratio_norm' (GRPO-Guard) applies to grpo only")
     if policy["name"] in ("flux_kontext", "qwen_image_edit") and not policy["pretrained"]:
         out.append(f"'policy.pretrained' must name a local folder or hub id for {policy['name']}")
     if policy["name"].startswith("flux_kontext") and policy["max_sequence_length"] > 512:

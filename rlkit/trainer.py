@@ -157,7 +157,8 @@ class Trainer:
                     batch = self.prompts.next_batch(train.prompts_per_step)  # the global batch, on every rank
                     with self.algorithm.rollout_context(self.policy):
                         rollout = self.policy.sample(batch, cfg.algorithm.group_size, self.generators["rollout"],
-                                                     sde_window_start=step, shard=(self.dist.rank, self.dist.world))
+                                                     sde_window_start=step, shard=(self.dist.rank, self.dist.world),
+                                                     keep_means=self.algorithm.rollout_means)
                     self._check_rollout(rollout)
                 with timer("reward"):
                     reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update

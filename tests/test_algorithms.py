@@ -189,3 +189,51 @@ def test_a_run_with_per_reward_normalisation_logs_each_rewards_advantage(tmp_pat
     run = Trainer(tiny_config(tmp_path, rewards, "algorithm.reward_norm=per_reward"), progress=False).fit()
     rows = read_rows(run / "metrics.jsonl")
     assert all(r["adv/target_color"] > 0 and r["adv/colourfulness"] > 0 for r in rows)
+
+
+def test_grpo_guard_ratio_on_constructed_transitions():
+    """For x drawn from the old transition N(mu_old, s^2), the regulated log-ratio is mean(eps (mu - mu_old)):
+    zero when nothing moved, unbiased over the noise, and the same at every noise scale s, where the plain
+    log-ratio is biased below 0 by |mu - mu_old|^2 / (2 s^2)."""
+    from rlkit.algorithms.grpo import regulated_log_ratio
+
+    g = torch.Generator().manual_seed(0)
+    mu_old = torch.randn(4096, 16, generator=g)
+    delta = 0.01 * torch.randn(4096, 16, generator=g)
+    eps = torch.randn(4096, 16, generator=g)
+
+    def logp(x, mean, s):
+        return torch.distributions.Normal(mean, s[:, None]).log_prob(x).mean(dim=1)
+
+    for scale in (1.0, 0.1, 0.01):
+        s = torch.full((4096,), scale)
+        x = mu_old + s[:, None] * eps
+        plain = logp(x, mu_old + delta, s) - logp(x, mu_old, s)
+        regulated = regulated_log_ratio(plain, mu_old + delta, mu_old, s)
+        torch.testing.assert_close(regulated, (eps * delta).mean(dim=1), rtol=1e-3, atol=1e-5)
+        assert plain.mean() < -0.4 * (delta**2).mean() / scale**2  # the bias the guard removes
+        assert abs(regulated.mean()) < 3 * regulated.std() / 4096**0.5  # unbiased
+        unmoved = regulated_log_ratio(logp(x, mu_old, s) - logp(x, mu_old, s), mu_old, mu_old, s)
+        assert torch.equal(unmoved, torch.zeros(4096))
+
+
+def test_grpo_guard_trains_with_ratio_exactly_one_before_the_first_step(tmp_path):
+    from conftest import tiny_config
+
+    from rlkit.algorithms.grpo import regulated_log_ratio
+    from rlkit.logs import read_rows
+    from rlkit.trainer import Trainer
+
+    cfg = tiny_config(tmp_path, "algorithm.ratio_norm=true", "algorithm.timestep_fraction=1.0")
+    trainer = Trainer(cfg, progress=False)
+    batch = trainer.prompts.next_batch(2)
+    rollout = trainer.policy.sample(batch, 3, torch.Generator().manual_seed(0), keep_means=True)
+    assert rollout.means.shape == rollout.latents[:, 1:].shape
+    idx, step = torch.arange(len(rollout)), int(torch.nonzero(rollout.sde_mask)[0])
+    out = trainer.policy.step_logprob(rollout, idx, step)
+    log_ratio = regulated_log_ratio(out.log_prob - rollout.log_probs[idx, step], out.mean, rollout.means[idx, step],
+                                    out.std)
+    assert torch.equal(torch.exp(log_ratio), torch.ones(len(rollout)))  # the same weights: exactly 1
+    run = trainer.fit()
+    rows = read_rows(run / "metrics.jsonl")
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) and math.isfinite(r["ratio_mean"]) for r in rows)

@@ -66,6 +66,8 @@ def test_validate_refuses_what_run_refuses(override, needle, tmp_path, capsys):
     (("algorithm.name=dpo", "algorithm.reward_norm=per_reward", "sampler.noise_level=0"),
      "'algorithm.reward_norm' per_reward applies to grpo only"),
     ("sampler.sde_window_placement=random", "'sampler.sde_window' is not set"),
+    (("algorithm.name=nft", "algorithm.ratio_norm=true"), "'algorithm.ratio_norm' (GRPO-Guard) applies to grpo only"),
+    ("algorithm.ratio_norm=maybe", "algorithm.ratio_norm"),
     ("algorithm.nft.beta=0", "'algorithm.nft.beta' is 0.0, must be > 0 and <= 10"),
     ("algorithm.nft.sample_with=old", "'algorithm.nft.sample_with' is 'old', expected one of: ema, current"),
     (("sampler.kernel=cps", "sampler.noise_level=0.5", "eval.noise_level=1.5"), "'eval.noise_level' is 1.5: cps"),

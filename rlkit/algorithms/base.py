@@ -14,6 +14,7 @@ class Algorithm(Protocol):
     """What the trainer calls: advantages from rewards, then one update from a rollout."""
 
     kl_scale: float  # multiplies the KL coefficient (the stability guard raises it after a rollback)
+    rollout_means: bool  # the update reads Rollout.means (the rollout records them only then)
     grad_sync: Callable[[list[torch.nn.Parameter]], None] | None  # averages gradients over processes, or None
 
     def advantages(self, rewards: torch.Tensor, group_ids: torch.Tensor, uncertainty: torch.Tensor | None = None,
@@ -38,6 +39,8 @@ class Algorithm(Protocol):
 
 class Stateless:
     """The defaults of an algorithm with no state of its own and rollouts from the trained weights."""
+
+    rollout_means = False
 
     def rollout_context(self, policy) -> AbstractContextManager:
         return nullcontext()

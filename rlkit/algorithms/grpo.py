@@ -1,5 +1,12 @@
 """GRPO for flow-matching editors (Flow-GRPO): clipped importance ratio per trained timestep, KL to the
-reference on the transition mean, a random subset of SDE timesteps per sample."""
+reference on the transition mean, a random subset of SDE timesteps per sample.
+
+`algorithm.ratio_norm: true` is GRPO-Guard's regulated clipping (arXiv 2510.22319, as Flow-Factory's grpo-guard
+trainer computes it). With s the transition's std (std_t sqrt|dt|) and mu_old the mean the rollout sampled from,
+    log r = s (log p - log p_old) + mean((mu - mu_old)^2) / (2 s)
+which, for x drawn from the old transition, is mean(eps * (mu - mu_old)) with eps = (x - mu_old) / s: the term
+-|mu - mu_old|^2 / (2 s^2) that pulls every plain ratio below 1 is gone, and so is the 1/s that makes the ratio of
+low-noise steps swing widest, so one clip range acts evenly across timesteps."""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ class GRPO(Stateless):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
         self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step
         self.kl_scale = 1.0  # the guard tightens the KL anchor after a rollback (stability.rollback_kl_factor)
+        self.rollout_means = bool(cfg.ratio_norm)  # GRPO-Guard's ratio reads the means the rollout sampled from
 
     def advantages(self, rewards, group_ids, uncertainty=None, per_reward=None):
         if self.cfg.reward_norm == "per_reward" and per_reward is not None and len(per_reward[0]) > 1:
@@ -61,6 +69,8 @@ class GRPO(Stateless):
                     t = steps[idx, j]
                     out = policy.step_logprob(rollout, idx, t)
                     log_ratio = out.log_prob - old_logp[idx, t].to(out.log_prob.device)
+                    if cfg.ratio_norm:
+                        log_ratio = regulated_log_ratio(log_ratio, out.mean, rollout.means[idx, t], out.std)
                     ratio = torch.exp(log_ratio)
                     adv = advantages[idx].to(ratio.device)
                     clipped = torch.clamp(ratio, 1 - cfg.clip_range_low, 1 + cfg.clip_range_high)
@@ -87,3 +97,12 @@ class GRPO(Stateless):
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out["ratio_max_dev"] = 0.0 if not stats["ratio_mean"] else max(abs(r - 1) for r in stats["ratio_mean"])
         return out
+
+
+def regulated_log_ratio(log_ratio: torch.Tensor, mean: torch.Tensor, old_mean: torch.Tensor,
+                        std: torch.Tensor) -> torch.Tensor:
+    """GRPO-Guard's normalised log-ratio (module docstring): [B] from the plain one, the current and the rollout's
+    transition means, and the [B] transition std."""
+    old_mean = old_mean.to(mean.device, mean.dtype)
+    dims = tuple(range(1, mean.ndim))
+    return log_ratio * std + ((mean - old_mean) ** 2).mean(dim=dims) / (2 * std)
