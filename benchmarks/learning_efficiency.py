@@ -64,7 +64,8 @@ def run_arm(arm: str, seed: int, out: Path, overrides: list[str]) -> None:
     run = out / arm / f"seed_{seed}"
     if (run / "final").is_dir():
         return
-    cmd = [sys.executable, "-m", "rlkit", "run", "sandbox_edit", f"seed={seed}", f"output_dir={run}", *ARMS[arm], *overrides]
+    cmd = [sys.executable, "-m", "rlkit", "run", "sandbox_edit", f"seed={seed}", f"output_dir={run}", *ARMS[arm],
+           *overrides]
     t0 = time.time()
     done = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)

@@ -84,6 +84,8 @@ class NFTConfig:
     t_min: float = setting(0.02, ge=0, lt=0.5)  # re-noising times drawn uniformly from [t_min, 1 - t_min]
     adaptive_weighting: bool = True  # each sample's x0 error divided by its mean absolute value (detached)
     sample_with: str = setting("ema", choices=("ema", "current"))  # which weights the rollouts sample with
+    # the weights a user gets: evaluations, best_gold's choice and final/ use them (the model card says which)
+    export: str = setting("trained", choices=("trained", "ema"))
 
 
 @dataclass

@@ -51,10 +51,12 @@ def model_card(cfg: DictConfig, info: dict, summary: RunSummary, weights: str = 
              f"(`{cfg.policy.name}`, {cfg.policy.resolution} px) with the reward {rewards}.", "",
              "## Weights", ""]
     step = info.get("step")
+    which = ("the EMA of the trained weights (DiffusionNFT's old policy, `algorithm.nft.export: ema`)"
+             if info.get("export") == "ema" else "the trained weights")
     if info.get("weights") == "best_gold":
-        lines.append(f"The weights of the best held-out gold evaluation, step {step} of {summary.steps}.")
+        lines.append(f"The weights of the best held-out gold evaluation, step {step} of {summary.steps}: {which}.")
     else:
-        lines.append(f"The weights after step {step} of {summary.steps}.")
+        lines.append(f"The weights after step {step} of {summary.steps}: {which}.")
     if cfg.policy.finetune == "lora":
         lora = cfg.policy.lora
         lines.append(f"LoRA rank {lora.rank}, alpha {lora.alpha:g}, on {', '.join(lora.target_modules)} "

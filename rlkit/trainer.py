@@ -241,7 +241,8 @@ class Trainer:
     def _evaluate(self) -> dict:
         # every rank evaluates the same prompts with the same noise: identical figures, so the guard takes
         # the same decision everywhere without any messages
-        figures, rollout, per_sample = self.evaluator(self.policy)
+        with self.algorithm.export_context(self.policy):  # the weights a user would get
+            figures, rollout, per_sample = self.evaluator(self.policy)
         figures.update(self.stability.observe_probe(figures["eval/reward"]))
         if self.dist.is_main:
             grid = self.run_dir / "samples" / f"eval_step_{self.step:06d}.png"
@@ -392,18 +393,26 @@ class Trainer:
         """final/: the weights of the best gold evaluation when the run has gold evaluations and
         train.final_weights is best_gold (the last weights then go to final_last/), else the last weights.
         final/rlkit_final.json says which (step, gold)."""
-        state = self.policy.adapter_state_dict()  # every rank: a collective when sharded
+        exported = self.algorithm.export_weights  # "trained", or "ema" (NFT's old policy)
+        with self.algorithm.export_context(self.policy):
+            state = self.policy.adapter_state_dict()  # every rank: a collective when sharded
         if self.dist.is_main:
             best = self._best_gold() if self.cfg.train.final_weights == "best_gold" else None
-            last = {"weights": "last", "step": self.step, "gold": self._gold_at(self.step)}
+            last = {"weights": "last", "step": self.step, "gold": self._gold_at(self.step), "export": exported}
             if best is None or best[0].step == self.step:
                 self._write_final("final", state, {**last, "weights": "best_gold" if best else "last"})
                 shutil.rmtree(self.run_dir / "final_last", ignore_errors=True)
             else:
                 checkpoint, gold = best
                 self._write_final("final_last", state, last)
-                self._write_final("final", ckpt.load_checkpoint(checkpoint.path)["adapter"],
-                                  {"weights": "best_gold", "step": checkpoint.step, "gold": gold})
+                loaded = ckpt.load_checkpoint(checkpoint.path)
+                if exported == "trained":
+                    best_state = loaded["adapter"]
+                else:  # the checkpoint's EMA, read out by name through the policy
+                    with self.algorithm.export_context(self.policy, loaded["optimizer"].get("algorithm")):
+                        best_state = self.policy.adapter_state_dict()
+                self._write_final("final", best_state,
+                                  {"weights": "best_gold", "step": checkpoint.step, "gold": gold, "export": exported})
                 print(f"final/ holds the weights of step {checkpoint.step}, the best gold evaluation (gold "
                       f"{_fmt(gold)}); the last weights (step {self.step}, gold {_fmt(last['gold'])}) are in "
                       f"final_last/")

@@ -1,6 +1,8 @@
 """DiffusionNFT on the tiny policy: the loss and its gradient against the formulas, learning in the right
 direction, any sampler (the plain ODE), and the EMA old policy inside an exact resume."""
 
+import json
+
 import torch
 from conftest import make_policy, prompt_batch, tiny_config
 from safetensors.torch import load_file
@@ -84,3 +86,26 @@ def test_the_ema_makes_rollouts_and_resumes_exactly(tmp_path):
     assert ema_a["ema_updates"] == ema_b["ema_updates"] > 0
     assert all(torch.equal(x, y) for x, y in zip(ema_a["ema"], ema_b["ema"]))
     assert not all(torch.equal(x, a[k]) for x, k in zip(ema_a["ema"], a))  # the old policy lags the trained one
+
+
+def _sums(tensors) -> list[float]:
+    """The tensors as a sorted list of sums: equal lists mean the same weights under any naming."""
+    return sorted(round(float(t.detach().double().sum()), 6) for t in tensors)
+
+
+def test_export_ema_hands_over_the_old_policy(tmp_path):
+    """nft.export=ema: final/ holds the EMA (old policy) weights, not the trained ones, and says so; a
+    checkpoint's EMA is read out the same way (what final/ gets when the best evaluation is not the last)."""
+    trainer = Trainer(tiny_config(tmp_path, *NFT_RUN, "algorithm.nft.export=ema", "train.final_weights=last"),
+                      progress=False)
+    run = trainer.fit()
+    final = load_file(run / "final" / "pytorch_lora_weights.safetensors")
+    trained = _sums(trainer.policy.trainable_parameters())
+    assert _sums(final.values()) == _sums(trainer.algorithm.ema) != trained
+    info = json.loads((run / "final" / "rlkit_final.json").read_text())
+    assert info["export"] == "ema" and "EMA of the trained weights" in (run / "final" / "README.md").read_text()
+    step1 = torch.load(run / "checkpoints" / "step_000001" / "optimizer.pt", weights_only=True)["algorithm"]
+    with trainer.algorithm.export_context(trainer.policy, step1):
+        at_step1 = trainer.policy.adapter_state_dict()
+    assert _sums(at_step1.values()) == _sums(step1["ema"])
+    assert _sums(trainer.policy.trainable_parameters()) == trained  # the trained weights are back

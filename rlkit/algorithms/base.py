@@ -15,6 +15,7 @@ class Algorithm(Protocol):
 
     kl_scale: float  # multiplies the KL coefficient (the stability guard raises it after a rollback)
     rollout_means: bool  # the update reads Rollout.means (the rollout records them only then)
+    export_weights: str  # what evaluations and final/ use: "trained", or "ema" (NFT's old policy)
     grad_sync: Callable[[list[torch.nn.Parameter]], None] | None  # averages gradients over processes, or None
 
     def advantages(self, rewards: torch.Tensor, group_ids: torch.Tensor, uncertainty: torch.Tensor | None = None,
@@ -26,6 +27,10 @@ class Algorithm(Protocol):
 
     def rollout_context(self, policy: EditPolicy) -> AbstractContextManager:
         """The weights the rollout samples with (NFT: its old policy); GRPO and DPO: the trained ones."""
+
+    def export_context(self, policy: EditPolicy, state: dict | None = None) -> AbstractContextManager:
+        """The policy holding the weights a user gets (`export_weights`), now or, given a checkpoint's
+        algorithm ``state``, at that checkpoint; the trained weights are back on exit."""
 
     def state_dict(self) -> dict:
         """What a checkpoint must hold for an exact resume beyond the policy and optimizer (NFT: its EMA)."""
@@ -41,9 +46,13 @@ class Stateless:
     """The defaults of an algorithm with no state of its own and rollouts from the trained weights."""
 
     rollout_means = False
+    export_weights = "trained"
 
     def rollout_context(self, policy) -> AbstractContextManager:
         return nullcontext()
+
+    def export_context(self, policy, state: dict | None = None) -> AbstractContextManager:
+        return nullcontext(policy)
 
     def state_dict(self) -> dict:
         return {}

@@ -10,7 +10,8 @@ policy's in proportion to ``1 - r``:
     L(u) = ||(x_t - t u) - x0||^2 / w   (w: the error's mean absolute value, detached: adaptive weighting)
 
 No log-probabilities: any sampler works, the plain ODE included (``sampler.noise_level: 0``). The old policy's
-weights are part of the checkpoint, so a resumed run continues exactly.
+weights are part of the checkpoint, so a resumed run continues exactly. ``nft.export: ema`` hands the old policy
+(the EMA) to the user instead of the trained weights: evaluations, the best-gold choice and final/ use it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class NFT:
         self.kl_scale = 1.0  # the guard tightens the KL anchor (algorithm.kl_coef, velocity space) after a rollback
         self.ema: list[torch.Tensor] | None = None  # the old policy's weights, in trainable_parameters() order
         self.ema_updates = 0
+        self.rollout_means = False
+        self.export_weights = cfg.nft.export
 
     # ------------------------------------------------------------------ the old policy (EMA)
     def _ensure_ema(self, policy) -> None:
@@ -83,6 +86,20 @@ class NFT:
     def rollout_context(self, policy):
         """Rollouts come from the old policy (DiffusionNFT samples with it), unless nft.sample_with is current."""
         return self.old_policy(policy) if self.cfg.nft.sample_with == "ema" else nullcontext()
+
+    @contextmanager
+    def export_context(self, policy, state: dict | None = None):
+        if self.export_weights != "ema":
+            yield policy
+            return
+        current = self.ema
+        if state:  # a checkpoint's EMA, swapped in for the moment
+            self.ema = [t.float() for t in state["ema"]]
+        try:
+            with self.old_policy(policy):
+                yield policy
+        finally:
+            self.ema = current
 
     def state_dict(self) -> dict:
         return {"ema": list(self.ema or []), "ema_updates": self.ema_updates}
