@@ -185,9 +185,11 @@ class EvalConfig:
 class LoggingConfig:
     """Experiment trackers (rlkit/trackers.py): scalars every step, evaluation grids, the recipe, alarms."""
 
-    # tensorboard writes RUN_DIR/tensorboard; wandb needs `pip install wandb` (WANDB_MODE=offline: no login)
-    report_to: list[str] = setting(factory=lambda: ["tensorboard"], each=Range(choices=("tensorboard", "wandb")))
-    project: str = setting("rlkit", pattern=r".*\S.*", hint="a project name")  # the W&B project
+    # tensorboard writes RUN_DIR/tensorboard; wandb needs `pip install wandb` (WANDB_MODE=offline: no login);
+    # trackio needs `pip install trackio` and logs locally (TRACKIO_DIR; `trackio show` opens its dashboard)
+    report_to: list[str] = setting(factory=lambda: ["tensorboard"],
+                                   each=Range(choices=("tensorboard", "wandb", "trackio")))
+    project: str = setting("rlkit", pattern=r".*\S.*", hint="a project name")  # the W&B / trackio project
     run_name: str | None = None  # default: the output_dir's folder name
 
 

@@ -1,6 +1,6 @@
 """Experiment trackers (`logging.report_to`), through accelerate's tracker classes: one interface for
-TensorBoard and Weights & Biases. Each gets the resolved recipe as its configuration, every step's scalars, the
-evaluation grids as images, and the stability alarms as text."""
+TensorBoard, Weights & Biases and trackio. Each gets the resolved recipe as its configuration, every step's
+scalars, the evaluation grids as images, and the stability alarms (as text; trackio as its alerts)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 
 from rlkit.errors import UserError
 
-TRACKERS = ("tensorboard", "wandb")
+TRACKERS = ("tensorboard", "wandb", "trackio")
 
 
 def flat_config(values: dict, prefix: str = "") -> dict:
@@ -29,7 +29,7 @@ def flat_config(values: dict, prefix: str = "") -> dict:
 
 class Trackers:
     def __init__(self, names, run_dir: Path, config: dict, start_step: int, project: str, run_name: str | None):
-        from accelerate.tracking import TensorBoardTracker, WandBTracker
+        from accelerate.tracking import TensorBoardTracker, TrackioTracker, WandBTracker
 
         self.trackers = []
         name = run_name or Path(run_dir).name
@@ -38,14 +38,14 @@ class Trackers:
                 # purge_step: a resumed run drops the events of steps it will redo
                 tracker = TensorBoardTracker("", Path(run_dir) / "tensorboard", purge_step=start_step + 1)
             elif kind == "wandb":
-                try:
-                    import wandb  # noqa: F401
-                except ImportError:
-                    raise UserError("logging.report_to names wandb, which is not installed (pip install wandb)") \
-                        from None
+                _require("wandb")
                 # a resumed run continues the same W&B run (its id is the run directory's)
                 tracker = WandBTracker(project, name=name, dir=str(run_dir), resume="allow",
                                        id=_wandb_id(run_dir))
+            elif kind == "trackio":
+                _require("trackio")
+                # a resumed run continues the trackio run of the same name
+                tracker = TrackioTracker(project, name=name, resume="allow")
             else:
                 raise UserError(f"logging.report_to: unknown tracker '{kind}' (choose from {', '.join(TRACKERS)})")
             tracker.start()
@@ -66,17 +66,34 @@ class Trackers:
         for tracker in self.trackers:
             if tracker.name == "tensorboard":
                 tracker.log_images({key: np.asarray(image)[None]}, step=step, dataformats="NHWC")
+            elif tracker.name == "trackio":
+                import trackio
+
+                tracker.log({key: trackio.Image(image)}, step=step)
             else:
                 tracker.log_images({key: [image]}, step=step)
 
     def log_alarm(self, row: dict) -> None:
         text = f"{row['kind']} -> {row['action']}: {row['message']}"
         for tracker in self.trackers:
-            tracker.log({"alarms": text}, step=row["step"])
+            if tracker.name == "trackio":
+                from trackio import AlertLevel
+
+                level = AlertLevel.WARN if row["action"] == "warn" else AlertLevel.ERROR
+                tracker.run.alert(f"{row['kind']} -> {row['action']}", row["message"], level, step=row["step"])
+            else:
+                tracker.log({"alarms": text}, step=row["step"])
 
     def finish(self) -> None:
         for tracker in self.trackers:
             tracker.finish()
+
+
+def _require(package: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise UserError(f"logging.report_to names {package}, which is not installed (pip install {package})")
 
 
 def _wandb_id(run_dir: Path) -> str:

@@ -1,6 +1,7 @@
 """What a user sees and takes away: the console and run.log, the end-of-run summary, final/'s model card and
 adapter config, `rlkit push`, `rlkit recipes`, `validate --print`, and every command's help."""
 
+import json
 import os
 import subprocess
 import sys
@@ -159,6 +160,30 @@ def test_trackers_get_scalars_images_the_recipe_and_alarms(tmp_path, monkeypatch
     assert grids == ["0", "3"]  # the evaluation grids, at their steps
     records = next(offline[0].glob("*.wandb")).read_bytes()  # the run's record log, as `wandb sync` uploads it
     assert all(key in records for key in (b"reward_mean", b"redness", b"kl_blowup", b"algorithm.group_size"))
+
+
+def test_trackio_gets_scalars_images_the_recipe_and_alarms(tmp_path):
+    """trackio logs locally (its SQLite store under TRACKIO_DIR, read back here); in a fresh process, since trackio
+    fixes its folder when first imported."""
+    import sqlite3
+
+    overrides = [*RUN, f"output_dir={tmp_path / 'run'}", "logging.report_to=[trackio]", "logging.project=rlkit-test",
+                 "stability.kl_blowup.max_kl_ref=1e-12"]  # an alarm every step
+    script = ("from rlkit.config import load_recipe\nfrom rlkit.trainer import Trainer\n"
+              f"Trainer(load_recipe({str(TINY_RECIPE)!r}, {overrides!r}), progress=False).fit()\n")
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    db = sqlite3.connect(tmp_path / "trackio" / "rlkit-test.db")
+    rows = [(step, json.loads(values)) for step, values in
+            db.execute("select step, metrics from metrics where run_name = 'run' order by id")]
+    assert [s for s, m in rows if "reward_mean" in m] == [1, 2, 3]
+    grids = [s for s, m in rows if m.get("eval/grid", {}).get("_type") == "trackio.image"]
+    assert grids == [0, 3] and list((tmp_path / "trackio" / "media").rglob("*.png"))
+    config = json.loads(db.execute("select config from configs where run_name = 'run'").fetchone()[0])
+    assert config["algorithm.group_size"] == 3
+    alerts = db.execute("select title, step from alerts where run_name = 'run'").fetchall()
+    assert alerts and all(t.startswith("kl_blowup") for t, _ in alerts)
 
 
 def test_train_reward_logs_tensorboard_beside_the_rl_runs(tmp_path):
