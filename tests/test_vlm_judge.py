@@ -129,3 +129,28 @@ def test_no_server_and_a_server_that_dies(tmp_path):
         stop(proc)
     with pytest.raises(RuntimeError, match=r"failed on sample 0 \('make it warmer'\) after 2 tries: could not connect"):
         judge(edits(1))
+
+
+def test_logprob_mode_reads_a_vllm_shaped_answer():
+    """The logprob path on the client's own objects, shaped as vLLM answers (`transformers serve` sends no
+    logprobs, so no server here can): the expected score over the digits and its spread as the uncertainty."""
+    from openai.types.chat import ChatCompletion
+
+    def answer(top):  # one generated token, "4", with its top candidates
+        return ChatCompletion.model_validate({
+            "id": "x", "object": "chat.completion", "created": 0, "model": "judge",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "4"},
+                         "logprobs": {"content": [{"token": "4", "logprob": top[0][1], "bytes": None,
+                                                   "top_logprobs": [{"token": t, "logprob": lp, "bytes": None}
+                                                                    for t, lp in top]}]}}]})
+
+    judge = VLMJudge("http://127.0.0.1:1/v1", score_mode="logprobs", check_server=False)
+    score, std, text = judge._read(answer([("4", math.log(0.5)), ("5", math.log(0.25)), ("3", math.log(0.25))]),
+                                   "sample 0")
+    assert text == "4" and score == pytest.approx(4.0) and std == pytest.approx(math.sqrt(0.5))
+    with pytest.raises(ValueError, match="returned no logprobs"):
+        judge._read(ChatCompletion.model_validate({
+            "id": "x", "object": "chat.completion", "created": 0, "model": "judge",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "4"}}]}),
+            "sample 0")
