@@ -8,7 +8,8 @@ transformer forwards (samples through the transformer). Runs go to OUT/ARM/seed_
 runs side by side on 2 cores are several times slower each, which would corrupt the seconds); a finished run is
 not run again. Prints per arm and seed: the gain over step 0 at the end and at the budget (a third of the same
 seed's reference compute), compute and forwards to +0.10, and whether the arm reached the reference's gain within
-the budget; writes OUT/learning_efficiency.png (truth against seconds and against forwards).
+the budget; writes OUT/learning_efficiency.png (truth against seconds and against forwards). "disturbed" is the
+time slow outlier steps added (other work on the machine): rerun a run where it is not close to 0.
 
     python benchmarks/learning_efficiency.py /tmp/le --arms grpo_150 grpo_50 fast_grpo nft dpo --seeds 0 1 2
     python benchmarks/learning_efficiency.py /tmp/le --arms nft_beta0.5 --seeds 0 -- sandbox.path=/tmp/sbx
@@ -60,6 +61,19 @@ def evaluations(run: Path):
     return [(s, sec, fw, gt) for s, sec, fw, gt in curve(run) if gt is not None]
 
 
+def step_times(run: Path) -> list[float]:
+    return [sum(r.get(k) or 0.0 for k in ("time_rollout_s", "time_reward_s", "time_train_s"))
+            for r in read_rows(run / "metrics.jsonl") if r["step"] > 0]
+
+
+def disturbed(run: Path) -> float:
+    """Seconds above 1.5x the run's median step time, summed: what other work on the machine may have added
+    (a step of one arm costs about the same throughout); a clean run has close to 0."""
+    times = step_times(run)
+    median = sorted(times)[len(times) // 2]
+    return sum(t - median for t in times if t > 1.5 * median)
+
+
 def run_arm(arm: str, seed: int, out: Path, overrides: list[str]) -> None:
     run = out / arm / f"seed_{seed}"
     if (run / "final").is_dir():
@@ -78,7 +92,7 @@ def run_arm(arm: str, seed: int, out: Path, overrides: list[str]) -> None:
 def report(out: Path, arms: list[str], seeds: list[int]) -> None:
     ref = {s: evaluations(out / REFERENCE / f"seed_{s}") for s in seeds
            if (out / REFERENCE / f"seed_{s}" / "metrics.jsonl").exists()}
-    print(f"{'arm':<18} {'seed':>4} {'steps':>5} {'compute s':>9} {'forwards':>9} {'gain':>7} "
+    print(f"{'arm':<18} {'seed':>4} {'steps':>5} {'compute s':>9} {'disturbed':>9} {'forwards':>9} {'gain':>7} "
           f"{'gain@budget':>11} {'s to +0.10':>10} {'fw to +0.10':>11} {'ref gain':>8}  reached")
     for arm in arms:
         for seed in seeds:
@@ -100,7 +114,7 @@ def report(out: Path, arms: list[str], seeds: list[int]) -> None:
             reached = ("-" if at_budget is None or ref_gain is None else
                        "yes" if at_budget >= ref_gain else "no")
             fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
-            print(f"{arm:<18} {seed:>4} {last[0]:>5} {last[1]:>9.0f} {fmt(last[2], '.0f'):>9} "
+            print(f"{arm:<18} {seed:>4} {last[0]:>5} {last[1]:>9.0f} {disturbed(run):>9.0f} {fmt(last[2], '.0f'):>9} "
                   f"{last[3] - start:>+7.3f} {fmt(at_budget, '+.3f'):>11} {fmt(hit and hit[0], '.0f'):>10} "
                   f"{fmt(hit and hit[1], '.0f'):>11} {fmt(ref_gain, '+.3f'):>8}  {reached}")
     plot(out, arms, seeds)

@@ -133,7 +133,10 @@ class Batcher:
 def _settle(done: asyncio.Future, out: RewardOutput | None = None, error: Exception | None = None) -> None:
     if done.cancelled():  # the client went away
         return
-    done.set_exception(error) if error is not None else done.set_result(out)
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(out)
 
 
 def make_app(name: str, reward, token: str | None = None, max_batch: int = 64, max_wait: float = 0.01,
