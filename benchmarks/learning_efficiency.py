@@ -39,9 +39,10 @@ ARMS = {
                          "train.steps=100", "optim.lr=4e-3"],
     "nft": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130"],
     "nft_lr1e-3": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130", "optim.lr=1e-3"],
+    "nft_lr4e-3": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130", "optim.lr=4e-3"],
     "nft_beta0.5": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130", "algorithm.nft.beta=0.5"],
     "dpo": [*ODE_EVAL, "algorithm.name=dpo", "train.steps=140"],
-    "dpo_lr4e-3": [*ODE_EVAL, "algorithm.name=dpo", "train.steps=140", "optim.lr=4e-3"],
+    "dpo_lr5e-4": [*ODE_EVAL, "algorithm.name=dpo", "train.steps=140", "optim.lr=5e-4"],
 }
 REFERENCE, TARGET = "grpo_150", 0.10
 
