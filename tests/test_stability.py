@@ -209,7 +209,7 @@ def test_final_holds_the_best_gold_evaluations_weights(tmp_path, scripted_gold, 
     assert _same_weights(_lora(run / "final"), adapter[1])
     assert _same_weights(_lora(run / "final_last"), adapter[4])
     assert json.loads((run / "final" / "rlkit_final.json").read_text()) == {"weights": "best_gold", "step": 1,
-                                                                            "gold": 0.5}
+                                                                            "gold": 0.5, "export": "trained"}
     assert json.loads((run / "final_last" / "rlkit_final.json").read_text())["step"] == 4
     assert "final/ holds the weights of step 1, the best gold evaluation (gold 0.5000)" in capsys.readouterr().out
     from rlkit.report import write_report
@@ -234,7 +234,7 @@ def test_final_weights_last_and_runs_without_gold_export_the_last_weights(tmp_pa
     assert _same_weights(_lora(run / "final"), last) and not (run / "final_last").exists()
     run = Trainer(tiny_config(tmp_path / "b"), progress=False).fit()  # no evaluation at all
     assert json.loads((run / "final" / "rlkit_final.json").read_text()) == {"weights": "last", "step": 2,
-                                                                            "gold": None}
+                                                                            "gold": None, "export": "trained"}
 
 
 def test_a_rollback_tightens_the_kl_anchor_and_resume_keeps_it(tmp_path):
