@@ -122,32 +122,40 @@ def report(out: Path, arms: list[str], seeds: list[int]) -> None:
 
 
 def plot(out: Path, arms: list[str], seeds: list[int]) -> None:
+    """One row per seed: truth against compute seconds (the budget and the reference's gain drawn) and against
+    transformer forwards."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(len(seeds), 2, figsize=(12, 3.4 * len(seeds)), squeeze=False)
     colors = dict(zip(arms, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
-    for arm in arms:
-        for i, seed in enumerate(seeds):
+    for row, seed in zip(axes, seeds):
+        ref = out / REFERENCE / f"seed_{seed}"
+        ref_ev = evaluations(ref) if (ref / "metrics.jsonl").exists() else []
+        for arm in arms:
             run = out / arm / f"seed_{seed}"
             ev = evaluations(run) if (run / "metrics.jsonl").exists() else []
             if len(ev) < 2:
                 continue
-            label = arm if i == 0 else None
-            axes[0].plot([e[1] for e in ev], [e[3] for e in ev], color=colors[arm], label=label, alpha=0.8)
+            row[0].plot([e[1] for e in ev], [e[3] for e in ev], color=colors[arm], label=arm, marker=".")
             if all(e[2] is not None for e in ev):
-                axes[1].plot([e[2] for e in ev], [e[3] for e in ev], color=colors[arm], label=label, alpha=0.8)
-    axes[0].set_xlabel("compute seconds (rollout + reward + update, 2 CPU cores)")
-    axes[1].set_xlabel("transformer forwards (samples)")
-    for ax in axes:
-        ax.set_ylabel("gt_heldout")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"sandbox_edit, seeds {', '.join(map(str, seeds))}: truth against compute")
+                row[1].plot([e[2] for e in ev], [e[3] for e in ev], color=colors[arm], label=arm, marker=".")
+        if len(ref_ev) > 1:
+            target = ref_ev[-1][3]
+            row[0].axvline(ref_ev[-1][1] / 3, color="grey", ls=":", label="a third of the reference's compute")
+            for ax in row:
+                ax.axhline(target, color="grey", ls="--", label="the reference's final truth")
+        row[0].set_xlabel("compute seconds (rollout + reward + update, 2 CPU cores)")
+        row[1].set_xlabel("transformer forwards (samples)")
+        for ax in row:
+            ax.set_ylabel(f"gt_heldout, seed {seed}")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
+    fig.suptitle("sandbox_edit: held-out truth against compute, per RL seed")
     fig.tight_layout()
-    fig.savefig(out / "learning_efficiency.png", dpi=110)
+    fig.savefig(out / "learning_efficiency.png", dpi=100)
     print(f"plot: {out / 'learning_efficiency.png'}")
 
 
