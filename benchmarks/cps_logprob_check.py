@@ -40,7 +40,7 @@ def main() -> None:
     batch = trainer.prompts.next_batch(cfg.train.prompts_per_step)
     rollout = trainer.policy.sample(batch, cfg.algorithm.group_size, trainer.generators["rollout"], keep_means=True)
     rewards = trainer.rewards(rollout.as_reward_input())
-    _, adv, _ = trainer._advantages(rewards, rollout)
+    adv, _ = trainer.algorithm.advantages(rewards.total, rollout.group_ids)
     trainer.algorithm.update(trainer.policy, rollout, adv, trainer.optimizer, trainer.lr_scheduler,
                              trainer.generators["train"])
     low, high = cfg.algorithm.clip_range_low, cfg.algorithm.clip_range_high

@@ -28,6 +28,16 @@ def png_data_url(image: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def file_data_url(path) -> str:
+    """An image file as a data URL, its bytes as they are (no decoding and re-encoding)."""
+    import mimetypes
+    from pathlib import Path
+
+    path = Path(path)
+    mime = mimetypes.guess_type(path.name)[0] or "image/png"
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
 def image_message(images: list[tuple[str, str]], text: str, system: str | None = None) -> list[dict]:
     """Chat messages: each (caption, data URL) as a caption then its image, then the text."""
     content: list[dict] = []

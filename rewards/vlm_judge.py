@@ -176,9 +176,9 @@ class VLMJudge:
         if request is not None and not isinstance(request, dict):
             raise ValueError(f"request must be a mapping of extra request fields, got {request!r}")
 
-    def body(self, source: torch.Tensor, edited: torch.Tensor, instruction: str) -> dict:
+    def body(self, source_url: str, edited: torch.Tensor, instruction: str) -> dict:
         prompt = self.template["prompt"].replace("{instruction}", instruction)
-        messages = image_message([("Source image:", png_data_url(source)), ("Edited image:", png_data_url(edited))],
+        messages = image_message([("Source image:", source_url), ("Edited image:", png_data_url(edited))],
                                  prompt, self.template["system"])
         body = {"messages": messages, "max_tokens": self.max_tokens, "temperature": 0.0}
         if self.score_mode == "logprobs":
@@ -186,7 +186,11 @@ class VLMJudge:
         return {**body, **self.request}
 
     def __call__(self, batch: RewardInput) -> RewardOutput:
-        bodies = [self.body(batch.source[i], batch.edited[i], batch.instructions[i]) for i in range(len(batch))]
+        sources: dict[int, str] = {}  # a group shares its source: encoded once
+        for i, g in enumerate(batch.group_ids.tolist()):
+            sources.setdefault(g, png_data_url(batch.source[i]))
+        bodies = [self.body(sources[g], batch.edited[i], batch.instructions[i])
+                  for i, g in enumerate(batch.group_ids.tolist())]
         answers = self.endpoint.complete(bodies)
         lo, hi = self.template["scale"]
         raw, spread, unparsed, texts = [], [], [], []

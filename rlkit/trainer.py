@@ -396,8 +396,14 @@ class Trainer:
         exported = self.algorithm.export_weights  # "trained", or "ema" (NFT's old policy)
         with self.algorithm.export_context(self.policy):
             state = self.policy.adapter_state_dict()  # every rank: a collective when sharded
+        best = self._best_gold() if self.cfg.train.final_weights == "best_gold" else None  # same on every rank
+        best_state = None
+        if best is not None and best[0].step != self.step and exported != "trained":
+            # the checkpoint's EMA, read out by name through the policy: a collective when sharded
+            algorithm_state = ckpt.load_checkpoint(best[0].path)["optimizer"].get("algorithm")
+            with self.algorithm.export_context(self.policy, algorithm_state):
+                best_state = self.policy.adapter_state_dict()
         if self.dist.is_main:
-            best = self._best_gold() if self.cfg.train.final_weights == "best_gold" else None
             last = {"weights": "last", "step": self.step, "gold": self._gold_at(self.step), "export": exported}
             if best is None or best[0].step == self.step:
                 self._write_final("final", state, {**last, "weights": "best_gold" if best else "last"})
@@ -405,12 +411,8 @@ class Trainer:
             else:
                 checkpoint, gold = best
                 self._write_final("final_last", state, last)
-                loaded = ckpt.load_checkpoint(checkpoint.path)
-                if exported == "trained":
-                    best_state = loaded["adapter"]
-                else:  # the checkpoint's EMA, read out by name through the policy
-                    with self.algorithm.export_context(self.policy, loaded["optimizer"].get("algorithm")):
-                        best_state = self.policy.adapter_state_dict()
+                if best_state is None:
+                    best_state = ckpt.load_checkpoint(checkpoint.path)["adapter"]
                 self._write_final("final", best_state,
                                   {"weights": "best_gold", "step": checkpoint.step, "gold": gold, "export": exported})
                 print(f"final/ holds the weights of step {checkpoint.step}, the best gold evaluation (gold "
@@ -422,9 +424,10 @@ class Trainer:
         """The best/ checkpoint and its gold, when the run evaluated gold rewards."""
         if not self.guard.gold:
             return None
-        found = ckpt.newest_valid(self.run_dir / "best", warn=lambda m: print(f"warning: {m}"))
+        say = print if self.dist.is_main else (lambda *a: None)  # every rank looks, one speaks
+        found = ckpt.newest_valid(self.run_dir / "best", warn=lambda m: say(f"warning: {m}"))
         if found is None:
-            print("warning: no valid best/ checkpoint: final/ holds the last weights")
+            say("warning: no valid best/ checkpoint: final/ holds the last weights")
             return None
         return found, self._gold_at(found.step)
 

@@ -411,19 +411,22 @@ def test_a_bad_request_in_a_batch_fails_alone(served):
 
 
 def test_images_of_another_size_wait_for_their_own_call(served):
-    sizes = []
+    calls = []  # (images, px) of each reward call
 
     def judge(b):
-        sizes.append(tuple(b.edited.shape))
+        calls.append((len(b), b.edited.shape[-1]))
         time.sleep(0.2)
         return SourceConsistency()(b)
 
     url = served(judge, max_wait=0.05)
-    small, large = _batch(2), _batch(2)
+    small, large = _batch(2), _batch(2)  # 16 px and 24 px
     large.edited, large.source = torch.rand(2, 3, 24, 24), torch.rand(2, 3, 24, 24)
-    outs = _concurrently([lambda b=b: RemoteReward(url)(b) for b in (small, large, small)])
-    assert all(o.scores.shape == (2,) for o in outs)
-    assert all(len({s[2] for s in [shape]}) == 1 for shape in sizes) and len(sizes) >= 2
+    batches = [small, large, small]
+    outs = _concurrently([lambda b=b: RemoteReward(url, wire_dtype="float32")(b) for b in batches])
+    for out, batch in zip(outs, batches):
+        assert torch.equal(out.scores, SourceConsistency()(batch).scores)
+    assert {px for _, px in calls} == {16, 24} and len(calls) >= 2
+    assert sum(n for n, px in calls if px == 24) == 2 and sum(n for n, px in calls if px == 16) == 4
 
 
 def test_the_token(served, monkeypatch):

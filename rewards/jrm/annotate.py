@@ -16,15 +16,13 @@ is. Dropped pairs go to OUT.dropped.jsonl with the reason. Run it again and it g
 
 from __future__ import annotations
 
-import base64
 import json
-import mimetypes
 import os
 import random
 from pathlib import Path
 
 from rewards.jrm.pairs import read_rows, resolve_pairs_file
-from rewards.openai_chat import ChatEndpoint, describe, image_message
+from rewards.openai_chat import ChatEndpoint, describe, file_data_url, image_message
 from rlkit.errors import UserError
 
 ASPECTS = ("instruction", "consistency")
@@ -39,11 +37,6 @@ Reply with JSON only, in this form:
        "tiers": {{"instruction": 1-4, "consistency": 1-4}}}},
  "B": {{...the same for edit B...}},
  "preferred": "A" or "B" or "tie"}}"""
-
-
-def file_data_url(path: Path) -> str:
-    mime = mimetypes.guess_type(path.name)[0] or "image/png"
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def rationale_text(side: dict) -> str:
