@@ -11,6 +11,7 @@ import asyncio
 import base64
 import inspect
 import io
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -51,7 +52,9 @@ class ChatEndpoint:
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, timeout: float = 60.0,
                  retries: int = 3, concurrency: int = 8):
         self.check(base_url, timeout, retries, concurrency)
-        self.base_url, self.model, self.api_key = base_url.rstrip("/"), model, api_key or "EMPTY"
+        # a local server ignores the key; a hosted one reads it from the recipe (${oc.env:...}) or OPENAI_API_KEY
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.base_url, self.model = base_url.rstrip("/"), model
         self.timeout, self.retries, self.concurrency = float(timeout), int(retries), int(concurrency)
 
     @staticmethod

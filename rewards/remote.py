@@ -30,6 +30,8 @@ from rewards.wire import WireError, decode_output, encode_input
 
 
 class RemoteReward:
+    secret_kwargs = ("token",)  # never written to any file or shown (rlkit/secrets.py)
+
     def __init__(self, url: str, timeout: float = 120.0, retries: int = 3, backoff: float = 1.0,
                  wire_dtype: str = "uint8", check_health: bool = True, token: str | None = None):
         self.check(url, timeout, retries, backoff, wire_dtype)

@@ -21,7 +21,12 @@ score_mode:
 
 Scores are mapped to [0, 1] by the template's scale. An answer with no score in it, or one outside the scale,
 is an error naming the sample, unless `on_unparseable: fallback` gives `fallback_score` (on the template's scale)
-to use instead; `details["judge_unparsed"]` marks those samples. `request` adds fields to every request body
+to use instead; `details["judge_unparsed"]` marks those samples. `max_tokens` bounds each answer (default 8 tokens
+with logprobs, 512 with parse): a judge that reasons before its score needs room, a small model that rambles
+digits needs little (a few tokens for `overall_0_5`).
+
+`api_key` is a secret: give it as `${oc.env:JUDGE_API_KEY}` (or set OPENAI_API_KEY) and it never reaches a
+file; written into the recipe it is kept out of every file rlkit writes, and a resume asks for it again. `request` adds fields to every request body
 (e.g. `{logit_bias: {...}}`, or vLLM's extra sampling settings).
 """
 
@@ -133,6 +138,8 @@ def parse_score(text: str, json_keys: list[str] | None) -> float | None:
 
 
 class VLMJudge:
+    secret_kwargs = ("api_key",)  # never written to any file or shown (rlkit/secrets.py)
+
     def __init__(self, base_url: str, model: str | None = None, template: str = "overall_0_5",
                  score_mode: str = "logprobs", api_key: str | None = None, concurrency: int = 8,
                  timeout: float = 60.0, retries: int = 3, max_tokens: int | None = None, top_logprobs: int = 20,

@@ -8,8 +8,10 @@ run with exit 1 and names the reward. Tracebacks are for bugs only (set RLKIT_DE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -50,9 +52,7 @@ def _say_summary(cfg, run_dir: Path, ended: str = "done") -> None:
 
     final = run_dir / "final"
     lines = summary_lines(summarize(run_dir), loading_snippet(cfg, final) if final.is_dir() else "", ended)
-    print("\n".join(lines))
-    with open(run_dir / "run.log", "a") as log:
-        log.write("\n".join(lines) + "\n")
+    print("\n".join(lines))  # (run.log has it too: the console is logged)
 
 
 def cmd_resume(args) -> int:
@@ -426,19 +426,36 @@ def main(argv: list[str] | None = None) -> int:
             logging = __import__(f"{library}.utils.logging", fromlist=["_"])
             logging.set_verbosity_error()
             logging.disable_progress_bar()
+    from rlkit.console import ConsoleLog
+
+    # a run's console, error lines included, goes to its run.log too
+    with ConsoleLog() if args.command in ("run", "resume") else contextlib.nullcontext() as log:
+        code = _dispatch(args, log)
+    if argv is None and code == 130:  # exiting after a second signal: a third must not interrupt the shutdown
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
+def _dispatch(args, log) -> int:
+    from rlkit.secrets import scrub
+
     try:
         return args.func(args)
     except (UserError, RewardError, RolloutError, CheckpointError, GuardStop) as err:
         if os.environ.get("RLKIT_DEBUG"):
             raise
         for line in str(err).splitlines() or [type(err).__name__]:
-            print(f"error: {line}", file=sys.stderr)
+            print(scrub(f"error: {line}"), file=sys.stderr)
         if isinstance(err, RewardError):
             print("the step was not applied; the last checkpoint is intact", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:  # a second stop signal: the step in flight is dropped, saved checkpoints are whole
-        print("error: interrupted; every checkpoint already written is complete (resume with: rlkit resume "
-              "OUTPUT_DIR)", file=sys.stderr)
+        run_dir = getattr(log, "run_dir", None)
+        if run_dir is not None:
+            print(f"error: interrupted; every checkpoint already written is complete (resume with: rlkit resume "
+                  f"{run_dir})", file=sys.stderr)
+        else:
+            print(f"error: interrupted before `rlkit {args.command}` started its work", file=sys.stderr)
         return 130
     except FloatingPointError as err:  # non-finite gradients: nothing was saved from this step
         print(f"error: {err}; the last checkpoint is intact (try a lower optim.lr or optim.max_grad_norm)",

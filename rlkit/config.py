@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from rlkit.errors import UserError
 from rlkit.preparation import load_preparation, with_section
 from rlkit.schema import SEED, UNIT, Range, range_problems, resolved, setting, shape_problems
+from rlkit.secrets import remember
 
 ACTIONS = ("ignore", "warn", "stop", "rollback")
 
@@ -467,6 +468,7 @@ def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schem
     if prep is not None:
         prep.normalise(cfg[prep.section])
     check(cfg, where, schema_cls)
+    remember(cfg)  # its secrets are masked in whatever is printed from now on
     return cfg
 
 
@@ -554,4 +556,8 @@ def _cross_key_problems(c: dict) -> list[str]:
 
 
 def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
+    """The recipe as YAML, resolved, with its secrets redacted (rlkit/secrets.py): every copy rlkit writes or
+    prints goes through here."""
+    from rlkit.secrets import redacted
+
+    return OmegaConf.to_yaml(OmegaConf.create(redacted(cfg)))

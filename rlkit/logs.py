@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rlkit import console
 
 REQUIRED_KEYS = ("step", "reward_mean", "reward_std", "zero_std_frac", "ratio_mean", "clipfrac", "approx_kl",
                  "kl_ref", "loss", "time_rollout_s", "time_reward_s", "time_train_s")
@@ -40,17 +43,22 @@ class RunLogger:
         self.trackers = trackers
         if not enabled:
             return
-        self.log_file = open(run_dir / "run.log", "a")  # what the console says, also without a terminal
+        self.console_log = console.current()
+        if self.console_log is None:  # Trainer used on its own: the loop's own lines still reach run.log
+            self.log_file = open(run_dir / "run.log", "a")
         self.metrics_path = run_dir / "metrics.jsonl"
         self.alarms_path = run_dir / "alarms.jsonl"
         for path in (self.metrics_path, self.alarms_path):
             truncate_jsonl(path, start_step)
         if progress:
-            self.progress = Progress(
-                TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
-                TextColumn("reward {task.fields[reward]}  {task.fields[step_s]} s/step"), TimeRemainingColumn(),
-                transient=False,
-            )
+            columns = (TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
+                       TextColumn("reward {task.fields[reward]}  {task.fields[step_s]} s/step"), TimeRemainingColumn())
+            if self.console_log is not None:  # the bar on the terminal only; lines above it, and in run.log
+                self.progress = Progress(*columns, console=Console(file=self.console_log.stdout),
+                                         redirect_stdout=False, redirect_stderr=False)
+                self.console_log.draw_progress_on(self.progress.console)
+            else:
+                self.progress = Progress(*columns)
             self.progress.start()
             self.task = self.progress.add_task("train", total=total_steps, completed=start_step,
                                                reward="-", step_s="-")
@@ -87,9 +95,10 @@ class RunLogger:
         self._say(f"[stability] step {row['step']} {row['kind']} -> {row['action']}: {row['message']}")
 
     def _say(self, line: str) -> None:
-        self.log_file.write(line + "\n")
-        self.log_file.flush()
-        if self.progress is not None:  # above the bar
+        if self.log_file is not None:
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
+        if self.progress is not None and self.console_log is None:  # above the bar
             self.progress.console.print(line, markup=False, highlight=False)
         else:
             print(line, flush=True)
@@ -97,10 +106,15 @@ class RunLogger:
     def close(self) -> None:
         if self.log_file is not None:
             self.log_file.close()
-        if self.trackers is not None:
-            self.trackers.finish()
+            self.log_file = None
         if self.progress is not None:
             self.progress.stop()
+            if self.console_log is not None:
+                self.console_log.progress_done()
+            self.progress = None
+        if self.trackers is not None:
+            trackers, self.trackers = self.trackers, None
+            trackers.finish()
 
 
 def step_line(row: dict, total_steps: int, step_s: float | None) -> str:

@@ -27,7 +27,10 @@ def preflight(cfg: DictConfig, made_later=()) -> list[str]:
         resolved_path = Path(str(path or "")).expanduser().resolve()
         return not any(resolved_path == p or p in resolved_path.parents for p in later)
 
-    problems = []
+    from rlkit.secrets import unsaved_secrets
+
+    problems = [f"'{key}' is a secret the recipe gave as a literal, which rlkit never saves: give it again, e.g. "
+                f"'{key}=${{oc.env:NAME}}' with NAME set in the environment" for key in unsaved_secrets(cfg)]
     if ready(cfg.data.path):
         problems += data_problems(cfg.data, "data")
     if cfg.eval.every > 0 and cfg.eval.data is not None and ready(cfg.eval.data.path):

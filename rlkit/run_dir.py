@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlkit import checkpoint as ckpt
 from rlkit.config import to_yaml
 from rlkit.errors import UserError
+from rlkit.secrets import redacted
 
 # Changing these between a checkpoint and its resume would load weights into another model, or continue random
 # streams and a data order that were drawn for another seed. Every other setting applies on resume.
@@ -46,8 +47,7 @@ def lock_run_dir(run_dir: Path):
 
 
 def config_differences(old: DictConfig, new: DictConfig) -> list[tuple[str, object, object]]:
-    a = OmegaConf.to_container(old, resolve=True)
-    b = OmegaConf.to_container(new, resolve=True)
+    a, b = redacted(old), redacted(new)  # secrets compare (and print) as their references, never their values
     diffs: list[tuple[str, object, object]] = []
 
     def walk(x, y, prefix):

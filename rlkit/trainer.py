@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from policies import build_policy
 from policies.flow_policy import resolve_device
 from rlkit import checkpoint as ckpt
+from rlkit import console
 from rlkit.algorithms import build_algorithm
 from rlkit.data import PromptStream, read_items
 from rlkit.distributed import Distributed
@@ -28,6 +29,7 @@ from rlkit.preflight import preflight, raise_problems
 from rlkit.preparation import recipe_preparation
 from rlkit.report import write_report
 from rlkit.run_dir import RunDirectory
+from rlkit.secrets import redacted
 from rlkit.stability import Alarm, StabilityGuard, StabilityTracker
 from rlkit.timing import ForwardCounter, StageTimer
 from rlkit.trackers import Trackers
@@ -62,6 +64,8 @@ class Trainer:
         self._check_distributed()
         self.directory = RunDirectory(cfg, self.dist)
         self.directory.claim()
+        if self.dist.is_main and console.current() is not None:  # what was said so far, then the rest
+            console.current().attach(self.run_dir)
         resume_from = self.directory.resume_checkpoint()
         seed_everything(cfg.seed)  # the same on every rank: generators stay in lockstep
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.policy.device)
@@ -139,7 +143,7 @@ class Trainer:
         trackers = None
         if self.dist.is_main and cfg.logging.report_to:
             log = cfg.logging
-            trackers = Trackers(log.report_to, self.run_dir, OmegaConf.to_container(cfg, resolve=True), self.step,
+            trackers = Trackers(log.report_to, self.run_dir, redacted(cfg), self.step,
                                 log.project, log.run_name)
         logger = RunLogger(self.run_dir, train.steps, self.step, trackers, progress=self.progress,
                            enabled=self.dist.is_main, log_every=train.log_every)
@@ -150,6 +154,7 @@ class Trainer:
             self._act(alarms, logger)
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         forwards = ForwardCounter(self.policy.transformer)  # rollout and update only: evaluations come after
+        interrupted = False
         try:
             for step in range(self.step, train.steps):
                 timer, forwards_before = StageTimer(self.device), forwards.count
@@ -192,12 +197,17 @@ class Trainer:
                 self.save_checkpoint()
             self._save_final()
             return self.run_dir
+        except KeyboardInterrupt:  # a second stop signal: out at once, no report; the cleanup below is not
+            interrupted = True     # interrupted again (a signal inside it left threads half stopped)
+            for s in previous:
+                signal.signal(s, signal.SIG_IGN)
+            raise
         finally:
             forwards.remove()
             logger.close()
             # plots/ and report.html, also when the guard or a signal stopped the run: after the last checkpoint
             # and with the stop handlers still on, so a signal during the report cannot lose the run's end
-            if train.report and self.dist.is_main:
+            if train.report and self.dist.is_main and not interrupted:
                 try:
                     write_report(self.run_dir)
                 except Exception as err:  # a plotting problem must not hide the run's own outcome
@@ -354,7 +364,7 @@ class Trainer:
     def _write_checkpoint(self, root: Path, keep_last: int, adapter: dict, optim: dict) -> Path:
         state = {"data": self.prompts.state_dict(), "stability": self.stability.state_dict(),
                  "guard": self.guard.state_dict(), "kl_scale": self.algorithm.kl_scale,
-                 "config": OmegaConf.to_container(self.cfg, resolve=True)}
+                 "config": redacted(self.cfg)}
         try:
             return ckpt.save_checkpoint(root, self.step, adapter, optim, self.generators, state, keep_last)
         except OSError as err:

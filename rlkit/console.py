@@ -1,0 +1,111 @@
+"""What a run says, on the terminal and in RUN_DIR/run.log, line for line.
+
+`ConsoleLog` wraps sys.stdout and sys.stderr for the lifetime of `rlkit run` / `rlkit resume` (and the Python
+API): every write goes to the terminal and, once the run directory is known (`attach`), to run.log; lines said
+before that (the preparation's, a resume's) are kept and written first. Secrets are masked in both
+(rlkit/secrets.py). The progress bar draws on the terminal alone, so run.log holds only lines, also under nohup
+or SLURM.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+from rlkit.secrets import scrub
+
+_active: ConsoleLog | None = None
+
+
+def current() -> ConsoleLog | None:
+    """The console log of the command running in this process, if any."""
+    return _active
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, stream, log: ConsoleLog):
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        text = scrub(text)
+        self.stream.write(text)
+        self.log.record(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", "utf-8")
+
+
+class ConsoleLog:
+    def __init__(self):
+        self.run_dir: Path | None = None
+        self._file = None
+        self._pending: list[str] = []
+        self._partial = ""
+        self.stdout = self.stderr = None  # the streams under the tee (the terminal)
+
+    def __enter__(self) -> ConsoleLog:
+        global _active
+        self.stdout, self.stderr = sys.stdout, sys.stderr
+        self._out, self._err = _Tee(sys.stdout, self), _Tee(sys.stderr, self)
+        sys.stdout, sys.stderr = self._out, self._err
+        _active = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _active
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        if self._partial:
+            self.record("\n")
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        _active = None
+
+    def attach(self, run_dir: Path) -> None:
+        """From now on lines go to RUN_DIR/run.log (appended), the ones said so far first."""
+        if self._file is not None:
+            return
+        self.run_dir = Path(run_dir)
+        self._file = open(self.run_dir / "run.log", "a")
+        self._file.write("".join(self._pending))
+        self._file.flush()
+        self._pending = []
+
+    def record(self, text: str) -> None:
+        self._partial += text
+        if "\n" not in self._partial:
+            return
+        done, _, self._partial = self._partial.rpartition("\n")
+        lines = done + "\n"
+        if self._file is None:
+            self._pending.append(lines)
+            return
+        try:
+            self._file.write(lines)
+            self._file.flush()
+        except OSError:  # a full disk must not hide what the terminal says
+            pass
+
+    def draw_progress_on(self, console) -> None:
+        """While a rich progress bar is live on `console`, lines are printed above it (rich's FileProxy does
+        that for a terminal) and still recorded here."""
+        from rich.file_proxy import FileProxy
+
+        if console.is_terminal:
+            self._out.stream = FileProxy(console, self.stdout)
+
+    def progress_done(self) -> None:
+        self._out.stream.flush()
+        self._out.stream = self.stdout
