@@ -25,9 +25,9 @@ to use instead; `details["judge_unparsed"]` marks those samples. `max_tokens` bo
 with logprobs, 512 with parse): a judge that reasons before its score needs room, a small model that rambles
 digits needs little (a few tokens for `overall_0_5`).
 
-`api_key` is a secret: give it as `${oc.env:JUDGE_API_KEY}` (or set OPENAI_API_KEY) and it never reaches a
-file; written into the recipe it is kept out of every file rlkit writes, and a resume asks for it again. `request` adds fields to every request body
-(e.g. `{logit_bias: {...}}`, or vLLM's extra sampling settings).
+`api_key` is a secret: give it as `${oc.env:JUDGE_API_KEY}` (or set OPENAI_API_KEY) and it never reaches a file;
+written into the recipe it is kept out of every file rlkit writes, and a resume asks for it again. `request` adds
+fields to every request body (e.g. `{logit_bias: {...}}`, or vLLM's extra sampling settings).
 """
 
 from __future__ import annotations

@@ -25,8 +25,17 @@ def cmd_run(args) -> int:
     from rlkit.trainer import Trainer
 
     cfg = load_recipe(args.recipe, args.overrides)
+    _warn_literal_secrets(cfg)
     prepare_recipe(cfg)
     return _fit(Trainer(cfg))
+
+
+def _warn_literal_secrets(cfg) -> None:
+    from rlkit.secrets import literal_secrets
+
+    for key in literal_secrets(cfg):
+        print(f"note: '{key}' is written in the recipe; rlkit keeps it out of every file it writes, so a resume "
+              f"will ask for it again (an environment reference such as ${{oc.env:JUDGE_API_KEY}} avoids that)")
 
 
 def _fit(trainer) -> int:
@@ -56,19 +65,16 @@ def _say_summary(cfg, run_dir: Path, ended: str = "done") -> None:
 
 
 def cmd_resume(args) -> int:
-    from omegaconf import OmegaConf
-
-    from rlkit.config import build_config
+    from rlkit.config import load_saved_recipe
+    from rlkit.plugins import PYTHON
     from rlkit.preparation import prepare_recipe
     from rlkit.trainer import Trainer
 
-    run_dir = Path(args.run_dir)
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise UserError(f"{run_dir} is not an rlkit run directory (no config.yaml)")
-    cfg = build_config(OmegaConf.load(saved), ["resume=auto", *args.overrides], where=str(saved))
-    if Path(cfg.output_dir).resolve() != run_dir.resolve():
-        cfg.output_dir = str(run_dir)
+    cfg = load_saved_recipe(Path(args.run_dir), args.overrides)
+    given = [str(s.name) for s in [*cfg.rewards, *cfg.eval.rewards] if str(s.name).startswith(PYTHON)]
+    if given:
+        raise UserError(f"{args.run_dir} was trained with rewards given in Python ({', '.join(given)}): resume it "
+                        f"from Python, rlkit.resume('{args.run_dir}', rewards=...) with the same names")
     prepare_recipe(cfg)
     return _fit(Trainer(cfg))
 
@@ -416,18 +422,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    # library chatter (optional-backend notices, weight-loading bars) would bury rlkit's own output
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for library in ("transformers", "diffusers"):  # already imported (main called in-process): tell it directly
-        if library in sys.modules:
-            logging = __import__(f"{library}.utils.logging", fromlist=["_"])
-            logging.set_verbosity_error()
-            logging.disable_progress_bar()
-    from rlkit.console import ConsoleLog
+    from rlkit.console import ConsoleLog, quiet_libraries
 
+    args = make_parser().parse_args(argv)
+    quiet_libraries()
     # a run's console, error lines included, goes to its run.log too
     with ConsoleLog() if args.command in ("run", "resume") else contextlib.nullcontext() as log:
         code = _dispatch(args, log)

@@ -121,7 +121,10 @@ class AlgorithmConfig:
 
 @dataclass
 class RewardSpec:
-    name: str = setting("???", pattern=r"[A-Za-z0-9_.\-]+", hint="a reward plugin name (rlkit rewards)")
+    # an installed plugin's name (rlkit rewards), module:Class importable from the working directory, or
+    # path/to/file.py:Class (made absolute, so a resume finds it from anywhere)
+    name: str = setting("???", pattern=r"[^\s:]+(:[A-Za-z_][\w.]*)?",
+                        hint="a reward plugin name (rlkit rewards), module:Class or file.py:Class")
     weight: float = setting(1.0, ge=-1e6, le=1e6)  # negative: a penalty
     kwargs: dict[str, Any] = field(default_factory=dict)
     # eval rewards: also log the held-out mean under this key (e.g. gt_heldout); a plain name, not one the
@@ -415,6 +418,12 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None, schema_c
     cfg = build_config(raw, overrides or [], where=str(path), schema_cls=schema_cls, check=check)
     if "data" not in cfg or "source" not in cfg.data:
         return cfg
+    for spec in [*cfg.rewards, *cfg.eval.rewards]:  # file.py:Class from the working directory or the recipe's
+        file, colon, attr = str(spec.name).rpartition(":")
+        if colon and file.endswith(".py") and not Path(file).expanduser().is_absolute():
+            found = next((p for p in (Path(file), path.parent / file) if p.is_file()), None)
+            if found is not None:
+                spec.name = f"{found.resolve()}:{attr}"
     # data paths in a recipe are relative to the recipe file (unless they exist from the working dir); store
     # them absolute so config.yaml in the run directory resumes from anywhere
     data_path = Path(cfg.data.path)
@@ -469,6 +478,28 @@ def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schem
         prep.normalise(cfg[prep.section])
     check(cfg, where, schema_cls)
     remember(cfg)  # its secrets are masked in whatever is printed from now on
+    return cfg
+
+
+def load_saved_recipe(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """A run directory's recipe (its config.yaml) for `resume`, with overrides; output_dir is that folder."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise UserError(f"{run_dir} is not an rlkit run directory (no config.yaml)")
+    try:
+        raw = OmegaConf.load(saved)
+    except Exception as err:
+        raise UserError(f"{saved}: cannot parse YAML: {str(err).splitlines()[0]}") from None
+    cfg = build_config(raw, ["resume=auto", *overrides], where=str(saved))
+    from rlkit.secrets import unsaved_secrets
+
+    unsaved = unsaved_secrets(cfg)
+    if unsaved:  # before anything is touched
+        raise UserError(*(f"'{key}' is a secret the recipe gave as a literal, which rlkit never saves: give it "
+                          f"again, e.g. rlkit resume {run_dir} '{key}=${{oc.env:NAME}}' with NAME set in the "
+                          f"environment" for key in unsaved))
+    if Path(cfg.output_dir).resolve() != Path(run_dir).resolve():
+        cfg.output_dir = str(run_dir)
     return cfg
 
 

@@ -10,6 +10,7 @@ or SLURM.
 from __future__ import annotations
 
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -109,3 +110,15 @@ class ConsoleLog:
     def progress_done(self) -> None:
         self._out.stream.flush()
         self._out.stream = self.stdout
+
+
+def quiet_libraries() -> None:
+    """Library chatter (optional-backend notices, weight-loading bars) would bury rlkit's own output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for library in ("transformers", "diffusers"):  # already imported (in-process): tell it directly
+        if library in sys.modules:
+            logging = __import__(f"{library}.utils.logging", fromlist=["_"])
+            logging.set_verbosity_error()
+            logging.disable_progress_bar()

@@ -1,6 +1,8 @@
 """Plugins, discovered through entry-point groups and imported only when a recipe names them.
 
-- `rlkit.rewards`: a reward (rewards/base.py's protocol), named in a recipe's `rewards` list;
+- `rlkit.rewards`: a reward (rewards/base.py's protocol), named in a recipe's `rewards` list. A reward needs no
+  packaging: a name may also be `module:Class` (importable from the working directory) or `path/file.py:Class`,
+  and the Python API (rlkit/api.py) takes reward objects and plain functions, named `python:NAME`;
 - `rlkit.preparations`: a step run before the trainer is built (rlkit/preparation.py's protocol), named by a
   recipe's `prepare` key; it owns the recipe section of its `section` name.
 Built-ins register through the same groups as third-party packages (pyproject.toml).
@@ -8,9 +10,11 @@ Built-ins register through the same groups as third-party packages (pyproject.to
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from rlkit.errors import UserError
@@ -75,8 +79,71 @@ def list_rewards() -> dict[str, PluginInfo]:
     return list_plugins(GROUP)
 
 
+PYTHON = "python:"  # rewards handed over in Python (rlkit.train(..., rewards=...)), by name
+_given: dict[str, Any] = {}
+_file_modules: dict[Path, Any] = {}
+
+
+@contextlib.contextmanager
+def given_rewards(rewards: dict[str, Any]):
+    """While this is active, `python:NAME` in a recipe is the object given here under NAME."""
+    previous = dict(_given)
+    _given.clear()
+    _given.update(rewards)
+    try:
+        yield
+    finally:
+        _given.clear()
+        _given.update(previous)
+
+
 def load_reward_class(name: str) -> Any:
+    """What builds the named reward when called with its kwargs: an entry point's class, a `module:Class` or
+    `file.py:Class` target, or a factory of a reward given in Python."""
+    if name.startswith(PYTHON):
+        key = name[len(PYTHON):]
+        if key not in _given:
+            raise UserError(f"reward '{name}' is a Python object handed to rlkit.train(); this process was not given "
+                            f"it: resume from Python with rlkit.resume(RUN_DIR, rewards={{'{key}': ...}})")
+        from rewards.base import as_reward
+
+        reward = as_reward(_given[key])
+        return lambda: reward
+    if ":" in name:
+        return import_target(name)
     return load_plugin(GROUP, name)
+
+
+def import_target(target: str) -> Any:
+    """`package.module:Attr` (importable from the working directory) or `path/to/file.py:Attr`."""
+    import importlib
+    import importlib.util
+    import sys
+
+    module_name, _, attr = target.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).expanduser().resolve()
+            if not path.is_file():
+                raise UserError(f"reward '{target}': no file {path}")
+            if path not in _file_modules:
+                spec = importlib.util.spec_from_file_location(f"rlkit_reward_{path.stem}_{len(_file_modules)}", path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = module  # dataclasses and pickling look their module up
+                spec.loader.exec_module(module)
+                _file_modules[path] = module
+            obj = _file_modules[path]
+        else:
+            if "" not in sys.path and str(Path.cwd()) not in sys.path:  # as `python -m` would find it
+                sys.path.insert(0, str(Path.cwd()))
+            obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"reward '{target}' failed to import: {type(err).__name__}: {err}") from None
+    return obj
 
 
 def build_reward(name: str, kwargs: dict[str, Any]) -> Any:
