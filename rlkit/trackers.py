@@ -4,12 +4,14 @@ scalars, the evaluation grids as images, and the stability alarms (as text; trac
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from rlkit.errors import UserError
+from rlkit.secrets import scrub
 
 TRACKERS = ("tensorboard", "wandb", "trackio")
 
@@ -31,6 +33,8 @@ class Trackers:
     def __init__(self, names, run_dir: Path, config: dict, start_step: int, project: str, run_name: str | None):
         from accelerate.tracking import TensorBoardTracker, TrackioTracker, WandBTracker
 
+        # W&B records the command line: a secret given as an override would travel with it
+        sys.argv[:] = [scrub(arg) for arg in sys.argv]
         self.trackers = []
         name = run_name or Path(run_dir).name
         for kind in names:
