@@ -329,3 +329,8 @@ class FlowEditPolicy:
         self.pipeline_class.save_lora_weights(directory, transformer_lora_layers=state, safe_serialization=True,
                                               transformer_lora_adapter_metadata=peft_config.to_dict())
         peft_config.save_pretrained(directory)  # adapter_config.json, as peft and the Hub expect beside a LoRA
+        # the same adapter in peft's own layout: PeftModel.from_pretrained(transformer, directory) loads it
+        from safetensors.torch import save_file
+
+        save_file({f"base_model.model.{k}": v.contiguous() for k, v in state.items()},
+                  Path(directory) / "adapter_model.safetensors", metadata={"format": "pt"})

@@ -110,6 +110,7 @@ def save_checkpoint(
         save_file(rng_tensors, tmp / "rng.safetensors")
         full_state = {**state, "step": step, "rng": rng_plain, "rlkit_version": __version__}
         (tmp / "state.json").write_text(json.dumps(full_state))
+        usual_permissions(tmp)
         manifest = {name: _sha256(tmp / name) for name in FILES}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         for name in (*FILES, "manifest.json"):
@@ -126,6 +127,16 @@ def save_checkpoint(
     write_atomic_text(ckpt_root / "latest", final.name + "\n")
     prune(ckpt_root, keep_last)
     return final
+
+
+def usual_permissions(folder: Path) -> None:
+    """Files as the umask would make them: safetensors writes 0600 whatever the umask, so weights would be
+    unreadable to the group that reads everything else in a run."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
 
 
 def prune(ckpt_root: Path, keep_last: int) -> None:

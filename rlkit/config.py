@@ -242,6 +242,16 @@ class StabilityConfig:
 
 
 @dataclass
+class ExportConfig:
+    """What the model card of final/ says beyond what the run knows (rlkit/export.py)."""
+
+    # the Hub id of the base model when policy.pretrained is a local folder (a hub-cache folder names its own)
+    base_model: str | None = setting(None, pattern=r"[\w.\-]+/[\w.\-]+", optional=True, hint="a Hub id, OWNER/NAME")
+    # the card's license; None = the base model's (from its model card, when it is on this machine), else other
+    license: str | None = setting(None, pattern=r"[\w.\-]+", optional=True, hint="a Hub license id, e.g. apache-2.0")
+
+
+@dataclass
 class Recipe:
     output_dir: str = setting("runs/rlkit", pattern=r".*\S.*", hint="a folder")
     seed: int = setting(0, **SEED)
@@ -259,6 +269,7 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -21,35 +23,110 @@ def _is_hub_id(name: str | None) -> bool:
     return bool(name) and name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
 
-def loading_snippet(cfg: DictConfig, weights: Path | str) -> str:
-    """The lines of diffusers that load the base model with these weights, ready to paste."""
+def base_model_id(cfg: DictConfig) -> str | None:
+    """The base model's Hub id: `export.base_model`, `policy.pretrained` when it is one, or the id a hub-cache
+    folder is named after (models--OWNER--NAME/snapshots/...); None for any other local folder."""
+    if cfg.export.base_model:
+        return cfg.export.base_model
+    pretrained = cfg.policy.pretrained
+    if _is_hub_id(pretrained):
+        return pretrained
+    found = re.search(r"models--([^/]+)--([^/]+)/snapshots/", str(Path(pretrained or "").expanduser().resolve()))
+    return f"{found.group(1)}/{found.group(2)}" if found else None
+
+
+def _base_card_license(cfg: DictConfig) -> dict:
+    """license (and license_name / license_link) from the base model's own card, when it is on this machine."""
+    from huggingface_hub import ModelCard
+
+    try:
+        from rlkit.preflight import local_pretrained
+
+        card = ModelCard.load(local_pretrained(cfg.policy.pretrained) / "README.md")
+    except Exception:  # no local copy, or a folder without a card
+        return {}
+    return {k: getattr(card.data, k, None) for k in ("license", "license_name", "license_link")
+            if getattr(card.data, k, None)}
+
+
+def _title(cfg: DictConfig) -> str:
+    return base_model_id(cfg) or (Path(cfg.policy.pretrained).name if cfg.policy.pretrained else cfg.policy.name)
+
+
+def example_edit(cfg: DictConfig) -> tuple[str, str]:
+    """(source image path, instruction) of the run's first prompt, for a snippet that runs as printed."""
+    try:
+        from rlkit.data import read_items
+
+        item = read_items(cfg.data)[0]
+        if isinstance(item.image, Path):
+            return str(item.image), item.instruction
+        return "source.png", item.instruction
+    except Exception:  # data not on this machine (a card read elsewhere): a placeholder
+        return "source.png", "your instruction"
+
+
+def loading_snippet(cfg: DictConfig, weights: Path | str, example: tuple[str, str] | None = None) -> str:
+    """Python that loads the base model with these weights and makes one edit at the trained settings: the
+    source centre-cropped to a square as the run saw it, the same size, steps and guidance, the pipeline's own
+    resizing off. Runs as printed (its own imports, the run's first prompt)."""
     pipeline, transformer = PIPELINES[_editor(cfg)]
-    base = cfg.policy.pretrained or "BASE_MODEL"
+    base = base_model_id(cfg) or cfg.policy.pretrained or "BASE_MODEL"
+    if cfg.policy.pretrained and not _is_hub_id(cfg.policy.pretrained) and Path(cfg.policy.pretrained).exists():
+        base = cfg.policy.pretrained  # the folder the run trained from, when this machine has it
     dtype = "torch.bfloat16" if cfg.policy.dtype != "float32" else "torch.float32"
-    if cfg.policy.finetune == "full":
-        return (f"import torch\nfrom diffusers import {pipeline}, {transformer}\n"
-                f"transformer = {transformer}.from_pretrained(\"{weights}/transformer\", dtype={dtype})\n"
-                f"pipe = {pipeline}.from_pretrained(\"{base}\", transformer=transformer, dtype={dtype})")
-    return (f"import torch\nfrom diffusers import {pipeline}\n"
-            f"pipe = {pipeline}.from_pretrained(\"{base}\", dtype={dtype})\n"
-            f"pipe.load_lora_weights(\"{weights}\")")
+    source, instruction = example or example_edit(cfg)
+    p, r = cfg.policy, cfg.policy.resolution
+    if _editor(cfg) == "flux_kontext":
+        settings = (f"guidance_scale={p.guidance_scale:g}, max_sequence_length={p.max_sequence_length}, "
+                    f"max_area={r} * {r}, _auto_resize=False")
+    else:
+        settings = f"true_cfg_scale={p.true_cfg_scale:g}" + (', negative_prompt=""' if p.true_cfg_scale > 1 else "")
+    if p.finetune == "full":
+        load = (f"transformer = {transformer}.from_pretrained(\"{weights}/transformer\", dtype={dtype})\n"
+                f"pipe = {pipeline}.from_pretrained(\"{base}\", transformer=transformer, dtype={dtype})\n")
+    else:
+        load = (f"pipe = {pipeline}.from_pretrained(\"{base}\", dtype={dtype})\n"
+                f"pipe.load_lora_weights(\"{weights}\")\n")
+    classes = f"{pipeline}, {transformer}" if p.finetune == "full" else pipeline
+    return (f"import torch\nfrom diffusers import {classes}\nfrom diffusers.utils import load_image\n"
+            "from PIL import Image\n\n" + load +
+            "pipe.to(\"cuda\" if torch.cuda.is_available() else \"cpu\")\n"
+            f"image = load_image({json.dumps(source)})  # as trained: centre-cropped to a square, {r} x {r}\n"
+            "side = min(image.size)\n"
+            "left, top = (image.width - side) // 2, (image.height - side) // 2\n"
+            f"image = image.crop((left, top, left + side, top + side)).resize(({r}, {r}), Image.BICUBIC)\n"
+            f"edited = pipe(image=image, prompt={json.dumps(instruction)}, height={r}, width={r},\n"
+            f"              num_inference_steps={cfg.sampler.num_steps},\n"
+            f"              {settings},\n"
+            "              generator=torch.Generator().manual_seed(0)).images[0]\n"
+            "edited.save(\"edited.png\")")
 
 
-def model_card(cfg: DictConfig, info: dict, summary: RunSummary, weights: str = "final") -> str:
-    """final/README.md: what was trained from what, with which reward, what it measured, and how to load it."""
+def model_card(cfg: DictConfig, info: dict, summary: RunSummary, weights: str = "final",
+               repo_id: str | None = None) -> str:
+    """final/README.md: what was trained from what, with which reward, what it measured, and how to use it.
+    ``repo_id``: the Hub repository it is pushed to (the snippet then loads from there)."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    base = cfg.policy.pretrained
-    data = ModelCardData(base_model=base if _is_hub_id(base) else None, library_name="diffusers",
-                         tags=["rlkit", "image-editing", cfg.algorithm.name,
-                               "lora" if cfg.policy.finetune == "lora" else "full-finetune"])
+    base = base_model_id(cfg)
+    license_ = {"license": cfg.export.license} if cfg.export.license else _base_card_license(cfg) or \
+        {"license": "other"}
+    data = ModelCardData(base_model=base, library_name="diffusers", pipeline_tag="image-to-image",
+                         tags=["rlkit", "image-editing", "diffusers", cfg.algorithm.name,
+                               "lora" if cfg.policy.finetune == "lora" else "full-finetune"],
+                         **({"base_model_relation": "adapter"} if base and cfg.policy.finetune == "lora" else {}),
+                         **license_)
     rewards = ", ".join(f"`{r.name}` (weight {r.weight:g})" for r in cfg.rewards)
     gold = ", ".join(f"`{r.name}`" for r in cfg.eval.rewards) if cfg.eval.every else ""
     what = "LoRA" if cfg.policy.finetune == "lora" else "fully fine-tuned transformer"
-    lines = [f"# {what} for {base or cfg.policy.name}, trained with rlkit", "",
+    lines = [f"# {what} for {_title(cfg)}, trained with rlkit", "",
              f"Online RL ({cfg.algorithm.name}) on an instruction-following image editor "
-             f"(`{cfg.policy.name}`, {cfg.policy.resolution} px) with the reward {rewards}.", "",
-             "## Weights", ""]
+             f"(`{cfg.policy.name}`, {cfg.policy.resolution} px) with the reward {rewards}.", ""]
+    if not base:
+        lines += ["Base model: a local folder (`" + _title(cfg) + "`), not a Hub id: set `export.base_model` in the "
+                  "recipe to name it in this card's metadata.", ""]
+    lines += ["## Weights", ""]
     step = info.get("step")
     which = ("the EMA of the trained weights (DiffusionNFT's old policy, `algorithm.nft.export: ema`)"
              if info.get("export") == "ema" else "the trained weights")
@@ -59,51 +136,99 @@ def model_card(cfg: DictConfig, info: dict, summary: RunSummary, weights: str = 
         lines.append(f"The weights after step {step} of {summary.steps}: {which}.")
     if cfg.policy.finetune == "lora":
         lora = cfg.policy.lora
-        lines.append(f"LoRA rank {lora.rank}, alpha {lora.alpha:g}, on {', '.join(lora.target_modules)} "
-                     f"(`adapter_config.json`; the same config travels in the weights file's metadata).")
+        lines.append(f"LoRA rank {lora.rank}, alpha {lora.alpha:g}, on {', '.join(lora.target_modules)}: "
+                     f"`pytorch_lora_weights.safetensors` for diffusers' `load_lora_weights` (the adapter's config "
+                     f"travels in its metadata), the same adapter as `adapter_model.safetensors` + "
+                     f"`adapter_config.json` for `peft.PeftModel.from_pretrained(pipe.transformer, ...)`.")
     lines += ["", "## Measured during training", "", "| figure | first | last | best (step) |",
               "| --- | --- | --- | --- |"]
-    if summary.reward:
-        r = summary.reward
-        lines.append(f"| training reward (batch mean) | {r.first:.4f} | {r.last:.4f} | {r.best:.4f} ({r.best_step}) |")
     if summary.gold:
         g = summary.gold
         lines.append(f"| {summary.gold_name}, held-out ({gold}) | {g.first:.4f} | {g.last:.4f} | "
                      f"{g.best:.4f} ({g.best_step}) |")
+    if summary.probe:
+        q = summary.probe
+        lines.append(f"| training reward on fixed held-out prompts | {q.first:.4f} | {q.last:.4f} | "
+                     f"{q.best:.4f} ({q.best_step}) |")
+    if summary.reward:
+        r = summary.reward
+        lines.append(f"| training reward (batch mean; other prompts each step) | {r.first:.4f} | {r.last:.4f} | "
+                     f"{r.best:.4f} ({r.best_step}) |")
     alarms = ", ".join(f"{k} x{n}" for k, n in sorted(summary.alarms.items())) or "none"
-    lines += ["", f"Stability alarms: {alarms}.", "", "## How to load", "", "```python",
-              loading_snippet(cfg, weights), "```", "",
-              "## Recipe", "", "`config.yaml` beside the weights is the resolved recipe: `rlkit run config.yaml` "
-              "trains it again where its data and model paths exist.", ""]
+    lines += ["", f"Stability alarms: {alarms}.", "", "## How to use", "",
+              "One edit at the settings it was trained at (a square source of "
+              f"{cfg.policy.resolution} px, {cfg.sampler.num_steps} steps):", "", "```python",
+              loading_snippet(cfg, repo_id or weights), "```", "",
+              "## Recipe", "", "`config.yaml` beside the weights is the resolved recipe (secrets left out): "
+              "`rlkit run config.yaml` trains it again where its data and model paths exist.", ""]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def write_model_card(folder: Path, cfg: DictConfig, info: dict, run_dir: Path, name: str = "final") -> None:
     """README.md (the model card) and config.yaml into an export folder being written (`name`: what it will be
-    called in the run directory, for the loading snippet)."""
+    called in the run directory, for the loading snippet: the run directory as the recipe gives it)."""
     from rlkit.config import to_yaml
 
     summary = summarize(run_dir)
-    (folder / "README.md").write_text(model_card(cfg, info, summary, weights=str(Path(run_dir) / name)))
+    (folder / "README.md").write_text(model_card(cfg, info, summary, weights=f"{cfg.output_dir}/{name}"))
     (folder / "config.yaml").write_text(to_yaml(cfg))
 
 
 def push_to_hub(run_dir: Path, repo_id: str, weights: str = "final", private: bool = False) -> str:
-    """Upload RUN_DIR/final (or final_last) as a model repository; returns its URL. The folder is uploaded as
-    rlkit wrote it: weights, adapter_config.json, README.md (the model card), config.yaml, rlkit_final.json."""
+    """Upload RUN_DIR/final (or final_last) as a model repository; returns its URL. What is uploaded is the
+    folder as rlkit wrote it (weights in both layouts, adapter_config.json, config.yaml, rlkit_final.json) with
+    the model card written again for the repository: its snippet loads from REPO_ID."""
+    import shutil
+    import tempfile
+
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+    from huggingface_hub.utils import validate_repo_id
 
     folder = Path(run_dir) / weights
     if not (folder / "rlkit_final.json").is_file():
-        raise UserError(f"{folder} is not a finished run's export (no rlkit_final.json); run or resume it first")
-    api = HfApi()
+        exported = [n for n in ("final", "final_last") if (Path(run_dir) / n / "rlkit_final.json").is_file()]
+        if exported:
+            raise UserError(f"{run_dir} has no {weights}/; it exported {' and '.join(f'{n}/' for n in exported)} "
+                            f"(final_last/ exists only when final/ holds an earlier, best-gold step)")
+        raise UserError(f"{run_dir} has no finished export (no {weights}/rlkit_final.json); run or resume it to "
+                        f"the end first")
     try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                          commit_message=f"rlkit: {weights} of {Path(run_dir).name}")
-    except OfflineModeIsEnabled:
-        raise UserError("the Hugging Face Hub is off (HF_HUB_OFFLINE=1); unset it to push") from None
-    except HfHubHTTPError as err:
-        raise UserError(f"push to {repo_id} failed: {str(err).splitlines()[0]} (logged in? `hf auth login`)") from None
+        validate_repo_id(repo_id)
+        if repo_id.count("/") != 1:
+            raise HFValidationError("expected OWNER/NAME")
+    except HFValidationError as err:
+        raise UserError(f"'{repo_id}' is not a Hub repository id ({str(err).splitlines()[0]})") from None
+    api = HfApi()
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / weights
+        shutil.copytree(folder, staged)
+        _card_for_repo(staged, Path(run_dir), repo_id, weights)
+        try:
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            api.upload_folder(folder_path=str(staged), repo_id=repo_id, repo_type="model",
+                              commit_message=f"rlkit: {weights} of {Path(run_dir).name}")
+        except OfflineModeIsEnabled:
+            raise UserError("the Hugging Face Hub is off (HF_HUB_OFFLINE=1); unset it to push") from None
+        except HfHubHTTPError as err:
+            raise UserError(f"push to {repo_id} failed: {str(err).splitlines()[0]} (logged in? `hf auth login`)") \
+                from None
+        except Exception as err:  # no network: the HTTP client's connection errors (httpx, requests, OSError)
+            raise UserError(f"push to {repo_id} failed: cannot reach the Hub ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else 'no details'})") from None
     return str(url)
+
+
+def _card_for_repo(folder: Path, run_dir: Path, repo_id: str, weights: str) -> None:
+    """The model card again, its snippet loading from the repository instead of the run's folder."""
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.merge({"export": {"base_model": None, "license": None}},
+                              OmegaConf.load(folder / "config.yaml"))
+        info = json.loads((folder / "rlkit_final.json").read_text())
+        card = model_card(cfg, info, summarize(run_dir), weights=weights, repo_id=repo_id)
+    except Exception as err:  # an export written by an older rlkit: its card goes as it is
+        print(f"warning: the model card keeps its local paths ({type(err).__name__}: {err})")
+        return
+    (folder / "README.md").write_text(card)

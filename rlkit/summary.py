@@ -33,7 +33,10 @@ class RunSummary:
     run_dir: Path
     steps: int = 0
     seconds: float = 0.0  # rollout + reward + update time of the steps logged
-    reward: Trend | None = None  # the training reward's batch mean
+    reward: Trend | None = None  # the training reward's batch mean (other prompts every step)
+    reward_first_tenth: float = 0.0  # the batch means of the first and the last tenth of the steps
+    reward_last_tenth: float = 0.0
+    probe: Trend | None = None  # the training reward on the fixed held-out prompts and noise (eval/reward)
     gold: Trend | None = None  # held-out gold evaluations (eval.rewards)
     gold_name: str = "gold/reward"
     alarms: Counter = field(default_factory=Counter)
@@ -48,6 +51,11 @@ def summarize(run_dir: Path) -> RunSummary:
     out.steps = max((r["step"] for r in rows), default=0)
     out.seconds = sum(r.get(k) or 0.0 for r in trained for k in ("time_rollout_s", "time_reward_s", "time_train_s"))
     out.reward = Trend.of([(r["step"], r["reward_mean"]) for r in trained])
+    if trained:
+        tenth = max(1, len(trained) // 10)
+        out.reward_first_tenth = sum(r["reward_mean"] for r in trained[:tenth]) / tenth
+        out.reward_last_tenth = sum(r["reward_mean"] for r in trained[-tenth:]) / tenth
+    out.probe = Trend.of([(r["step"], r["eval/reward"]) for r in rows if r.get("eval/reward") is not None])
     out.gold = Trend.of([(r["step"], r["gold/reward"]) for r in rows if r.get("gold/reward") is not None])
     config = run_dir / "config.yaml"
     if config.is_file():  # a gold reward logged under its own name reads better than gold/reward
@@ -70,10 +78,15 @@ def duration(seconds: float) -> str:
 def summary_lines(s: RunSummary, snippet: str = "", ended: str = "done") -> list[str]:
     """The end-of-run summary for the console and run.log."""
     lines = [f"{ended}: {s.run_dir} ({s.steps} steps, {duration(s.seconds)} of rollout, reward and update)"]
-    if s.reward:
-        lines.append(f"  reward (training batches)  {s.reward}")
     if s.gold:
-        lines.append(f"  {s.gold_name} (held-out)  {s.gold}")
+        lines.append(f"  {s.gold_name} (held-out gold)  {s.gold}")
+    if s.probe:
+        lines.append(f"  reward on the fixed held-out prompts  {s.probe}")
+    if s.reward:
+        # each batch has other prompts, so its level moves with them: a drop here is not a regression
+        why = "the held-out lines compare" if s.gold or s.probe else "set eval.every for a figure that compares"
+        lines.append(f"  reward (training batches, other prompts each step: {why})  mean of the first tenth "
+                     f"{s.reward_first_tenth:.4f}, of the last {s.reward_last_tenth:.4f}")
     alarms = ", ".join(f"{k} x{n}" for k, n in sorted(s.alarms.items())) if s.alarms else "none"
     lines.append(f"  alarms: {alarms}")
     if (s.run_dir / "report.html").is_file():

@@ -452,5 +452,6 @@ class Trainer:
         self.policy.save_lora(str(tmp), state)
         (tmp / "rlkit_final.json").write_text(json.dumps(info, indent=1))
         write_model_card(tmp, self.cfg, info, self.run_dir, name)
+        ckpt.usual_permissions(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

@@ -102,17 +102,51 @@ def test_fully_finetuned_transformer_loads_with_from_pretrained(editor, tmp_path
 
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])
-def test_the_printed_loading_snippet_gives_the_trained_output(finetune, tmp_path):
-    """The three lines the run prints (and the model card shows), run as they are against a saved base model."""
+def test_the_printed_snippet_alone_makes_the_trained_edit(finetune, tmp_path, monkeypatch):
+    """The snippet the run prints (and the model card shows), run as it is against a saved base model: from a
+    non-square source file it makes the trained policy's own edit (crop, size, steps, guidance, noise)."""
+    import numpy as np
+    from PIL import Image
+
+    from policies.base import PromptBatch
+    from rlkit.data import load_image
     from rlkit.export import loading_snippet
 
     policy, cfg = _trained_policy("flux_kontext", finetune)
-    batch, noise = _inputs("flux_kontext")
-    trained = _ode_output(policy, batch, noise)
+    source, instruction = tmp_path / "photo.png", "make the square red"
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)  # landscape, not square
+    Image.fromarray(pixels).save(source)
     policy.save_lora(str(tmp_path / "final"))
     _stock_pipeline("flux_kontext").save_pretrained(tmp_path / "base")
     cfg.policy.pretrained, cfg.policy.dtype = str(tmp_path / "base"), "float32"
+    monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(loading_snippet(cfg, tmp_path / "final"), scope)  # as printed: its own imports included
-    loaded = _stock_output("flux_kontext", scope["pipe"], cfg, batch, noise)
-    torch.testing.assert_close(loaded, trained, rtol=0, atol=1e-5)
+    exec(loading_snippet(cfg, tmp_path / "final", example=(str(source), instruction)), scope)  # as printed
+    edited = np.asarray(Image.open(tmp_path / "edited.png").convert("RGB"), dtype=np.float32)
+
+    C, side = EDITORS["flux_kontext"][1:]
+    batch = PromptBatch(load_image(source, cfg.policy.resolution)[None], [instruction], ["photo"])
+    noise = torch.randn(1, C, side, side, generator=torch.Generator().manual_seed(0))  # the pipeline's own draw
+    trained = policy.sample(batch, 1, torch.Generator(), initial_noise=noise).images[0]
+    with policy.reference():
+        untrained = policy.sample(batch, 1, torch.Generator(), initial_noise=noise).images[0]
+    ours = trained.permute(1, 2, 0).numpy() * 255
+    assert np.abs(edited - ours).max() <= 1.0  # uint8 rounding
+    assert (trained - untrained).abs().max() * 255 > 5  # the weights matter in this comparison
+
+
+def test_peft_loads_the_exported_adapter(tmp_path):
+    """final/ in peft's own layout too: PeftModel.from_pretrained on the stock transformer puts the trained
+    adapter on every trained layer at its trained scale (alpha / rank)."""
+    from peft import PeftModel
+
+    policy, cfg = _trained_policy("flux_kontext", "lora")
+    policy.save_lora(str(tmp_path))
+    loaded = PeftModel.from_pretrained(_stock_pipeline("flux_kontext").transformer, str(tmp_path)).base_model.model
+    ours = {n: m for n, m in policy.transformer.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    theirs = {n: m for n, m in loaded.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    assert set(theirs) == set(ours) and ours
+    for name, module in ours.items():
+        assert theirs[name].scaling["default"] == module.scaling["default"] == 16 / 4
+        for part in ("lora_A", "lora_B"):
+            assert torch.equal(getattr(theirs[name], part)["default"].weight, getattr(module, part)["default"].weight)

@@ -30,7 +30,7 @@ def finished_run(tmp_path_factory):
 def test_a_run_ends_with_a_summary_and_keeps_its_console_in_run_log(finished_run):
     run, out = finished_run
     assert f"done: {run} (3 steps" in out
-    assert "reward (training batches)" in out and "redness (held-out)" in out and "alarms: none" in out
+    assert "reward (training batches)" in out and "redness (held-out gold)" in out and "alarms: none" in out
     assert f"weights: {run / 'final'} (the best gold evaluation's weights, step" in out
     assert "pipe.load_lora_weights(" in out and "Loading pipeline components" not in out
     log = (run / "run.log").read_text()

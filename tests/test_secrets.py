@@ -98,8 +98,8 @@ def test_declared_and_credential_named_kwargs_are_redacted_at_any_depth(monkeypa
     monkeypatch.setenv("JUDGE_API_KEY", SECRET)
     judge = ("{name: vlm_judge, kwargs: {base_url: 'http://127.0.0.1:9/v1', api_key: '${oc.env:JUDGE_API_KEY}', "
              "request: {extra_headers: {Authorization: 'Bearer " + TOKEN + "'}}, max_tokens: 4}}")
-    cfg = load_recipe(str(TINY_RECIPE), [f"rewards=[{judge}]",
-                                         f"eval.rewards=[{{name: remote, kwargs: {{url: 'http://x:1', token: {TOKEN}}}}}]"])
+    remote = f"{{name: remote, kwargs: {{url: 'http://x:1', token: {TOKEN}}}}}"
+    cfg = load_recipe(str(TINY_RECIPE), [f"rewards=[{judge}]", f"eval.rewards=[{remote}]"])
     assert cfg.rewards[0].kwargs.api_key == SECRET  # in memory, the value
     text = to_yaml(cfg)
     assert SECRET not in text and TOKEN not in text
