@@ -38,10 +38,15 @@ class HeldoutEvaluator:
         figures = {"eval/reward": float(proxy.total.mean())}
         per_sample = {"instructions": list(self.batch.instructions), "proxy": proxy.total.tolist(), "gold": None}
         figures.update({f"eval/{name}": float(s.mean()) for name, s in proxy.per_reward.items()})
+        # what each reward said about each sample, beside its scores (the report shows it under the image)
+        per_sample["rationales"] = {name: list(out.rationales) for name, out in proxy.outputs.items()
+                                    if out.rationales}
         if self.gold is not None:
             gold = self.gold(batch)
             figures["gold/reward"] = float(gold.total.mean())
             per_sample["gold"] = gold.total.tolist()
+            per_sample["rationales"].update({f"gold/{name}": list(out.rationales)
+                                             for name, out in gold.outputs.items() if out.rationales})
             for name, scores in gold.per_reward.items():
                 figures[f"gold/{name}"] = float(scores.mean())
                 for key, values in (gold.outputs[name].details or {}).items():

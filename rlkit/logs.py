@@ -48,7 +48,8 @@ class RunLogger:
             self.log_file = open(run_dir / "run.log", "a")
         self.metrics_path = run_dir / "metrics.jsonl"
         self.alarms_path = run_dir / "alarms.jsonl"
-        for path in (self.metrics_path, self.alarms_path):
+        self.rationales_path = run_dir / "samples" / "rationales.jsonl"
+        for path in (self.metrics_path, self.alarms_path, self.rationales_path):
             truncate_jsonl(path, start_step)
         if progress:
             columns = (TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
@@ -83,6 +84,26 @@ class RunLogger:
         evaluated = row.get("eval/reward") is not None
         if self.log_every and (evaluated or row["step"] % self.log_every == 0):
             self._say(step_line(row, self.total_steps, step_s))
+
+    def rationales(self, step: int, instructions: list[str], reward, keep: int = 4) -> None:
+        """What the rewards said about the first `keep` samples of a training step (a judge's answer, a JRM's
+        critique): a line each in samples/rationales.jsonl, and as text in the trackers."""
+        if not self.enabled:
+            return
+        rows = [{"step": step, "sample": i, "instruction": instructions[i], "reward": name,
+                 "score": float(reward.per_reward[name][i]), "rationale": out.rationales[i]}
+                for name, out in reward.outputs.items() if out.rationales
+                for i in range(min(keep, len(out.rationales)))]
+        if not rows:
+            return
+        self.rationales_path.parent.mkdir(exist_ok=True)
+        with open(self.rationales_path, "a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        if self.trackers is not None:
+            for name in dict.fromkeys(r["reward"] for r in rows):
+                text = "\n\n".join(f"sample {r['sample']} ({r['instruction']}), score {r['score']:.4f}: "
+                                   f"{r['rationale']}" for r in rows if r["reward"] == name)
+                self.trackers.log_text(f"rationales/{name}", text, step)
 
     def alarm(self, row: dict) -> None:
         """One line in alarms.jsonl (step, kind, figures, message, action), and on the console."""

@@ -11,6 +11,8 @@ import base64
 import html
 from pathlib import Path
 
+from PIL import Image
+
 from rlkit.errors import UserError
 from rlkit.logs import read_rows
 
@@ -71,10 +73,14 @@ def write_plots(run_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
         for label, xs, ys in lines:
             ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, markersize=3, label=label)
+        low, high = ax.get_ylim()  # the data's scale: a far-off threshold would flatten the curves
         for i, (key, label) in enumerate(thresholds):
             value = _threshold(stability, key)
-            if value is not None:
-                ax.axhline(value, color=f"C{i}", alpha=0.7, linestyle=":", label=f"{label} = {value:g}")
+            if value is None:
+                continue
+            where = "" if low <= value <= high else (" (above the plot)" if value > high else " (below the plot)")
+            ax.axhline(value, color=f"C{i}", alpha=0.7, linestyle=":", label=f"{label} = {value:g}{where}")
+        ax.set_ylim(low, high)
         if name == "gold.png":
             _gold_floor(ax, lines[0], stability)
         for a in alarms:
@@ -138,6 +144,8 @@ def write_report(run_dir: str | Path) -> Path:
     if evals:
         cols = ["step", "eval/reward", "gold/reward", *sorted(_log_as_keys(run_dir)), "probe/drift"]
         cols = [c for c in dict.fromkeys(cols) if any(c in r for r in evals)]
+        # one gold reward logged under its log_as name is gold/reward again: one column, not two
+        cols = [c for i, c in enumerate(cols) if not any(all(r.get(c) == r.get(d) for r in evals) for d in cols[:i])]
         parts.append("<h2>Evaluations (fixed prompts and noise)</h2>" + _table(evals, cols))
     parts.append("<h2>Alarms</h2>" + (_table([{**a, "figures": _figures(a)} for a in alarms],
                                              ["step", "kind", "action", "figures", "message"])
@@ -160,22 +168,25 @@ def _figures(alarm: dict) -> str:
 
 
 def _side_by_side(run_dir: Path, max_prompts: int = 16, width: int = 128) -> list[str]:
-    """Per probe prompt: the source, the instruction, the samples at the first evaluation and at the latest, each
-    with its proxy (and gold) score. Tiles are cut from the evaluation grids; scores come from the JSON the run
-    writes beside each grid."""
-    import io
+    """Per probe prompt: the source, the instruction, the samples at the first evaluation, at the exported step
+    (final/'s) and at the latest, each with its proxy (and gold) score and what the rewards said about it. Tiles
+    are cut from the evaluation grids; scores and rationales come from the JSON the run writes beside each grid.
+    A run without evaluations shows its training grids instead."""
     import json
 
-    from PIL import Image
-
-    grids = [g for g in sorted((run_dir / "samples").glob("eval_step_*.png")) if g.with_suffix(".json").is_file()]
+    grids = {int(g.stem.rsplit("_", 1)[1]): g for g in sorted((run_dir / "samples").glob("eval_step_*.png"))
+             if g.with_suffix(".json").is_file()}  # eval_step_000010.png -> 10
     if not grids:
-        return []
-    first, last = grids[0], grids[-1]
+        return _training_samples(run_dir)
+    exported = _exported_step(run_dir)
+    steps = list(dict.fromkeys(s for s in (min(grids), exported, max(grids)) if s in grids))
+    names = {s: ", ".join(n for at, n in ((min(grids), "first"), (exported, "exported in final/"),
+                                           (max(grids), "latest")) if at == s) for s in steps}
 
     def tiles(grid: Path):
         scores = json.loads(grid.with_suffix(".json").read_text())
         k = scores["samples_per_prompt"]
+        said = scores.get("rationales") or {}
         with Image.open(grid) as im:  # a row per prompt: source, a 2 px gap, its k samples (logs.save_grid)
             side = (im.size[0] - 2) // (k + 1)
             n = min(len(scores["instructions"]), im.size[1] // side, max_prompts)
@@ -183,33 +194,73 @@ def _side_by_side(run_dir: Path, max_prompts: int = 16, width: int = 128) -> lis
             for p in range(n):
                 xs = [0] + [side + 2 + j * side for j in range(k)]
                 crop = [im.crop((x, p * side, x + side, (p + 1) * side)) for x in xs]
-                rows.append((crop, scores["proxy"][p * k:(p + 1) * k],
-                             (scores["gold"] or [None] * len(scores["proxy"]))[p * k:(p + 1) * k]))
+                idx = range(p * k, (p + 1) * k)
+                rows.append((crop, [scores["proxy"][i] for i in idx],
+                             [(scores["gold"] or [None] * len(scores["proxy"]))[i] for i in idx],
+                             [{name: texts[i] for name, texts in said.items() if i < len(texts)} for i in idx]))
         return scores["instructions"], rows
 
-    def png(image) -> bytes:
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return buf.getvalue()
-
-    def samples(crops, proxy, gold) -> str:
+    def samples(crops, proxy, gold, rationales) -> str:
         cells = []
-        for image, p, g in zip(crops[1:], proxy, gold):
+        for image, p, g, why in zip(crops[1:], proxy, gold, rationales):
             label = f"proxy {p:.3f}" + (f"<br>gold {g:.3f}" if g is not None else "")
-            cells.append(f"<div style='display:inline-block;margin-right:4px'>{_img(png(image), width)}"
-                         f"<div class=scores>{label}</div></div>")
+            cells.append(f"<div style='display:inline-block;margin-right:4px;vertical-align:top;max-width:"
+                         f"{width + 80}px'>{_img(_png(image), width)}<div class=scores>{label}</div>"
+                         f"{_rationale_html(why)}</div>")
         return "".join(cells)
 
-    instructions, start = tiles(first)
-    _, latest = tiles(last)
-    first_step, last_step = (int(g.stem.rsplit("_", 1)[1]) for g in (first, last))  # eval_step_000010
-    head = (f"<tr><th>source</th><th>instruction</th><th>step {first_step}</th>"
-            f"<th>step {last_step} (latest)</th></tr>")
-    body = "".join(f"<tr><td>{_img(png(a[0][0]), width)}</td><td>{html.escape(instructions[i])}</td>"
-                   f"<td>{samples(*a)}</td><td>{samples(*b)}</td></tr>"
-                   for i, (a, b) in enumerate(zip(start, latest)))
-    return [f"<h2>Samples side by side (first {len(start)} probe prompts, fixed noise)</h2>"
+    columns = [tiles(grids[s]) for s in steps]
+    instructions = columns[0][0]
+    head = "<tr><th>source</th><th>instruction</th>" + "".join(
+        f"<th>step {s} ({names.get(s, '')})</th>" for s in steps) + "</tr>"
+    body = "".join(f"<tr><td>{_img(_png(columns[0][1][i][0][0]), width)}</td><td>{html.escape(instructions[i])}</td>"
+                   + "".join(f"<td>{samples(*col[1][i])}</td>" for col in columns) + "</tr>"
+                   for i in range(min(len(col[1]) for col in columns)))
+    return [f"<h2>Samples side by side (first {len(columns[0][1])} probe prompts, fixed noise)</h2>"
             f"<table>{head}{body}</table>"]
+
+
+def _rationale_html(rationales: dict) -> str:
+    return "".join(f"<details class=scores><summary>{html.escape(name)} says</summary>"
+                   f"<div style='white-space:pre-wrap'>{html.escape(str(text))}</div></details>"
+                   for name, text in rationales.items() if text)
+
+
+def _png(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _exported_step(run_dir: Path) -> int | None:
+    import json
+
+    info = run_dir / "final" / "rlkit_final.json"
+    try:
+        return int(json.loads(info.read_text())["step"]) if info.is_file() else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _training_samples(run_dir: Path) -> list[str]:
+    """The first and the latest training grids (source | the group's samples), with what the rewards said
+    about the step's first samples (samples/rationales.jsonl)."""
+    from rlkit.logs import read_rows
+
+    grids = sorted((run_dir / "samples").glob("step_*.png"))
+    if not grids:
+        return []
+    said = read_rows(run_dir / "samples" / "rationales.jsonl")
+    parts = []
+    for grid in dict.fromkeys((grids[0], grids[-1])):
+        step = int(grid.stem.rsplit("_", 1)[1])
+        why = {f"{r['reward']}, sample {r['sample']} ({r['score']:.3f})": r["rationale"]
+               for r in said if r.get("step") == step}
+        parts.append(f"<h3>step {step}</h3><div>{_img(grid)}</div>{_rationale_html(why)}")
+    return ["<h2>Training samples (no evaluations: each row is a prompt, its source then its group)</h2>"
+            + "".join(parts)]
 
 
 def _recipe_and_snippet(run_dir: Path) -> list[str]:

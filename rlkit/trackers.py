@@ -77,6 +77,10 @@ class Trackers:
             else:
                 tracker.log_images({key: [image]}, step=step)
 
+    def log_text(self, key: str, text: str, step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log({key: text}, step=step)  # TensorBoard: a text summary; W&B and trackio: a string
+
     def log_alarm(self, row: dict) -> None:
         text = f"{row['kind']} -> {row['action']}: {row['message']}"
         for tracker in self.trackers:

@@ -166,7 +166,8 @@ class Trainer:
                                                      keep_means=self.algorithm.rollout_means)
                     self._check_rollout(rollout)
                 with timer("reward"):
-                    reward = self.rewards(rollout.as_reward_input())  # raises RewardError before any update
+                    inputs = rollout.as_reward_input()
+                    reward = self.rewards(inputs)  # raises RewardError before any update
                 with timer("train"):
                     totals, adv, adv_info = self._advantages(reward, rollout)
                     metrics = self.algorithm.update(self.policy, rollout, adv, self.optimizer, self.lr_scheduler,
@@ -181,6 +182,7 @@ class Trainer:
                        **{f"time_{name}_s": seconds for name, seconds in timer.totals.items()}}
                 alarms = self.guard.check_step(self.step, row) + self._maybe_evaluate(row)
                 logger.log(row)
+                logger.rationales(self.step, inputs.instructions, reward)
                 self._act(alarms, logger)
                 self._maybe_grid(rollout)
                 if max_steps is not None and self.step - first >= max_steps and self.step < train.steps:
