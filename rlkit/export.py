@@ -103,6 +103,12 @@ def loading_snippet(cfg: DictConfig, weights: Path | str, example: tuple[str, st
             "edited.save(\"edited.png\")")
 
 
+def _shared_example(cfg: DictConfig) -> tuple[str, str]:
+    """The example edit of a card that leaves this machine: the image by its file name, not a local path."""
+    source, instruction = example_edit(cfg)
+    return Path(source).name, instruction
+
+
 def model_card(cfg: DictConfig, info: dict, summary: RunSummary, weights: str = "final",
                repo_id: str | None = None) -> str:
     """final/README.md: what was trained from what, with which reward, what it measured, and how to use it.
@@ -158,7 +164,7 @@ def model_card(cfg: DictConfig, info: dict, summary: RunSummary, weights: str = 
     lines += ["", f"Stability alarms: {alarms}.", "", "## How to use", "",
               "One edit at the settings it was trained at (a square source of "
               f"{cfg.policy.resolution} px, {cfg.sampler.num_steps} steps):", "", "```python",
-              loading_snippet(cfg, repo_id or weights), "```", "",
+              loading_snippet(cfg, repo_id or weights, _shared_example(cfg) if repo_id else None), "```", "",
               "## Recipe", "", "`config.yaml` beside the weights is the resolved recipe (secrets left out): "
               "`rlkit run config.yaml` trains it again where its data and model paths exist.", ""]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))

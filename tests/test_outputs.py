@@ -3,6 +3,7 @@ adapter config, `rlkit push`, `rlkit recipes`, `validate --print`, and every com
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ def finished_run(tmp_path_factory):
 def test_a_run_ends_with_a_summary_and_keeps_its_console_in_run_log(finished_run):
     run, out = finished_run
     assert f"done: {run} (3 steps" in out
-    assert "reward (training batches)" in out and "redness (held-out gold)" in out and "alarms: none" in out
+    assert "reward (training batches" in out and "redness (held-out gold)" in out and "alarms: none" in out
     assert f"weights: {run / 'final'} (the best gold evaluation's weights, step" in out
     assert "pipe.load_lora_weights(" in out and "Loading pipeline components" not in out
     log = (run / "run.log").read_text()
@@ -61,32 +62,53 @@ def test_model_card_names_a_hub_base_model_in_its_metadata():
     cfg = load_recipe("flux_edit")
     card = model_card(cfg, {"weights": "last", "step": 500}, RunSummary(Path("runs/x"), steps=500))
     assert "base_model: black-forest-labs/FLUX.1-Kontext-dev" in card
-    cfg.policy.pretrained = "/models/kontext"  # a local folder is not Hub metadata
-    assert "base_model" not in model_card(cfg, {"weights": "last", "step": 1}, RunSummary(Path("r")))
+    assert "pipeline_tag: image-to-image" in card and "library_name: diffusers" in card and "license:" in card
+    assert 'pipe.load_lora_weights("me/lora")' in model_card(cfg, {"weights": "last", "step": 1},
+                                                             RunSummary(Path("r")), repo_id="me/lora")
+    cfg.policy.pretrained = "/models/kontext"  # a local folder is not Hub metadata, and the card says so
+    card = model_card(cfg, {"weights": "last", "step": 1}, RunSummary(Path("r")))
+    assert "base_model:" not in card and "Base model: a local folder (`kontext`)" in card
+    assert "# LoRA for kontext, trained" in card  # the title is not a path
+    cfg.policy.pretrained = "/cache/models--black-forest-labs--FLUX.1-Kontext-dev/snapshots/0a1b/"
+    assert "base_model: black-forest-labs/FLUX.1-Kontext-dev" in model_card(cfg, {"step": 1}, RunSummary(Path("r")))
+    cfg.policy.pretrained, cfg.export.base_model, cfg.export.license = "/models/kontext", "me/kontext", "mit"
+    card = model_card(cfg, {"step": 1}, RunSummary(Path("r")))
+    assert "base_model: me/kontext" in card and "license: mit" in card
 
 
 def test_push_uploads_the_final_folder(finished_run, monkeypatch):
-    """What rlkit hands to huggingface_hub; the upload itself needs the network and is not exercised."""
+    """What rlkit hands to huggingface_hub (the upload itself needs the network): final/ as written, with the
+    model card's snippet loading from the repository."""
     from huggingface_hub import HfApi
 
     run, _ = finished_run
     calls = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw))
                         or f"https://huggingface.co/{repo_id}")
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(
+        ("upload", kw, {p.name: p.read_bytes() for p in Path(kw["folder_path"]).iterdir()})))
     assert main(["push", str(run), "me/tiny-lora", "--private"]) == 0
-    (_, repo, create), (_, upload) = calls
-    assert repo == "me/tiny-lora" and create["private"] is True
-    folder = Path(upload["folder_path"])
-    assert folder == run / "final" and {"README.md", "adapter_config.json", "pytorch_lora_weights.safetensors",
-                                        "config.yaml", "rlkit_final.json"} <= {p.name for p in folder.iterdir()}
+    (_, repo, create), (_, upload, files) = calls
+    assert repo == "me/tiny-lora" and create["private"] is True and upload["repo_id"] == "me/tiny-lora"
+    assert {"README.md", "adapter_config.json", "pytorch_lora_weights.safetensors", "adapter_model.safetensors",
+            "config.yaml", "rlkit_final.json"} <= set(files)
+    lora = "pytorch_lora_weights.safetensors"
+    assert files[lora] == (run / "final" / lora).read_bytes()
+    card = files["README.md"].decode()
+    assert 'pipe.load_lora_weights("me/tiny-lora")' in card and str(run) not in card and str(REPO) not in card
+    assert b"me/tiny-lora" not in (run / "final" / "README.md").read_bytes()  # the run's own card is untouched
 
 
 def test_push_offline_or_unfinished_is_one_line(finished_run, tmp_path, capsys):
     """Tests run with HF_HUB_OFFLINE=1 (conftest): the hub client refuses before any request leaves."""
     run, _ = finished_run
     assert main(["push", str(tmp_path), "me/x"]) == 2
-    assert "not a finished run's export" in capsys.readouterr().err
+    assert "has no finished export" in capsys.readouterr().err
+    assert main(["push", str(run), "me/x", "--weights", "final_last"]) in (0, 2)
+    said = capsys.readouterr().err
+    assert not said or "it exported final/" in said  # what exists, not "not a finished run"
+    assert main(["push", str(run), "not a repo id"]) == 2
+    assert "is not a Hub repository id" in capsys.readouterr().err
     assert main(["push", str(run), "me/x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "HF_HUB_OFFLINE" in err[0]
@@ -204,6 +226,7 @@ def test_the_report_shows_each_probe_prompt_side_by_side_with_scores_thresholds_
     from matplotlib.axes import Axes
 
     from rlkit.config import load_recipe
+    from rlkit.logs import read_rows
     from rlkit.report import write_report
     from rlkit.trainer import Trainer
 
@@ -216,16 +239,22 @@ def test_the_report_shows_each_probe_prompt_side_by_side_with_scores_thresholds_
                         real(self, y, *a, **kw))
     page = write_report(run).read_text()
     assert (run / "plots" / "gold.png").is_file()  # the gold in a panel of its own
-    assert (0.125, "kl_blowup: max_kl_ref = 0.125") in drawn  # the recipe's threshold, drawn where it fires
+    # the recipe's threshold, drawn where it fires, on a plot scaled to the data (it says when that is off it)
+    assert any(y == 0.125 and label.startswith("kl_blowup: max_kl_ref = 0.125") for y, label in drawn)
+    kl = [max(r["kl_ref"] for r in read_rows(run / "metrics.jsonl") if r.get("kl_ref") is not None)]
+    assert kl[0] < 0.125 and ("kl_blowup: max_kl_ref = 0.125 (above the plot)", ) in [(lb,) for _, lb in drawn]
     table = page[page.index("<h2>Samples side by side"):page.index("<h2>Plots")]
     rows = re.findall(r"<tr><td>.*?</tr>", table, flags=re.S)
-    assert len(rows) == 2 and "step 0</th>" in table and "step 3 (latest)" in table
+    columns = table.count("<th>step ")
+    assert len(rows) == 2 and "step 0 (first" in table and "latest)</th>" in table and columns in (2, 3)
+    exported = json.loads((run / "final" / "rlkit_final.json").read_text())["step"]
+    assert f"<th>step {exported} (" in table and "exported in final/" in table
     from rlkit.data import read_items
 
     probe = [item.instruction for item in read_items(cfg.data)][:2]  # the evaluation's prompts, in order
     assert [r.split("<td>")[2].split("</td>")[0] for r in rows] == probe
     for row in rows:  # the source, then 2 samples at step 0 and 2 at the latest step, each with its scores
-        assert row.count("<img") == 5 and row.count("proxy ") == 4 and row.count("gold ") == 4
+        assert row.count("<img") == 1 + 2 * columns and row.count("proxy ") == row.count("gold ") == 2 * columns
     assert "<h2>Resolved recipe</h2>" in page and "max_kl_ref: 0.125" in page
     assert "pipe.load_lora_weights(" in page and 'src="http' not in page
 
@@ -237,3 +266,40 @@ def test_a_guard_stop_prints_the_summary_then_its_line_and_exits_3(tmp_path, cap
     captured = capsys.readouterr()
     assert f"stopped by the stability guard: {tmp_path / 'run'}" in captured.out and "kl_blowup x1" in captured.out
     assert "error: stability guard stopped the run" in captured.err
+
+
+def test_run_log_is_the_console_line_for_line_through_a_stop_signal_and_a_resume(tmp_path):
+    """Everything a run prints (its lines, warnings, the signal's, the resume's, the summary, error lines) is in
+    run.log in the same order; only the progress bar stays on the terminal."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "rlkit"]
+    first = subprocess.Popen([*cmd, "run", str(TINY_RECIPE), f"output_dir={run}", "train.steps=200",
+                              "train.log_every=1", "train.report=false", "sampler.num_steps=3"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and "step 2/" not in ((run / "run.log").read_text() if (run / "run.log").exists()
+                                                         else ""):
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)
+    said_first = first.communicate(timeout=120)[0]
+    assert first.returncode == 130 and "stopped by signal after step" in said_first, said_first[-2000:]
+    resumed = subprocess.run([*cmd, "resume", str(run), "train.steps=4", "train.log_every=2"], capture_output=True,
+                             text=True, cwd=REPO, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    said_resume = resumed.stdout + resumed.stderr  # (warnings on stderr, if any, are in run.log too)
+
+    def lines(text: str) -> list[str]:  # without the bar's renders (they end with the time left)
+        return [ln for ln in text.splitlines() if ln.strip() and not re.search(r"(\d+:\d\d:\d\d|-:--:--)$", ln)]
+
+    console = lines(said_first) + lines(resumed.stdout) + lines(resumed.stderr)
+    log = lines((run / "run.log").read_text())
+    assert sorted(log) == sorted(console), (set(log) ^ set(console))
+    assert lines(said_first) == log[:len(lines(said_first))]  # in order
+    for needed in ("signal 2: finishing step", "resume with: rlkit resume", "resuming with changed settings",
+                   "resumed from", f"done: {run}"):
+        assert any(needed in ln for ln in log), needed
+    assert said_resume
