@@ -61,6 +61,11 @@ class RemoteReward:
                 raise ValueError(f"{name} must be a finite number {'> 0' if name == 'timeout' else '>= 0'}, "
                                  f"got {value!r}")
 
+    @classmethod
+    def live_check(cls, **kwargs) -> None:
+        """What `rlkit validate` asks beyond the kwargs: the server answers (as a run checks when it starts)."""
+        cls(**{**kwargs, "check_health": True})
+
     def health(self) -> dict:
         try:
             with urllib.request.urlopen(f"{self.url}/health", timeout=min(self.timeout, 10)) as resp:

@@ -183,6 +183,11 @@ class VLMJudge:
         if request is not None and not isinstance(request, dict):
             raise ValueError(f"request must be a mapping of extra request fields, got {request!r}")
 
+    @classmethod
+    def live_check(cls, **kwargs) -> None:
+        """What `rlkit validate` asks beyond the kwargs: the server answers and serves the model."""
+        cls(**{**kwargs, "check_server": True})
+
     def body(self, source_url: str, edited: torch.Tensor, instruction: str) -> dict:
         prompt = self.template["prompt"].replace("{instruction}", instruction)
         messages = image_message([("Source image:", source_url), ("Edited image:", png_data_url(edited))],

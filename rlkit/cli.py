@@ -107,7 +107,8 @@ def cmd_validate(args) -> int:
         print(to_yaml(cfg), end="")
     prep = recipe_preparation(cfg)
     pending = prep.pending(cfg[prep.section]) if prep else None
-    raise_problems(preflight(cfg, made_later=prep.outputs(cfg[prep.section]) if pending else ()))
+    raise_problems(preflight(cfg, made_later=prep.outputs(cfg[prep.section]) if pending else (),
+                             live=not args.offline))
     if pending:
         print(f"ok: {args.recipe} ({pending})")
         return 0
@@ -350,7 +351,9 @@ def make_parser() -> argparse.ArgumentParser:
     _command(sub, "validate", cmd_validate, "check a recipe as `run` does before it loads a model: keys, ranges, "
              "data, rewards, weights", "rlkit validate flux_edit --print", recipe=True,
              args=[(["--print"], dict(action="store_true", dest="print_config",
-                                      help="also print the resolved recipe (YAML, every default filled in)"))])
+                                      help="also print the resolved recipe (YAML, every default filled in)")),
+                   (["--offline"], dict(action="store_true", help="skip the checks that contact a server (a "
+                                                                   "remote reward's, a judge's)"))])
     _command(sub, "recipes", cmd_recipes, "list the packaged recipes, or copy one to edit (cp NAME DEST)",
              "rlkit recipes cp sandbox_edit my_recipe.yaml",
              [(["action"], dict(nargs="?", choices=["ls", "cp"], default="ls")),
@@ -424,7 +427,12 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from rlkit.console import ConsoleLog, quiet_libraries
 
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides after an option (`validate R --print k=v`): argparse leaves them over
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     quiet_libraries()
     # a run's console, error lines included, goes to its run.log too
     with ConsoleLog() if args.command in ("run", "resume") else contextlib.nullcontext() as log:

@@ -487,8 +487,11 @@ def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schem
             raise _user_error(err, f"override '{item}'", schema_cls, key) from None
     if prep is not None:
         prep.normalise(cfg[prep.section])
-    check(cfg, where, schema_cls)
-    remember(cfg)  # its secrets are masked in whatever is printed from now on
+    remember(cfg)  # its secrets are masked in whatever is printed from now on, this recipe's problems included
+    try:
+        check(cfg, where, schema_cls)
+    except UserError as err:
+        raise UserError(*(_blame_override(p, where, overrides) for p in err.problems)) from None
     return cfg
 
 
@@ -512,6 +515,21 @@ def load_saved_recipe(run_dir: Path, overrides: list[str]) -> DictConfig:
     if Path(cfg.output_dir).resolve() != Path(run_dir).resolve():
         cfg.output_dir = str(run_dir)
     return cfg
+
+
+def _blame_override(problem: str, where: str, overrides: list[str]) -> str:
+    """A problem with a value that came from the command line names that override, not the recipe file."""
+    import re
+
+    found = re.match(re.escape(where) + r": '([^']+)'", problem)
+    if not found:
+        return problem
+    key = re.sub(r"\[(\d+)\]", r".\1", found.group(1))
+    for item in reversed(overrides):  # the last override of a key is the one that counts
+        set_key = item.split("=", 1)[0]
+        if key == set_key or key.startswith(set_key + "."):
+            return f"override '{item}'" + problem[len(where):]
+    return problem
 
 
 def _named_preparation(raw, overrides: list[str], where: str):

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rlkit.secrets import scrub
@@ -58,6 +60,12 @@ class ConsoleLog:
 
     def __enter__(self) -> ConsoleLog:
         global _active
+        # a stop signal before the loop takes over (loading a model can take minutes) is remembered, not raised
+        # inside library code that may swallow it or leave its threads half started; a second one exits at once
+        self.stop_signal = 0
+        self._handlers = {}
+        if threading.current_thread() is threading.main_thread():  # (only the main thread may set handlers)
+            self._handlers = {s: signal.signal(s, self._early_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         self.stdout, self.stderr = sys.stdout, sys.stderr
         self._out, self._err = _Tee(sys.stdout, self), _Tee(sys.stderr, self)
         sys.stdout, sys.stderr = self._out, self._err
@@ -66,6 +74,8 @@ class ConsoleLog:
 
     def __exit__(self, *exc) -> None:
         global _active
+        for s, handler in self._handlers.items():
+            signal.signal(s, handler)
         sys.stdout, sys.stderr = self.stdout, self.stderr
         if self._partial:
             self.record("\n")
@@ -73,6 +83,12 @@ class ConsoleLog:
             self._file.close()
             self._file = None
         _active = None
+
+    def _early_stop(self, signum, frame) -> None:
+        if self.stop_signal:
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        print(f"\nsignal {signum}: stopping before the first step (again to stop at once)")
 
     def attach(self, run_dir: Path) -> None:
         """From now on lines go to RUN_DIR/run.log (appended), the ones said so far first."""

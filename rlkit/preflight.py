@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from rlkit.errors import UserError
 
 
-def preflight(cfg: DictConfig, made_later=()) -> list[str]:
+def preflight(cfg: DictConfig, made_later=(), live: bool = False) -> list[str]:
     """The problems of an RL recipe that the schema cannot see. ``made_later``: folders the recipe's preparation
-    fills on the first run (rlkit/preparation.py); files under them are not looked for yet, only kwargs."""
+    fills on the first run (rlkit/preparation.py); files under them are not looked for yet, only kwargs.
+    ``live``: also each reward's `live_check` (a server answers), which a run does when it builds the reward."""
     later = [Path(p).expanduser().resolve() for p in made_later]
 
     def ready(path) -> bool:
@@ -38,7 +39,7 @@ def preflight(cfg: DictConfig, made_later=()) -> list[str]:
     for where, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
         for i, spec in enumerate(specs):
             kwargs = OmegaConf.to_container(spec.kwargs, resolve=True)
-            problems += reward_problems(spec.name, kwargs, f"{where}[{i}]", files_ready=not later)
+            problems += reward_problems(spec.name, kwargs, f"{where}[{i}]", files_ready=not later, live=live)
     if ready(cfg.policy.pretrained):
         problems += policy_problems(cfg.policy)
     return problems
@@ -59,9 +60,10 @@ def data_problems(data_cfg, where: str) -> list[str]:
     return []
 
 
-def reward_problems(name: str, kwargs: dict, where: str, files_ready: bool = True) -> list[str]:
-    """The reward exists, takes these kwargs, and its own `check(**kwargs)` (if it has one) accepts them.
-    Nothing is built: a judge's weights are loaded only by the run."""
+def reward_problems(name: str, kwargs: dict, where: str, files_ready: bool = True, live: bool = False) -> list[str]:
+    """The reward exists, takes these kwargs, and its own `check(**kwargs)` (if it has one) accepts them; with
+    ``live``, its `live_check(**kwargs)` too (a served reward's server answers). Nothing heavy is built: a judge's
+    weights are loaded only by the run."""
     from rlkit.plugins import load_reward_class
 
     try:
@@ -78,7 +80,9 @@ def reward_problems(name: str, kwargs: dict, where: str, files_ready: bool = Tru
         return []
     try:
         check(**kwargs)
-    except (ValueError, TypeError, UserError) as err:
+        if live and getattr(cls, "live_check", None) is not None:
+            cls.live_check(**kwargs)
+    except (ValueError, TypeError, UserError, RuntimeError) as err:
         return [f"{where}: reward '{name}': {line}" for line in str(err).splitlines()]
     return []
 

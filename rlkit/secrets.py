@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 NOT_SAVED = "<secret: not saved>"
 MASK = "***"
 # credential-like key names, matched whole (max_tokens or token_budget are not secrets)
-CREDENTIAL = re.compile(r"(?i)^(.*[_-])?(api[_-]?key|token|password|passwd|secret|authorization|access[_-]?key)$")
+NAMES = r"api[_-]?key|token|password|passwd|secret|authorization|access[_-]?key"
+CREDENTIAL = re.compile(rf"(?i)^(.*[_-])?({NAMES})$")
 REWARD_LISTS = ("rewards", "eval.rewards")
 _values: set[str] = set()
 
@@ -140,9 +141,14 @@ def remember_value(value: Any) -> None:
         _values.add(text)
 
 
+# `api_key: value` or `token=value` as typed in an override that failed before its recipe was read
+_TYPED = re.compile(rf"(?i)((?<![<\w])(?:\w+[_-])?(?:{NAMES})"
+                    r"\s*[:=]\s*(?:Bearer\s+)?)(['\"]?)(?!\$\{)([^'\"\s,}\]]+)\2")
+
+
 def scrub(text: str) -> str:
-    """The text with every remembered secret value masked."""
+    """The text with every remembered secret value masked, and any credential-named value typed in it."""
     for value in sorted(_values, key=len, reverse=True):
         if value in text:
             text = text.replace(value, MASK)
-    return text
+    return _TYPED.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}{m.group(2)}", text)

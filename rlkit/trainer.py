@@ -155,7 +155,12 @@ class Trainer:
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         forwards = ForwardCounter(self.policy.transformer)  # rollout and update only: evaluations come after
         interrupted = False
+        self._stop_requested = self._stop_requested or getattr(console.current(), "stop_signal", 0)
         try:
+            if self._stop_requested:  # asked while the run was loading: nothing new to save
+                self.stopped_by_signal = self._stop_requested
+                print(f"stopped by signal before step {self.step + 1}; resume with: rlkit resume {self.run_dir}")
+                return self.run_dir
             for step in range(self.step, train.steps):
                 timer, forwards_before = StageTimer(self.device), forwards.count
                 with timer("rollout"):

@@ -196,3 +196,32 @@ def test_missing_real_weights_say_what_to_do(tmp_path, capsys, pretrained, monke
     err = capsys.readouterr().err
     assert ("is not a local diffusers folder" in err if pretrained.startswith("/") else
             "not in the local hub cache and rlkit never downloads; download it first" in err)
+
+
+@pytest.mark.parametrize("overrides,blamed", [
+    (["train.steps=-1"], "override 'train.steps=-1': 'train.steps' is -1"),
+    (["rewards=[{name: target_color, weight: 1e9}]"], "override 'rewards=[{name: target_color, weight: 1e9}]': "
+                                                       "'rewards[0].weight'"),
+    (["train.steps=5", "train.steps=0"], "override 'train.steps=0': 'train.steps' is 0"),
+])
+def test_a_bad_override_is_blamed_not_the_recipe_file(overrides, blamed, capsys):
+    assert main(["validate", str(TINY_RECIPE), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert blamed in err and str(TINY_RECIPE) not in err, err
+
+
+def test_overrides_may_follow_options(capsys):
+    assert main(["validate", str(TINY_RECIPE), "--print", "train.steps=3", "--offline", "seed=4"]) == 0
+    out = capsys.readouterr().out
+    assert "  steps: 3" in out and "seed: 4" in out
+    with pytest.raises(SystemExit):
+        main(["validate", str(TINY_RECIPE), "--bogus"])
+
+
+def test_a_secret_typed_in_a_failing_override_is_masked(capsys):
+    assert main(["validate", str(TINY_RECIPE), "rewards.0.kwargs.api_key=sk-9f8e7d6c5b", "train.steps=0"]) == 2
+    err = capsys.readouterr().err
+    assert "sk-9f8e7d6c5b" not in err and "train.steps" in err
+    assert main(["validate", str(TINY_RECIPE), "rewards=[{name: vlm_judge, kwargs: {api_key: sk-9f8e7d6c5b"]) == 2
+    err = capsys.readouterr().err
+    assert "sk-9f8e7d6c5b" not in err and "cannot parse" in err

@@ -1,6 +1,7 @@
 """What a user sees and takes away: the console and run.log, the end-of-run summary, final/'s model card and
 adapter config, `rlkit push`, `rlkit recipes`, `validate --print`, and every command's help."""
 
+import html
 import json
 import os
 import re
@@ -303,3 +304,54 @@ def test_run_log_is_the_console_line_for_line_through_a_stop_signal_and_a_resume
                    "resumed from", f"done: {run}"):
         assert any(needed in ln for ln in log), needed
     assert said_resume
+
+
+def test_push_without_a_network_is_one_line(finished_run, monkeypatch, capsys):
+    """What huggingface_hub raises when the Hub cannot be reached (its HTTP client's connection error)."""
+    from huggingface_hub import HfApi
+
+    run, _ = finished_run
+
+    class ConnectError(Exception):  # stands for httpx's, raised from inside the client
+        pass
+
+    def unreachable(self, repo_id, **kw):
+        raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(HfApi, "create_repo", unreachable)
+    assert main(["push", str(run), "me/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach the Hub" in err[0] and "Name or service not known" in err[0]
+
+
+def test_weights_are_as_readable_as_the_rest(finished_run):
+    run, _ = finished_run
+    modes = {p.relative_to(run): p.stat().st_mode & 0o777 for p in run.rglob("*")
+             if p.is_file() and p.suffix in (".safetensors", ".json", ".yaml", ".pt")}
+    assert len(set(modes.values())) == 1, modes  # one mode for every file (the umask's), weights included
+
+
+def test_the_summary_puts_the_held_out_figures_first_and_never_an_arrow_on_batch_means(finished_run):
+    _, out = finished_run
+    lines = out[out.index("done: "):].splitlines()
+    gold = next(i for i, ln in enumerate(lines) if "redness (held-out gold)" in ln)
+    batches = next(i for i, ln in enumerate(lines) if "reward (training batches" in ln)
+    assert gold < batches and "->" not in lines[batches] and "the held-out lines compare" in lines[batches]
+
+
+def test_a_report_without_evaluations_shows_the_training_samples_and_what_the_rewards_said(tmp_path):
+    from rlkit.config import load_recipe
+    from rlkit.logs import read_rows
+    from rlkit.report import write_report
+    from rlkit.trainer import Trainer
+
+    cfg = load_recipe(str(TINY_RECIPE), ["train.steps=3", "sampler.num_steps=3", "algorithm.group_size=3",
+                                         "algorithm.micro_batch=6", "train.report=false", "train.grid_every=1",
+                                         f"output_dir={tmp_path / 'run'}", "rewards=[{name: 'tests_said:Said'}]"])
+    run = Trainer(cfg, progress=False).fit()
+    said = read_rows(run / "samples" / "rationales.jsonl")
+    assert [r["step"] for r in said] == [1] * 4 + [2] * 4 + [3] * 4  # the first 4 of each step's 6 samples
+    page = write_report(run).read_text()
+    section = page[page.index("<h2>Training samples"):page.index("<h2>Plots")]
+    assert section.count("<img") == 2 and "step 1" in section and "step 3" in section
+    assert "Said, sample 0" in section and html.escape(said[-1]["rationale"]) in section

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import TINY_RECIPE, tiny_config
 
 from rewards import RewardInput, RewardOutput
 from rewards.programmatic import SourceConsistency
@@ -121,6 +121,15 @@ def test_slow_server_times_out_and_retries(served):
 def test_no_server_fails_at_start_up():
     with pytest.raises(ValueError, match="no reward server.*serve-reward"):
         RemoteReward("http://127.0.0.1:9", timeout=1)
+
+
+def test_validate_asks_the_server_and_offline_does_not(capsys):
+    from rlkit.cli import main
+
+    absent = "rewards=[{name: remote, kwargs: {url: 'http://127.0.0.1:9', timeout: 1}}]"
+    assert main(["validate", str(TINY_RECIPE), absent]) == 2  # as the run would be refused at start-up
+    assert "no reward server at http://127.0.0.1:9" in capsys.readouterr().err
+    assert main(["validate", str(TINY_RECIPE), "--offline", absent]) == 0
 
 
 def test_a_run_scored_by_a_remote_reward(served, tmp_path):
