@@ -258,6 +258,12 @@ def cmd_serve_reward(args) -> int:
     if bad:
         raise UserError(f"reward kwargs must be key=value, got '{bad[0]}'")
     kwargs = OmegaConf.to_container(OmegaConf.from_dotlist(args.kwargs)) if args.kwargs else {}
+    from rlkit.secrets import is_secret, remember_value, secret_kwargs
+
+    declared = secret_kwargs(args.name)
+    for key, value in kwargs.items():  # masked in whatever the server prints
+        if is_secret(key, declared):
+            remember_value(value)
     serve(args.name, kwargs, args.host, args.port, args.token, args.max_batch, args.max_wait)
     return 0
 

@@ -618,6 +618,12 @@ def _cross_key_problems(c: dict) -> list[str]:
 def to_yaml(cfg: DictConfig) -> str:
     """The recipe as YAML, resolved, with its secrets redacted (rlkit/secrets.py): every copy rlkit writes or
     prints goes through here."""
+    import yaml
+    from omegaconf._utils import get_omega_conf_dumper  # OmegaConf.to_yaml's own dumper, on plain containers
+
     from rlkit.secrets import redacted
 
-    return OmegaConf.to_yaml(OmegaConf.create(redacted(cfg)))
+    # dumped from the containers: building a config again from them failed once in OmegaConf 2.4 when a signal
+    # handler ran inside the build ('NoneType' object has no attribute '_invalidate_flags_cache')
+    return yaml.dump(redacted(cfg), Dumper=get_omega_conf_dumper(), default_flow_style=False, allow_unicode=True,
+                     sort_keys=False)

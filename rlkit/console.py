@@ -86,9 +86,9 @@ class ConsoleLog:
 
     def _early_stop(self, signum, frame) -> None:
         if self.stop_signal:
-            raise KeyboardInterrupt
+            interrupt(signum, frame)
         self.stop_signal = signum
-        print(f"\nsignal {signum}: stopping before the first step (again to stop at once)")
+        print(f"\nsignal {signum}: stopping (again to stop at once)")
 
     def attach(self, run_dir: Path) -> None:
         """From now on lines go to RUN_DIR/run.log (appended), the ones said so far first."""
@@ -126,6 +126,17 @@ class ConsoleLog:
     def progress_done(self) -> None:
         self._out.stream.flush()
         self._out.stream = self.stdout
+
+
+def interrupt(signum: int, frame) -> None:
+    """Stop at once: KeyboardInterrupt where the signal found the program, unless that is inside a finalizer
+    (`__del__`), where Python prints the exception and goes on; the signal then comes again a moment later."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
 
 
 def quiet_libraries() -> None:

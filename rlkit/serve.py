@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from rewards.base import RewardInput, RewardOutput
 from rewards.wire import WireError, decode_input, encode_output
 from rlkit.errors import UserError
+from rlkit.secrets import scrub
 
 MAX_BODY = 1 << 30  # 1 GiB: a batch of 64 images at 1024 px in float32 is 0.8 GiB
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -186,7 +187,7 @@ def make_app(name: str, reward, token: str | None = None, max_batch: int = 64, m
             data = encode_output(out)
         except Exception as err:  # the client names the reward and stops its step
             message = f"{type(err).__name__}: {err}"
-            print(f"error: request {batcher.stats['requests']}: {message}", file=sys.stderr, flush=True)
+            print(scrub(f"error: request {batcher.stats['requests']}: {message}"), file=sys.stderr, flush=True)
             return error(500, message)
         return Response(data, media_type="application/octet-stream")
 

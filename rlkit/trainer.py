@@ -96,6 +96,7 @@ class Trainer:
             self._restore(resume_from)
         self.progress = progress
         self._stop_requested = 0  # the signal number once a stop is requested
+        self._shielded = False  # trackers and the progress bar start or stop: a second signal waits
         self.stopped_by_signal = 0  # set when fit() returned early because of one
 
     @property
@@ -140,23 +141,21 @@ class Trainer:
             if not (self.run_dir / "final").exists():
                 self._save_final()
             return self.run_dir
-        trackers = None
-        if self.dist.is_main and cfg.logging.report_to:
-            log = cfg.logging
-            trackers = Trackers(log.report_to, self.run_dir, redacted(cfg), self.step,
-                                log.project, log.run_name)
-        logger = RunLogger(self.run_dir, train.steps, self.step, trackers, progress=self.progress,
-                           enabled=self.dist.is_main, log_every=train.log_every)
-        if self.evaluator is not None and self.step == 0:  # the starting policy, before any update
-            row = {"step": 0, **{k: None for k in REQUIRED_KEYS if k != "step"}}
-            alarms = self._maybe_evaluate(row)
-            logger.log(row)
-            self._act(alarms, logger)
+        # the stop handlers first, so that a signal while the trackers start cannot interrupt them half started
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        forwards = ForwardCounter(self.policy.transformer)  # rollout and update only: evaluations come after
-        interrupted = False
         self._stop_requested = self._stop_requested or getattr(console.current(), "stop_signal", 0)
+        logger = forwards = None
+        interrupted = False
         try:
+            self._shielded = True
+            logger = self._logger()
+            self._shielded = False
+            forwards = ForwardCounter(self.policy.transformer)  # rollout and update only, not evaluations
+            if self.evaluator is not None and self.step == 0 and not self._stop_requested:  # before any update
+                row = {"step": 0, **{k: None for k in REQUIRED_KEYS if k != "step"}}
+                alarms = self._maybe_evaluate(row)
+                logger.log(row)
+                self._act(alarms, logger)
             if self._stop_requested:  # asked while the run was loading: nothing new to save
                 self.stopped_by_signal = self._stop_requested
                 print(f"stopped by signal before step {self.step + 1}; resume with: rlkit resume {self.run_dir}")
@@ -204,17 +203,21 @@ class Trainer:
                 self.save_checkpoint()
             self._save_final()
             return self.run_dir
-        except KeyboardInterrupt:  # a second stop signal: out at once, no report; the cleanup below is not
-            interrupted = True     # interrupted again (a signal inside it left threads half stopped)
-            for s in previous:
-                signal.signal(s, signal.SIG_IGN)
+        except KeyboardInterrupt:  # a second stop signal: out at once, without the report
+            interrupted = True
             raise
         finally:
-            forwards.remove()
-            logger.close()
+            # signals are ignored while the trackers' threads stop: one raised inside a join left the TensorBoard
+            # writer waiting forever
+            self._shielded = True
+            if forwards is not None:
+                forwards.remove()
+            if logger is not None:
+                logger.close()
+            self._shielded = False
             # plots/ and report.html, also when the guard or a signal stopped the run: after the last checkpoint
             # and with the stop handlers still on, so a signal during the report cannot lose the run's end
-            if train.report and self.dist.is_main and not interrupted:
+            if train.report and self.dist.is_main and not interrupted and (self.run_dir / "metrics.jsonl").exists():
                 try:
                     write_report(self.run_dir)
                 except Exception as err:  # a plotting problem must not hide the run's own outcome
@@ -313,10 +316,21 @@ class Trainer:
         alarm.figures.update({"rollback_to_step": good.step, "new_lr": sched.base_lrs[0], "new_kl_coef": kl})
         alarm.message += f"; rolled back to step {good.step}, lr now {sched.base_lrs[0]:.3g}, kl_coef {kl:.3g}"
 
+    def _logger(self) -> RunLogger:
+        cfg, trackers = self.cfg, None
+        if self.dist.is_main and cfg.logging.report_to:
+            log = cfg.logging
+            trackers = Trackers(log.report_to, self.run_dir, redacted(cfg), self.step, log.project, log.run_name)
+        return RunLogger(self.run_dir, cfg.train.steps, self.step, trackers, progress=self.progress,
+                         enabled=self.dist.is_main, log_every=cfg.train.log_every)
+
     def _request_stop(self, signum, frame) -> None:
-        # finish the current step, checkpoint, exit; a second signal exits at once
+        # finish the current step, checkpoint, exit; a second signal exits at once, except while the trackers
+        # and the progress bar start or stop (a join interrupted inside their threads can hang the process)
         if self._stop_requested:
-            raise KeyboardInterrupt
+            if not self._shielded:  # (the stop already requested comes right after the shielded part)
+                console.interrupt(signum, frame)
+            return
         self._stop_requested = signum
         print(f"\nsignal {signum}: finishing step {self.step + 1}, then saving a checkpoint")
 

@@ -137,7 +137,7 @@ def test_every_problem_is_reported_in_one_pass(capsys):
     assert main(["validate", str(TINY_RECIPE), "optim.lr=-1", "seed=-1", "policy.lora.rank=0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("error: ") for line in err), err
-    named = [line.split("'")[1] for line in err]
+    named = [line.split("'")[3] for line in err]  # error: override 'K=V': 'K' ...
     assert sorted(named) == ["optim.lr", "policy.lora.rank", "seed"]
 
 

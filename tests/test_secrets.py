@@ -89,6 +89,11 @@ def test_a_secret_reaches_no_file_no_tracker_no_push_and_no_console_and_the_run_
     assert [name for name, data in uploaded.items() if SECRET.encode() in data or TOKEN.encode() in data] == []
 
     assert (run / "wandb").is_dir() and (tmp_path / "trackio").is_dir() and (run / "report.html").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    said = [t for t in events.Tags()["tensors"] if t.startswith("rationales/")]  # the reward's words, as text
+    assert said and b"red " in events.Tensors(said[0])[0].tensor_proto.string_val[0]
     assert _leaks(tmp_path) == []  # run directory (tensorboard, wandb, checkpoints, final, report), trackio
     for text in (first, refused, resumed, again):
         assert SECRET not in text and TOKEN not in text
