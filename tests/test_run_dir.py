@@ -149,6 +149,7 @@ def test_a_second_signal_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
                                                                  for _ in range(2)])
     code = main(["run", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}", "train.steps=1", "train.report=true"])
     err = capsys.readouterr().err
-    assert code == 130 and err.strip().splitlines() == [
-        "error: interrupted; every checkpoint already written is complete (resume with: rlkit resume OUTPUT_DIR)"]
+    assert code == 130 and err.strip().splitlines() == [  # the run's own folder, not a placeholder
+        f"error: interrupted; every checkpoint already written is complete (resume with: rlkit resume "
+        f"{tmp_path / 'run'})"]
     assert load_file(tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors")
