@@ -443,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     # a run's console, error lines included, goes to its run.log too
     with ConsoleLog() if args.command in ("run", "resume") else contextlib.nullcontext() as log:
         code = _dispatch(args, log)
-    if argv is None and code == 130:  # exiting after a second signal: a third must not interrupt the shutdown
+        if argv is None and code == 130 and log is not None:  # the process exits now: a later signal must
+            log.ignore_signals_after = True                     # not interrupt its shutdown
+    if argv is None and code == 130:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return code
 

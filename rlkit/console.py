@@ -57,6 +57,8 @@ class ConsoleLog:
         self._pending: list[str] = []
         self._partial = ""
         self.stdout = self.stderr = None  # the streams under the tee (the terminal)
+        self.ignore_signals_after = False  # the command ends the process after a stop: a late signal must not
+        # raise during its shutdown
 
     def __enter__(self) -> ConsoleLog:
         global _active
@@ -74,8 +76,9 @@ class ConsoleLog:
 
     def __exit__(self, *exc) -> None:
         global _active
-        for s, handler in self._handlers.items():
-            signal.signal(s, handler)
+        _cancel_again()
+        for s, handler in self._handlers.items():  # (SIG_IGN when the process is about to exit after a stop)
+            signal.signal(s, signal.SIG_IGN if self.ignore_signals_after else handler)
         sys.stdout, sys.stderr = self.stdout, self.stderr
         if self._partial:
             self.record("\n")
@@ -87,6 +90,7 @@ class ConsoleLog:
     def _early_stop(self, signum, frame) -> None:
         if self.stop_signal:
             interrupt(signum, frame)
+            return
         self.stop_signal = signum
         print(f"\nsignal {signum}: stopping (again to stop at once)")
 
@@ -128,15 +132,30 @@ class ConsoleLog:
         self._out.stream = self.stdout
 
 
+_again: threading.Timer | None = None
+
+
 def interrupt(signum: int, frame) -> None:
     """Stop at once: KeyboardInterrupt where the signal found the program, unless that is inside a finalizer
     (`__del__`), where Python prints the exception and goes on; the signal then comes again a moment later."""
+    global _again
     while frame is not None:
         if frame.f_code.co_name == "__del__":
-            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            if _again is None:
+                _again = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+                _again.daemon = True
+                _again.start()
             return
         frame = frame.f_back
+    _cancel_again()
     raise KeyboardInterrupt
+
+
+def _cancel_again() -> None:
+    global _again
+    if _again is not None:
+        _again.cancel()
+        _again = None
 
 
 def quiet_libraries() -> None:
