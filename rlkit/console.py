@@ -9,6 +9,7 @@ or SLURM.
 
 from __future__ import annotations
 
+import _thread
 import io
 import os
 import signal
@@ -141,8 +142,10 @@ def interrupt(signum: int, frame) -> None:
     global _again
     while frame is not None:
         if frame.f_code.co_name == "__del__":
-            if _again is None:
-                _again = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+            if _again is None or not _again.is_alive():
+                # interrupt_main, not os.kill: an OS signal arriving while the interpreter shuts down (handlers
+                # back to the default) would kill the process
+                _again = threading.Timer(0.05, _thread.interrupt_main, (signum,))
                 _again.daemon = True
                 _again.start()
             return
