@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -32,14 +33,15 @@ class PluginInfo:
     version: str
 
 
-def _entry_points(group: str = GROUP) -> list[tuple[metadata.EntryPoint, str, str]]:
+@functools.lru_cache(maxsize=None)  # reading every installed distribution's metadata takes ~0.1 s; once a process
+def _entry_points(group: str = GROUP) -> tuple[tuple[metadata.EntryPoint, str, str], ...]:
     found = []
     for dist in metadata.distributions():
         dist_name = dist.metadata["Name"] or "?"
         for ep in dist.entry_points:
             if ep.group == group:
                 found.append((ep, dist_name, dist.version))
-    return found
+    return tuple(found)
 
 
 def list_plugins(group: str) -> dict[str, PluginInfo]:
