@@ -39,7 +39,8 @@ def _rlkit(args, cwd):
     return done.returncode, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("name", ["my_reward.py:MyReward", "my_reward:MyReward"])
+@pytest.mark.parametrize("name", ["my_reward.py:MyReward",
+                                  pytest.param("my_reward:MyReward", marks=pytest.mark.slow)])
 def test_a_reward_from_the_working_directory_runs_and_resumes_from_anywhere(name, tmp_path):
     work = tmp_path / "work"
     work.mkdir()

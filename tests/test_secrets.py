@@ -73,8 +73,6 @@ def test_a_secret_reaches_no_file_no_tracker_no_push_and_no_console_and_the_run_
     assert code == 0 and "resumed from" in resumed, resumed[-3000:]
     kept = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))  # unresolved
     assert kept["rewards"][0]["kwargs"]["credential"] == "${oc.env:CRED}"
-    code, again = _rlkit(["resume", str(run), "train.steps=4"], tmp_path, env)  # the references were kept
-    assert code == 0 and "resumed from" in again, again[-3000:]
 
     from huggingface_hub import HfApi
 
@@ -95,7 +93,7 @@ def test_a_secret_reaches_no_file_no_tracker_no_push_and_no_console_and_the_run_
     said = [t for t in events.Tags()["tensors"] if t.startswith("rationales/")]  # the reward's words, as text
     assert said and b"red " in events.Tensors(said[0])[0].tensor_proto.string_val[0]
     assert _leaks(tmp_path) == []  # run directory (tensorboard, wandb, checkpoints, final, report), trackio
-    for text in (first, refused, resumed, again):
+    for text in (first, refused, resumed):
         assert SECRET not in text and TOKEN not in text
 
 

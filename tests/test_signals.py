@@ -37,7 +37,7 @@ def _clean(code: int, said: str) -> bool:
         "Exception ignored" not in said
 
 
-@pytest.mark.parametrize("moment", ["loading", "loop"])
+@pytest.mark.parametrize("moment", [pytest.param("loading", marks=pytest.mark.slow), "loop"])
 def test_two_signals_end_a_run_with_130_and_one_line(moment, tmp_path):
     run = tmp_path / "run"
     code, said = _double_signal(run, 1.5, 0.2) if moment == "loading" else \
