@@ -269,6 +269,7 @@ def test_a_guard_stop_prints_the_summary_then_its_line_and_exits_3(tmp_path, cap
     assert "error: stability guard stopped the run" in captured.err
 
 
+@pytest.mark.slow  # two runs in subprocesses: CI time (run.log itself is checked by the finished run above)
 def test_run_log_is_the_console_line_for_line_through_a_stop_signal_and_a_resume(tmp_path):
     """Everything a run prints (its lines, warnings, the signal's, the resume's, the summary, error lines) is in
     run.log in the same order; only the progress bar stays on the terminal."""

@@ -313,6 +313,7 @@ def test_a_run_never_replaces_a_preparation_made_with_other_settings(tmp_path, c
     prep.check_replaceable(cache, cfg)  # stale: no recipe of this rlkit can use it
 
 
+@pytest.mark.slow  # about a minute on 2 cores: CI time; the cache rules are tested above
 def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_path):
     """The editor is the expensive part: changing only the judge's settings must not re-train it. The new
     setting here is a two-judge ensemble: both are kept (how the reward combines them: test_jrm_variants)."""
