@@ -4,6 +4,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker (and its subprocesses): workers share the cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 

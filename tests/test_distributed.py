@@ -65,6 +65,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["latest", "step_000001", "step_000002"]
 
 
+@pytest.mark.slow
 def test_a_group_may_span_processes(tmp_path):
     """1 prompt x group 4 over 2 processes: each rank samples half the group; rewards are gathered, so the
     advantages (and the update) are those of the whole group."""
@@ -79,6 +80,7 @@ def test_a_group_may_span_processes(tmp_path):
     assert r1[0]["grad_norm"] == pytest.approx(r2[0]["grad_norm"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_samples_must_split_over_processes(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                            str(_free_port()), "-m", "rlkit", "run", "tiny_edit", f"output_dir={tmp_path / 'r'}",
@@ -88,6 +90,7 @@ def test_samples_must_split_over_processes(tmp_path):
     assert proc.returncode != 0 and "9 samples must be a multiple of the 2 processes" in proc.stderr
 
 
+@pytest.mark.slow
 def test_two_process_resume_is_exact(tmp_path):
     """Stop a 2-process run after step 2, resume it to step 3: the adapter equals the straight 3-step run's."""
     common = [a for a in ARGS if not a.startswith("train.steps")] + ["algorithm.micro_batch=3"]

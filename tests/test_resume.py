@@ -53,7 +53,7 @@ def _wait_for_lines(run_dir, n, proc, timeout=120):
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("kill_after_lines", [1, 4])
+@pytest.mark.parametrize("kill_after_lines", [1, pytest.param(4, marks=pytest.mark.slow)])
 def test_sigkill_at_any_moment_then_resume_is_bit_identical(straight_run, tmp_path, kill_after_lines):
     run = tmp_path / "run"
     proc = _start(run)
@@ -199,6 +199,7 @@ def test_huge_images_are_refused_by_name(tmp_path, monkeypatch):
         data.load_image(tmp_path / "big.png", 16)
 
 
+@pytest.mark.slow
 def test_a_second_process_cannot_write_a_running_runs_directory(straight_run, tmp_path, capsys):
     """Two runs on one output_dir used to interleave their metrics. The first owns it; the second exits 2 naming
     the owner; a killed owner leaves no stale lock (the OS releases it), so resume works at once."""
