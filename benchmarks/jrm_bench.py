@@ -15,8 +15,8 @@ import time
 import torch
 from PIL import Image
 
-from rewards.jrm.backbone import qwen3_vl_8b, tiny_backbone
-from rewards.jrm.model import JRMConfig, JRMModel
+from rlkit.rewards.jrm.backbone import qwen3_vl_8b, tiny_backbone
+from rlkit.rewards.jrm.model import JRMConfig, JRMModel
 
 
 def sync(device):

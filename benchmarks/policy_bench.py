@@ -17,11 +17,11 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from policies.base import PromptBatch
-from policies.flux_kontext import FluxKontextPolicy
-from policies.tiny import kontext_size_pipeline
 from rlkit.algorithms import GRPO
 from rlkit.config import Recipe
+from rlkit.policies.base import PromptBatch
+from rlkit.policies.flux_kontext import FluxKontextPolicy
+from rlkit.policies.tiny import kontext_size_pipeline
 
 
 def timed(fn, device, repeat=1):
@@ -66,7 +66,7 @@ def run(args) -> None:
     if args.size == "kontext":
         pipe, res, seq = kontext_size_pipeline(device), 512, 512
     else:
-        from policies.tiny import tiny_kontext_pipeline
+        from rlkit.policies.tiny import tiny_kontext_pipeline
 
         pipe, res, seq = tiny_kontext_pipeline(0), 32, 32
     cfg.policy.resolution, cfg.policy.max_sequence_length = res, seq

@@ -28,8 +28,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rewards.base import RewardInput  # noqa: E402
-from rewards.remote import RemoteReward  # noqa: E402
+from rlkit.rewards.base import RewardInput  # noqa: E402
+from rlkit.rewards.remote import RemoteReward  # noqa: E402
 from rlkit.serve import RewardServer  # noqa: E402
 
 
@@ -38,7 +38,7 @@ class FixedLatencyJudge:
         self.per_call, self.per_image = per_call, per_image
 
     def __call__(self, batch):
-        from rewards.base import RewardOutput
+        from rlkit.rewards.base import RewardOutput
 
         time.sleep(self.per_call + self.per_image * len(batch))
         return RewardOutput(scores=batch.edited.mean(dim=(1, 2, 3)))
@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--old-commit", default="1951733", help="a commit with the http.server reward server")
     args = ap.parse_args()
-    from rewards.jrm.reward import JRMReward
+    from rlkit.rewards.jrm.reward import JRMReward
 
     torch.set_num_threads(torch.get_num_threads())
     old = old_server_module(args.old_commit)

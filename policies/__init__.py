@@ -1,6 +1,6 @@
 """Editing policies: the protocol, fp32 step kernels with log-probs, and FLUX.1 Kontext."""
 
-from policies.base import EditPolicy, PromptBatch, Rollout
+from rlkit.policies.base import EditPolicy, PromptBatch, Rollout
 
 __all__ = ["EditPolicy", "PromptBatch", "Rollout", "build_policy", "transformer_skeleton"]
 
@@ -11,14 +11,14 @@ def build_policy(cfg, sampler_cfg, device, train_micro_batch: int = 0):
     `rlkit validate` stays fast."""
     import torch
 
-    from policies import tiny
+    from rlkit.policies import tiny
 
     if cfg.name.startswith("qwen_image_edit"):
-        from policies.qwen_image_edit import QwenImageEditPolicy as policy_class
+        from rlkit.policies.qwen_image_edit import QwenImageEditPolicy as policy_class
 
         build_tiny = tiny.tiny_qwen_edit_pipeline
     else:
-        from policies.flux_kontext import FluxKontextPolicy as policy_class
+        from rlkit.policies.flux_kontext import FluxKontextPolicy as policy_class
 
         build_tiny = tiny.tiny_kontext_pipeline
     if cfg.name.endswith("_tiny"):
@@ -34,7 +34,8 @@ def transformer_skeleton(cfg):
     check a recipe against it; for a real model this also finds the local weights or says they are missing."""
     import torch
 
-    from policies import tiny
+    from rlkit.core.hub import local_pretrained
+    from rlkit.policies import tiny
 
     qwen = cfg.name.startswith("qwen_image_edit")
     if cfg.name.endswith("_tiny"):
@@ -46,8 +47,6 @@ def transformer_skeleton(cfg):
     if cfg.name == "flux_kontext_random":
         config = tiny.KONTEXT_TRANSFORMER
     else:
-        from rlkit.preflight import local_pretrained
-
         config = transformer_class.load_config(str(local_pretrained(cfg.pretrained)), subfolder="transformer")
     with torch.device("meta"):
         return transformer_class.from_config(config)

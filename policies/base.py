@@ -1,60 +1,15 @@
-"""What the trainer needs from an editing policy, and what a rollout carries."""
+"""What the trainer needs from an editing policy. What a rollout carries (PromptBatch, Rollout) is shared by
+every part of rlkit and lives in rlkit.core.types."""
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
-from policies.sde import StepOutput
-from rewards.base import RewardInput
-
-
-@dataclass
-class PromptBatch:
-    """P editing prompts: a source image and an instruction each."""
-
-    sources: torch.Tensor  # [P, 3, H, W] in [0, 1]
-    instructions: list[str]
-    keys: list[str]  # identity of (image, instruction): samples of one key form one group
-    metadata: list[dict] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.instructions)
-
-
-@dataclass
-class Rollout:
-    """N = P x G edited samples with their whole denoising trajectory.
-
-    Index convention: step ``j`` goes from ``latents[:, j]`` at ``sigmas[j]`` to ``latents[:, j + 1]``.
-    """
-
-    latents: torch.Tensor  # [N, T + 1, ...] fp32 trajectory
-    log_probs: torch.Tensor  # [N, T] fp32 log-prob of each recorded transition (0 on ODE steps)
-    sigmas: torch.Tensor  # [T + 1]
-    timesteps: torch.Tensor  # [T] what the transformer was given at each step
-    sde_mask: torch.Tensor  # [T] bool: steps sampled with noise (the only ones that can be trained)
-    images: torch.Tensor  # [N, 3, H, W] decoded edits in [0, 1]
-    sources: torch.Tensor  # [N, 3, H, W]
-    instructions: list[str]
-    group_ids: torch.Tensor  # [N] long
-    prompt_index: torch.Tensor  # [N] long: row of `cond` for each sample
-    cond: Any  # policy-specific conditioning, one row per prompt (computed once per group)
-    metadata: list[dict] = field(default_factory=list)
-    means: torch.Tensor | None = None  # [N, T, ...] transition means at sampling, kept when asked (GRPO-Guard)
-
-    def __len__(self) -> int:
-        return self.latents.shape[0]
-
-    @property
-    def num_steps(self) -> int:
-        return self.log_probs.shape[1]
-
-    def as_reward_input(self) -> RewardInput:
-        return RewardInput(self.images, self.sources, self.instructions, self.group_ids, self.metadata)
+from rlkit.core.types import PromptBatch, Rollout
+from rlkit.policies.sde import StepOutput
 
 
 class EditPolicy(Protocol):

@@ -21,11 +21,10 @@ from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-from policies.base import PromptBatch, Rollout
-from policies.sde import KERNELS, StepOutput, ode_step, sde_window
-from rlkit.errors import UserError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from rlkit.core.devices import DTYPES
+from rlkit.core.errors import UserError
+from rlkit.policies.base import PromptBatch, Rollout
+from rlkit.policies.sde import KERNELS, StepOutput, ode_step, sde_window
 
 
 def select_attention_backend(name: str) -> None:
@@ -38,14 +37,6 @@ def select_attention_backend(name: str) -> None:
     torch.backends.cuda.enable_mem_efficient_sdp("efficient" in allowed)
     torch.backends.cuda.enable_cudnn_sdp("cudnn" in allowed)
     torch.backends.cuda.enable_math_sdp("math" in allowed or name == "auto")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"policy.device is '{name}' but CUDA is not available; use policy.device=cpu")
-    return torch.device(name)
 
 
 class FlowEditPolicy:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import FluxKontextPipeline
 
-from policies.flow_policy import FlowEditPolicy
+from rlkit.policies.flow_policy import FlowEditPolicy
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import QwenImageEditPipeline
 
-from policies.flow_policy import FlowEditPolicy
+from rlkit.policies.flow_policy import FlowEditPolicy
 
 
 @dataclass

@@ -3,13 +3,10 @@ diffusers/transformers classes at toy sizes), and FLUX.1 Kontext at its real siz
 
 Like diffusers' `get_dummy_components()`: every part is the production architecture, just small, so the whole
 loop (encode, sample, decode, LoRA, save, load_lora_weights) runs on a CPU in seconds. The tokenizers are
-built in memory from vocabularies generated here (a byte-level CLIP BPE with no merges, a character-level
-T5 unigram), so nothing touches the hub.
+built in memory (rlkit.core.tiny_tokenizers), so nothing touches the hub.
 """
 
 from __future__ import annotations
-
-import string
 
 import torch
 from diffusers import (
@@ -21,30 +18,11 @@ from diffusers import (
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
-    CLIPTokenizer,
     T5Config,
     T5EncoderModel,
-    T5TokenizerFast,
 )
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-
-def tiny_clip_tokenizer() -> CLIPTokenizer:
-    """Byte-level BPE over the 256 byte symbols (with and without the end-of-word mark), no merges."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    symbols = list(bytes_to_unicode().values())
-    for suffix in ("", "</w>"):
-        for s in symbols:
-            vocab[s + suffix] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def tiny_t5_tokenizer() -> T5TokenizerFast:
-    """Character-level unigram vocabulary: lowercase, digits, punctuation, word-start variants."""
-    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [(c, -3.0) for c in chars] + [("\u2581" + c, -3.5) for c in chars]
-    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
+from rlkit.core.tiny_tokenizers import qwen_byte_tokenizer, tiny_clip_tokenizer, tiny_t5_tokenizer
 
 
 def tiny_kontext_pipeline(seed: int = 0) -> FluxKontextPipeline:
@@ -87,8 +65,6 @@ def tiny_qwen_edit_pipeline(seed: int = 0):
     transformer. No processor: the policy expands image placeholders itself."""
     from diffusers import AutoencoderKLQwenImage, QwenImageEditPipeline, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from rewards.jrm.backbone import qwen_byte_tokenizer
 
     torch.manual_seed(seed)
     tok = qwen_byte_tokenizer()

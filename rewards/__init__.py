@@ -1,6 +1,10 @@
-"""Reward models for rlkit: the protocol (base), the weighted set (combine), programmatic rewards, the remote
-client and its wire format, and the JRM reward model (jrm/)."""
+"""Rewards: the protocol every plugin speaks (base), the weighted set the loop calls (combine), the wire format
+of `rlkit serve-reward` and its client (wire, remote), programmatic rewards, served VLM judges (vlm_judge) and
+the JRM reward model (jrm/). The rest of rlkit imports rewards through this package only."""
 
-from rewards.base import Reward, RewardInput, RewardOutput
+from rlkit.rewards.base import FunctionReward, Reward, RewardInput, RewardOutput, as_reward
+from rlkit.rewards.combine import CombinedReward, RewardSet
+from rlkit.rewards.wire import WireError, decode_input, decode_output, encode_input, encode_output
 
-__all__ = ["Reward", "RewardInput", "RewardOutput"]
+__all__ = ["CombinedReward", "FunctionReward", "Reward", "RewardInput", "RewardOutput", "RewardSet", "WireError",
+           "as_reward", "decode_input", "decode_output", "encode_input", "encode_output"]

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rewards.base import RewardInput, RewardOutput
-from rlkit.errors import RewardError
+from rlkit.core.errors import RewardError
+from rlkit.rewards.base import RewardInput, RewardOutput
 
 
 @dataclass
@@ -36,6 +36,9 @@ class RewardSet:
                 keyed.append((n if seen[n] == 1 else f"{n}#{seen[n]}", w, r))
             rewards = keyed
         self.rewards = rewards
+        self.names = [n for n, _, _ in rewards]  # as logged: reward/<name>
+        self.weights = [w for _, w, _ in rewards]
+        self.functions = [r for _, _, r in rewards]
 
     def __call__(self, batch: RewardInput) -> CombinedReward:
         n = len(batch)
@@ -69,7 +72,7 @@ class RewardSet:
     @staticmethod
     def _check(name: str, result: object, n: int) -> torch.Tensor:
         if not isinstance(result, RewardOutput):
-            raise RewardError(name, f"returned {type(result).__name__}, expected rewards.RewardOutput")
+            raise RewardError(name, f"returned {type(result).__name__}, expected rlkit.rewards.RewardOutput")
         scores = result.scores
         if not isinstance(scores, torch.Tensor):
             raise RewardError(name, f"scores is {type(scores).__name__}, expected a torch.Tensor of shape [{n}]")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rewards.base import Reward, RewardInput, RewardOutput
+from rlkit.rewards.base import Reward, RewardInput, RewardOutput
 
 
 class SourceConsistency(Reward):

@@ -25,8 +25,8 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
-from rewards.base import RewardInput, RewardOutput
-from rewards.wire import WireError, decode_output, encode_input
+from rlkit.rewards.base import RewardInput, RewardOutput
+from rlkit.rewards.wire import WireError, decode_output, encode_input
 
 
 class RemoteReward:

@@ -39,15 +39,16 @@ from pathlib import Path
 
 import torch
 
-from rewards.base import RewardInput, RewardOutput
-from rewards.openai_chat import ChatEndpoint, describe, image_message, png_data_url
+from rlkit.rewards.base import RewardInput, RewardOutput
+from rlkit.rewards.openai_chat import ChatEndpoint, describe, image_message, png_data_url
 
 SCORE_MODES = ("logprobs", "parse")
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
 
 
 def shipped_templates() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("rewards.judge_templates").iterdir() if p.name.endswith(".yaml"))
+    shipped = resources.files("rlkit.rewards.judge_templates").iterdir()
+    return sorted(p.name[:-5] for p in shipped if p.name.endswith(".yaml"))
 
 
 def load_template(template: str | dict) -> dict:
@@ -57,7 +58,7 @@ def load_template(template: str | dict) -> dict:
     if isinstance(template, dict):
         spec = template
     else:
-        shipped = resources.files("rewards.judge_templates") / f"{template}.yaml"
+        shipped = resources.files("rlkit.rewards.judge_templates") / f"{template}.yaml"
         path = Path(template).expanduser()
         if shipped.is_file():
             spec = yaml.safe_load(shipped.read_text())

@@ -14,7 +14,7 @@ import json
 import torch
 from safetensors.torch import load, save
 
-from rewards.base import RewardInput, RewardOutput
+from rlkit.rewards.base import RewardInput, RewardOutput
 
 
 class WireError(ValueError):

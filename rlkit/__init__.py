@@ -1,6 +1,8 @@
 """rlkit: online RL fine-tuning for instruction-following image editors."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version as _version
+
+__version__ = _version("rlkit")  # pyproject.toml's, the one place it is written
 
 
 def __getattr__(name):  # rlkit.train / rlkit.resume without importing torch on `import rlkit`

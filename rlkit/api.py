@@ -21,7 +21,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
 
 
 def _named(rewards) -> dict[str, tuple[Any, float]]:

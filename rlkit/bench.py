@@ -9,18 +9,15 @@ peak memory. Nothing is written to a run directory.
 
 from __future__ import annotations
 
-import math
 import resource
 
 import torch
 
-from policies import build_policy
-from policies.flow_policy import resolve_device
-from rlkit.algorithms import build_algorithm
+from rlkit.core.devices import resolve_device
+from rlkit.core.errors import UserError
 from rlkit.data import PromptStream, read_items
-from rlkit.errors import UserError
-from rlkit.plugins import build_rewards
 from rlkit.preparation import prepare_recipe
+from rlkit.roles import build_roles
 from rlkit.timing import StageTimer
 
 
@@ -30,13 +27,11 @@ def bench(cfg, iterations: int = 2, warmup: int = 1) -> dict:
     device = resolve_device(cfg.policy.device)
     prepare_recipe(cfg)
     torch.manual_seed(cfg.seed)
-    rewards = build_rewards(cfg.rewards)
-    policy = build_policy(cfg.policy, cfg.sampler, device, cfg.algorithm.micro_batch)
+    roles = build_roles(cfg, device)
+    policy, algorithm, rewards = roles.policy, roles.algorithm, roles.rewards
+    optimizer, scheduler = roles.optimizer, roles.lr_scheduler
     for p in policy.trainable_parameters():  # a trained-looking adapter: LoRA and reference differ
         torch.nn.init.normal_(p, std=0.01)
-    algorithm = build_algorithm(cfg.algorithm, cfg.optim.max_grad_norm)
-    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.optim.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
     prompts = PromptStream(read_items(cfg.data), cfg.policy.resolution, cfg.seed, cfg.data.shuffle)
     gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -58,19 +53,19 @@ def bench(cfg, iterations: int = 2, warmup: int = 1) -> dict:
     clock = StageTimer(device)
     for _ in range(iterations):
         rollout = iteration(clock)
-    pure = pure_compute(policy, rollout, rewards, cfg, device, iterations)
+    pure = pure_compute(policy, algorithm, rollout, rewards, cfg, device, iterations)
     staged = {k: v / iterations for k, v in clock.totals.items()}
     return summarise(staged, pure, rollout, cfg, device)
 
 
-def pure_compute(policy, rollout, rewards, cfg, device, iterations: int) -> dict:
+def pure_compute(policy, algorithm, rollout, rewards, cfg, device, iterations: int) -> dict:
     """Each model's own compute for one iteration, timed alone on the last rollout's tensors."""
     clock = StageTimer(device)
     n, steps = len(rollout), rollout.num_steps
     chunk = cfg.sampler.batch_size or cfg.algorithm.micro_batch or n
     mb = cfg.algorithm.micro_batch
     sde_steps = torch.nonzero(rollout.sde_mask).flatten()
-    k = max(1, math.ceil(cfg.algorithm.timestep_fraction * len(sde_steps) - 1e-9)) * cfg.algorithm.inner_epochs
+    k = algorithm.timesteps_per_sample(len(sde_steps)) * cfg.algorithm.inner_epochs
 
     def forward(idx, step):
         x = rollout.latents[idx, step].to(device)
@@ -105,21 +100,13 @@ def pure_compute(policy, rollout, rewards, cfg, device, iterations: int) -> dict
 
 
 def reward_prefill_fn(rewards, rollout):
-    """For JRM rewards: the model forward alone (inputs encoded beforehand); None for other rewards."""
-    from rewards.jrm.model import JRMModel
-
-    calls = []
-    for _, _, fn in rewards.rewards:
-        model = getattr(fn, "model", None)
-        if isinstance(model, JRMModel):
-            bs = getattr(fn, "batch_size", 16)
-            for i in range(0, len(rollout), bs):
-                enc = model.encoder.encode(list(rollout.sources[i : i + bs]), list(rollout.images[i : i + bs]),
-                                           rollout.instructions[i : i + bs], dedupe=model.dedupe).to(model.device)
-                calls.append((model, enc))
+    """The rewards' model forwards alone, inputs encoded beforehand, for the rewards that offer them
+    (`prepared_forward`, e.g. JRM); None when none does."""
+    batch = rollout.as_reward_input()
+    calls = [reward.prepared_forward(batch) for reward in rewards.functions if hasattr(reward, "prepared_forward")]
     if not calls:
         return None
-    return lambda: [m(e) for m, e in calls]
+    return lambda: [call() for call in calls]
 
 
 def summarise(staged: dict, pure: dict, rollout, cfg, device) -> dict:

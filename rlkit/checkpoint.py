@@ -19,14 +19,14 @@ import os
 import random
 import shutil
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlkit import __version__
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
 
 FILES = ("adapter.safetensors", "optimizer.pt", "rng.safetensors", "state.json")
 TMP_PREFIX = ".tmp-"
@@ -108,7 +108,7 @@ def save_checkpoint(
         torch.save(optimizer_state, tmp / "optimizer.pt")
         rng_tensors, rng_plain = capture_rng(generators)
         save_file(rng_tensors, tmp / "rng.safetensors")
-        full_state = {**state, "step": step, "rng": rng_plain, "rlkit_version": __version__}
+        full_state = {**state, "step": step, "rng": rng_plain, "rlkit_version": version("rlkit")}
         (tmp / "state.json").write_text(json.dumps(full_state))
         usual_permissions(tmp)
         manifest = {name: _sha256(tmp / name) for name in FILES}

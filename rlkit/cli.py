@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from rlkit import __version__
-from rlkit.errors import CheckpointError, GuardStop, RewardError, RolloutError, UserError
+from rlkit.core.errors import CheckpointError, GuardStop, RewardError, RolloutError, UserError
 
 
 def cmd_run(args) -> int:
@@ -89,7 +89,7 @@ def cmd_validate(args) -> int:
 
     raw = OmegaConf.load(resolve_recipe_path(args.recipe))
     if "backbone" in raw:  # a reward-model recipe (rlkit train-reward)
-        from rewards.jrm.config import RewardRecipe, check_reward_recipe, reward_recipe_problems
+        from rlkit.rewards.jrm.config import RewardRecipe, check_reward_recipe, reward_recipe_problems
 
         cfg = load_recipe(args.recipe, args.overrides, schema_cls=RewardRecipe, check=check_reward_recipe)
         if args.print_config:
@@ -171,23 +171,23 @@ def cmd_prepare(args) -> int:
 
 def cmd_train_reward(args) -> int:
     """train-reward and distill-reward: both read a reward recipe and write OUTPUT/final/."""
-    from rewards.jrm.config import RewardRecipe, check_reward_recipe, reward_recipe_problems
     from rlkit.config import load_recipe
     from rlkit.preflight import raise_problems
+    from rlkit.rewards.jrm.config import RewardRecipe, check_reward_recipe, reward_recipe_problems
 
     cfg = load_recipe(args.recipe, args.overrides, schema_cls=RewardRecipe, check=check_reward_recipe)
     raise_problems(reward_recipe_problems(cfg))  # what validate checks, before loading anything
     if args.command == "distill-reward":
-        from rewards.jrm.distill import distill_reward as train
+        from rlkit.rewards.jrm.distill import distill_reward as train
     else:
-        from rewards.jrm.train import train_reward as train
+        from rlkit.rewards.jrm.train import train_reward as train
     print(f"done: {train(cfg) / 'final'}")
     return 0
 
 
 def cmd_annotate_pairs(args) -> int:
-    from rewards.jrm.annotate import annotate_pairs
-    from rewards.openai_chat import ChatEndpoint
+    from rlkit.rewards.jrm.annotate import annotate_pairs
+    from rlkit.rewards.openai_chat import ChatEndpoint
 
     try:
         request = json.loads(args.request) if args.request else None
@@ -210,9 +210,9 @@ def cmd_annotate_pairs(args) -> int:
 
 
 def cmd_eval_reward(args) -> int:
-    from rewards.jrm.evaluate import evaluate
-    from rewards.jrm.model import JRMModel
     from rlkit.logs import json_safe
+    from rlkit.rewards.jrm.evaluate import evaluate
+    from rlkit.rewards.jrm.model import JRMModel
 
     out = Path(args.output) if args.output else Path(args.reward_dir) / f"eval_{args.format}.json"
     _check_writable(out)  # before the evaluation, not after it
@@ -238,8 +238,8 @@ def cmd_eval_reward(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from rewards.jrm.model import JRMModel
-    from rlkit.data import open_rgb
+    from rlkit.core.images import open_rgb
+    from rlkit.rewards.jrm.model import JRMModel
 
     model = JRMModel.load(args.reward_dir, device="cuda" if _cuda() else "cpu")
     images = [open_rgb(args.source), open_rgb(args.edited)]

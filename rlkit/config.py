@@ -15,9 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
+from rlkit.core.schema import SEED, UNIT, LoggingConfig, Range, range_problems, resolved, setting, shape_problems
 from rlkit.preparation import load_preparation, with_section
-from rlkit.schema import SEED, UNIT, Range, range_problems, resolved, setting, shape_problems
 from rlkit.secrets import remember
 
 ACTIONS = ("ignore", "warn", "stop", "rollback")
@@ -186,18 +186,6 @@ class EvalConfig:
 
 
 @dataclass
-class LoggingConfig:
-    """Experiment trackers (rlkit/trackers.py): scalars every step, evaluation grids, the recipe, alarms."""
-
-    # tensorboard writes RUN_DIR/tensorboard; wandb needs `pip install wandb` (WANDB_MODE=offline: no login);
-    # trackio needs `pip install trackio` and logs locally (TRACKIO_DIR; `trackio show` opens its dashboard)
-    report_to: list[str] = setting(factory=lambda: ["tensorboard"],
-                                   each=Range(choices=("tensorboard", "wandb", "trackio")))
-    project: str = setting("rlkit", pattern=r".*\S.*", hint="a project name")  # the W&B / trackio project
-    run_name: str | None = None  # default: the output_dir's folder name
-
-
-@dataclass
 class GoldDivergenceAlarm:
     action: str = setting("warn", choices=ACTIONS)  # not "off": YAML reads that as false
     window: int = setting(2, ge=1)  # evaluations over which the proxy must have risen
@@ -360,7 +348,7 @@ def _owner_hint(key: str) -> str:
 
 def packaged_recipes() -> dict[str, Path]:
     """Recipes shipped in the `recipes` package, by name (file stem)."""
-    root = resources.files("recipes")
+    root = resources.files("rlkit.recipes")
     return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
 
 

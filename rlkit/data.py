@@ -14,15 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from policies.base import PromptBatch
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
+from rlkit.core.images import image_to_tensor, open_rgb
+from rlkit.core.types import PromptBatch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-MAX_PIXELS = 64_000_000  # refuse decompression bombs with a clear message instead of PIL's warning
 
 
 @dataclass
@@ -31,60 +30,6 @@ class EditItem:
     instruction: str
     key: str  # identity of (image, instruction)
     metadata: dict = field(default_factory=dict)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB as the image is meant to be seen: EXIF orientation applied (phone photos are stored sideways),
-    high-bit-depth grey scaled to 8 bits (PIL's own conversion clips 16-bit grey to white and float to black),
-    transparency composited over white."""
-    img = ImageOps.exif_transpose(img)
-    if img.mode.startswith("I") or img.mode == "F":
-        img = _to_8bit_grey(img)
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, img).convert("RGB")
-    return img.convert("RGB")
-
-
-def _to_8bit_grey(img: Image.Image) -> Image.Image:
-    """16/32-bit integer or float grey -> 8-bit. Integers are scaled by their container's range (16-bit PNGs
-    use all of it; a 32-bit image holding 8- or 16-bit values is read as such); floats in [0, 1] by 255."""
-    values = np.asarray(img, dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise ValueError("the image holds NaN or infinite pixel values")
-    top = float(values.max(initial=0.0))
-    if img.mode == "F":
-        scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else top
-    else:
-        scale = 65535.0 if img.mode.startswith("I;16") or top > 255 else 255.0
-        scale = max(scale, top)
-    return Image.fromarray(np.clip(values / scale * 255.0, 0, 255).round().astype(np.uint8), "L")
-
-
-def image_to_tensor(img: Image.Image, resolution: int) -> torch.Tensor:
-    """Centre-crop to a square, resize, return [3, R, R] in [0, 1]."""
-    img = to_rgb(img)
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-
-
-def open_rgb(path: str | Path) -> Image.Image:
-    """An image file as RGB (see `to_rgb`); missing, unreadable or oversized files are a UserError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise UserError(f"image too large ({img.width}x{img.height} > {MAX_PIXELS} pixels): {path}")
-            img.load()
-            return to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"cannot read image {path}: {err}") from None
 
 
 def load_image(path: Path, resolution: int) -> torch.Tensor:

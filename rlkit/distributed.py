@@ -28,6 +28,20 @@ class Distributed:
         self.state = PartialState(cpu=not torch.cuda.is_available())
         self.rank, self.world = self.state.process_index, self.state.num_processes
 
+    def check_recipe(self, cfg) -> None:
+        """What a multi-process run needs of its recipe."""
+        if not self.enabled:
+            return
+        from rlkit.core.errors import UserError
+
+        if cfg.algorithm.name != "grpo":
+            raise UserError("multi-process runs support algorithm.name=grpo (online DPO's pair count differs "
+                            "per rank)")
+        samples = cfg.train.prompts_per_step * cfg.algorithm.group_size
+        if samples % self.world:
+            raise UserError(f"train.prompts_per_step x algorithm.group_size = {samples} samples must be a "
+                            f"multiple of the {self.world} processes")
+
     @property
     def enabled(self) -> bool:
         return self.world > 1

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
+from rlkit.core.hub import hub_id_of_cache_folder, is_hub_id, local_pretrained
 from rlkit.summary import RunSummary, summarize
 
 PIPELINES = {"flux_kontext": ("FluxKontextPipeline", "FluxTransformer2DModel"),
@@ -19,20 +19,15 @@ def _editor(cfg: DictConfig) -> str:
     return next(k for k in PIPELINES if cfg.policy.name.startswith(k))
 
 
-def _is_hub_id(name: str | None) -> bool:
-    return bool(name) and name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
-
-
 def base_model_id(cfg: DictConfig) -> str | None:
     """The base model's Hub id: `export.base_model`, `policy.pretrained` when it is one, or the id a hub-cache
     folder is named after (models--OWNER--NAME/snapshots/...); None for any other local folder."""
     if cfg.export.base_model:
         return cfg.export.base_model
     pretrained = cfg.policy.pretrained
-    if _is_hub_id(pretrained):
+    if is_hub_id(pretrained):
         return pretrained
-    found = re.search(r"models--([^/]+)--([^/]+)/snapshots/", str(Path(pretrained or "").expanduser().resolve()))
-    return f"{found.group(1)}/{found.group(2)}" if found else None
+    return hub_id_of_cache_folder(pretrained or "")
 
 
 def _base_card_license(cfg: DictConfig) -> dict:
@@ -40,8 +35,6 @@ def _base_card_license(cfg: DictConfig) -> dict:
     from huggingface_hub import ModelCard
 
     try:
-        from rlkit.preflight import local_pretrained
-
         card = ModelCard.load(local_pretrained(cfg.policy.pretrained) / "README.md")
     except Exception:  # no local copy, or a folder without a card
         return {}
@@ -72,7 +65,7 @@ def loading_snippet(cfg: DictConfig, weights: Path | str, example: tuple[str, st
     resizing off. Runs as printed (its own imports, the run's first prompt)."""
     pipeline, transformer = PIPELINES[_editor(cfg)]
     base = base_model_id(cfg) or cfg.policy.pretrained or "BASE_MODEL"
-    if cfg.policy.pretrained and not _is_hub_id(cfg.policy.pretrained) and Path(cfg.policy.pretrained).exists():
+    if cfg.policy.pretrained and not is_hub_id(cfg.policy.pretrained) and Path(cfg.policy.pretrained).exists():
         base = cfg.policy.pretrained  # the folder the run trained from, when this machine has it
     dtype = "torch.bfloat16" if cfg.policy.dtype != "float32" else "torch.float32"
     source, instruction = example or example_edit(cfg)

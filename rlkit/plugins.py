@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
 
 GROUP = "rlkit.rewards"
 PREPARATIONS = "rlkit.preparations"
@@ -107,7 +107,7 @@ def load_reward_class(name: str) -> Any:
         if key not in _given:
             raise UserError(f"reward '{name}' is a Python object handed to rlkit.train(); this process was not given "
                             f"it: resume from Python with rlkit.resume(RUN_DIR, rewards={{'{key}': ...}})")
-        from rewards.base import as_reward
+        from rlkit.rewards import as_reward
 
         reward = as_reward(_given[key])
         return lambda: reward
@@ -165,7 +165,7 @@ def build_rewards(specs, built: dict | None = None):
     instead of loading a second copy of the same judge."""
     import json
 
-    from rewards.combine import RewardSet
+    from rlkit.rewards import RewardSet
 
     built = {} if built is None else built
     entries = []

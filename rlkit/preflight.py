@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
 
 
 def preflight(cfg: DictConfig, made_later=(), live: bool = False) -> list[str]:
@@ -89,7 +89,7 @@ def reward_problems(name: str, kwargs: dict, where: str, files_ready: bool = Tru
 
 def policy_problems(policy_cfg) -> list[str]:
     """The weights are where the run will look, and every LoRA target module names a layer."""
-    from policies import transformer_skeleton
+    from rlkit.policies import transformer_skeleton
 
     try:
         transformer = transformer_skeleton(policy_cfg)
@@ -110,24 +110,3 @@ def _linear_leaves(module) -> list[str]:
 
     leaves = [n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
     return list(dict.fromkeys(leaves))
-
-
-def local_pretrained(pretrained: str) -> Path:
-    """The folder of a local diffusers pipeline or its copy in the local hub cache; never downloads."""
-    folder = Path(pretrained).expanduser()
-    if (folder / "model_index.json").is_file():
-        return folder
-    if not folder.exists() and pretrained.count("/") == 1:
-        from huggingface_hub import snapshot_download
-
-        try:
-            cached = Path(snapshot_download(pretrained, local_files_only=True))
-            if (cached / "model_index.json").is_file():
-                return cached
-        except Exception:  # not in the cache (LocalEntryNotFoundError), or an invalid repo id
-            pass
-    if folder.exists() or pretrained.startswith(("/", ".", "~")) or pretrained.count("/") != 1:
-        raise UserError(f"policy.pretrained '{pretrained}' is not a local diffusers folder (no model_index.json); "
-                        f"point it at a folder saved by a diffusers pipeline's save_pretrained, or at a hub id")
-    raise UserError(f"policy.pretrained '{pretrained}' is not in the local hub cache and rlkit never downloads; "
-                    f"download it first (`hf download {pretrained}`) or point policy.pretrained at a local folder")

@@ -16,12 +16,13 @@ from typing import Protocol
 
 from omegaconf import DictConfig
 
+from rlkit.core.errors import UserError
 from rlkit.plugins import PREPARATIONS, load_plugin
 
 
 class Preparation(Protocol):
     section: str  # the recipe section it owns, e.g. "sandbox"
-    schema: type  # a dataclass of rlkit.schema settings: that section's keys, defaults and ranges
+    schema: type  # a dataclass of rlkit.core.schema settings: that section's keys, defaults and ranges
 
     def problems(self, section: DictConfig) -> list[str]:
         """What the schema cannot check (keys that depend on each other), one line each, keys named in full."""
@@ -62,3 +63,13 @@ def prepare_recipe(cfg: DictConfig, replace: bool = False, log=print) -> None:
     prep = recipe_preparation(cfg)
     if prep is not None:
         prep.run(cfg[prep.section], replace=replace, log=log)
+
+
+def check_prepared(cfg: DictConfig) -> None:
+    """The recipe's preparation runs before a trainer is built (`rlkit run` does it; in Python,
+    prepare_recipe): without it the files it makes are missing, which says why."""
+    prep = recipe_preparation(cfg)
+    pending = prep.pending(cfg[prep.section]) if prep else None
+    if pending:
+        raise UserError(f"the recipe's '{cfg.prepare}' preparation has not run ({pending}): run "
+                        f"rlkit.preparation.prepare_recipe(cfg) before Trainer(cfg), or use `rlkit run`")

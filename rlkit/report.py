@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
 from rlkit.logs import read_rows
 
 # (file, title, [(metric key, label)], [(threshold key in the recipe's stability section, label)]): a plot is

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlkit import checkpoint as ckpt
 from rlkit.config import to_yaml
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
 from rlkit.secrets import redacted
 
 # Changing these between a checkpoint and its resume would load weights into another model, or continue random

@@ -31,9 +31,8 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from rewards.base import RewardInput, RewardOutput
-from rewards.wire import WireError, decode_input, encode_output
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
+from rlkit.rewards import RewardInput, RewardOutput, WireError, decode_input, encode_output
 from rlkit.secrets import scrub
 
 MAX_BODY = 1 << 30  # 1 GiB: a batch of 64 images at 1024 px in float32 is 0.8 GiB

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
 from rlkit.secrets import scrub
 
 TRACKERS = ("tensorboard", "wandb", "trackio")

@@ -11,9 +11,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from rlkit.errors import UserError
-from sandbox.schema import SandboxConfig
-from sandbox.world import TRUTH_VERSION, WORLD_VERSION
+from rlkit.core.errors import UserError
+from rlkit.sandbox.schema import SandboxConfig
+from rlkit.sandbox.world import TRUTH_VERSION, WORLD_VERSION
 
 SHIPPED = Path(__file__).parent / "shipped"  # shipped preparations: seed_<N>/{editor, jrm, prepared.json}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from sandbox.world import (
+from rlkit.sandbox.world import (
     COLOURS,
     OPERATIONS,
     Scene,

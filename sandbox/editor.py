@@ -20,11 +20,21 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
-from policies.tiny import tiny_clip_tokenizer
-from sandbox.data import sample_prompts
-from sandbox.schema import SandboxConfig
-from sandbox.seeds import stream_seed
-from sandbox.world import BACKGROUNDS, COLOURS, DIRECTIONS, PLACES, SHAPES, random_scene, render, to_tensor, washout
+from rlkit.core.tiny_tokenizers import tiny_clip_tokenizer
+from rlkit.sandbox.data import sample_prompts
+from rlkit.sandbox.schema import SandboxConfig
+from rlkit.sandbox.seeds import stream_seed
+from rlkit.sandbox.world import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    PLACES,
+    SHAPES,
+    random_scene,
+    render,
+    to_tensor,
+    washout,
+)
 
 SIZE = 32
 
@@ -97,8 +107,8 @@ def editor_policy(pipe: FluxKontextPipeline, device: str):
     """The editor as rlkit's Kontext policy without an adapter: what pre-training trains and the judge checks."""
     from omegaconf import OmegaConf
 
-    from policies.flux_kontext import FluxKontextPolicy
     from rlkit.config import PolicyConfig, SamplerConfig
+    from rlkit.policies.flux_kontext import FluxKontextPolicy
 
     pcfg = OmegaConf.structured(PolicyConfig(name="flux_kontext", dtype="float32", device=device,
                                              resolution=SIZE, max_sequence_length=24))

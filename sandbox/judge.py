@@ -10,17 +10,17 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from sandbox.data import rationale, region_box, sample_prompts
-from sandbox.editor import SIZE
-from sandbox.seeds import stream_seed
-from sandbox.world import gt_scores, render, to_tensor, washout
+from rlkit.sandbox.data import rationale, region_box, sample_prompts
+from rlkit.sandbox.editor import SIZE
+from rlkit.sandbox.seeds import stream_seed
+from rlkit.sandbox.world import gt_scores, render, to_tensor, washout
 
 
 @torch.no_grad()
 def editor_samples(policy, prompts, samples: int, generator: torch.Generator):
     """The editor's `samples` edits of each (scene, instruction, target) prompt, 8 prompts per batch. Yields
     (index, instruction, source, target, images [samples, 3, H, W], ground-truth scores per image)."""
-    from policies.base import PromptBatch
+    from rlkit.policies.base import PromptBatch
 
     for start in range(0, len(prompts), 8):
         chunk = prompts[start : start + 8]
@@ -110,10 +110,10 @@ def train_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, held: list
     `judge_min_agreement` is retrained from another initialisation (seeded: still reproducible), up to
     `judge_tries` times, and the best one is kept. With `judge_ensemble: K` the best K are kept and the jrm
     reward averages them."""
-    from rewards.jrm.config import RewardRecipe, check_reward_recipe
-    from rewards.jrm.model import JRMModel
-    from rewards.jrm.train import train_reward
     from rlkit.config import load_recipe
+    from rlkit.rewards.jrm.config import RewardRecipe, check_reward_recipe
+    from rlkit.rewards.jrm.model import JRMModel
+    from rlkit.rewards.jrm.train import train_reward
 
     tried = []  # (agreement, folder, check)
     for attempt in range(max(cfg.judge_tries, cfg.judge_ensemble)):
@@ -153,7 +153,7 @@ def check_samples(policy, prompts, cfg) -> list:
 
 def kept_judges(out: Path, cfg):
     """The kept judges as the reward RL gets (one judge, or the ensemble's mean)."""
-    from rewards.jrm.reward import JRMReward
+    from rlkit.rewards.jrm.reward import JRMReward
 
     return JRMReward([str(out / judge_folder(i) / "final") for i in range(cfg.judge_ensemble)], device=cfg.device)
 

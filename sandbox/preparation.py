@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sandbox.schema import SandboxConfig
+from rlkit.sandbox.schema import SandboxConfig
 
 
 class SandboxPreparation:
@@ -28,7 +28,7 @@ class SandboxPreparation:
         return [str(Path(section.path))]
 
     def pending(self, section: DictConfig) -> str | None:
-        from sandbox.cache import check_replaceable, is_prepared, reusable_editor, shipped_preparation
+        from rlkit.sandbox.cache import check_replaceable, is_prepared, reusable_editor, shipped_preparation
 
         cache = Path(section.path)
         if is_prepared(cache, section):
@@ -40,6 +40,6 @@ class SandboxPreparation:
         return f"the sandbox in {section.path} is {how} on the first run; its files are checked then"
 
     def run(self, section: DictConfig, replace: bool = False, log=print) -> None:
-        from sandbox.prepare import prepare
+        from rlkit.sandbox.prepare import prepare
 
         prepare(Path(section.path), section, log=log, replace=replace)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from diffusers import FluxKontextPipeline
 
-from rlkit.errors import UserError
-from sandbox.cache import _settings, check_replaceable, is_prepared, reusable_editor, shipped_preparation
-from sandbox.data import sample_prompts, write_preference_pairs, write_prompts
-from sandbox.editor import SIZE, build_pipeline, editor_policy, pretrain_editor, train_vae
-from sandbox.judge import check_samples, train_judges, write_editor_pairs
-from sandbox.refresh import refresh_judges
-from sandbox.seeds import stream_seed
+from rlkit.core.errors import UserError
+from rlkit.sandbox.cache import _settings, check_replaceable, is_prepared, reusable_editor, shipped_preparation
+from rlkit.sandbox.data import sample_prompts, write_preference_pairs, write_prompts
+from rlkit.sandbox.editor import SIZE, build_pipeline, editor_policy, pretrain_editor, train_vae
+from rlkit.sandbox.judge import check_samples, train_judges, write_editor_pairs
+from rlkit.sandbox.refresh import refresh_judges
+from rlkit.sandbox.seeds import stream_seed
 
 
 def prepare(out: Path, cfg, log=print, replace: bool = True) -> Path:

@@ -10,8 +10,8 @@ import shutil
 import time
 from pathlib import Path
 
-from sandbox.judge import agreement_on, check_samples, judge_folder, kept_judges, train_judges, write_editor_pairs
-from sandbox.seeds import stream_seed
+from rlkit.sandbox.judge import agreement_on, check_samples, judge_folder, kept_judges, train_judges, write_editor_pairs
+from rlkit.sandbox.seeds import stream_seed
 
 
 def refresh_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, held: list, prompts, first: dict,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from rewards.base import RewardInput, RewardOutput
-from sandbox.world import Scene, gt_scores, render, to_tensor
+from rlkit.rewards.base import RewardInput, RewardOutput
+from rlkit.sandbox.world import Scene, gt_scores, render, to_tensor
 
 
 class SandboxGT:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlkit.schema import SEED, UNIT, Range, setting
+from rlkit.core.schema import SEED, UNIT, Range, setting
 
 
 @dataclass

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from policies.base import PromptBatch
 from rlkit.config import load_recipe
+from rlkit.policies.base import PromptBatch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO / "recipes" / "tiny_edit.yaml"
@@ -28,7 +28,7 @@ def tiny_config(tmp_path: Path, *overrides: str):
 
 
 def make_policy(*overrides: str, tmp_path: Path | None = None):
-    from policies import build_policy
+    from rlkit.policies import build_policy
 
     cfg = tiny_config(tmp_path or Path("/tmp/unused"), *overrides)
     torch.manual_seed(0)

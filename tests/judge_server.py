@@ -32,9 +32,9 @@ def save_tiny_vlm(path: Path, seed: int = 0) -> Path:
         Qwen2Config,
     )
 
-    from rewards.jrm.backbone import qwen_byte_tokenizer
+    from rlkit.core.tiny_tokenizers import qwen_byte_tokenizer
 
-    tok = qwen_byte_tokenizer()
+    tok = qwen_byte_tokenizer(("<|Reward|>",))  # the vocabulary these random weights were drawn for
     tok.add_special_tokens({"extra_special_tokens": ["<image>"]})
     tok.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)

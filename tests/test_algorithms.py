@@ -8,7 +8,7 @@ from conftest import TINY_RECIPE, make_policy, prompt_batch
 
 from rlkit.algorithms import GRPO, OnlineDPO, best_worst_pairs, group_advantages
 from rlkit.config import load_recipe
-from rlkit.errors import RewardError, UserError
+from rlkit.core.errors import RewardError, UserError
 
 
 def _optim(policy, lr):
@@ -120,8 +120,8 @@ def test_grpo_advantages_with_uncertainty_weighting():
 
 
 def test_reward_set_combines_uncertainties():
-    from rewards import RewardInput, RewardOutput
-    from rewards.combine import RewardSet
+    from rlkit.rewards import RewardInput, RewardOutput
+    from rlkit.rewards.combine import RewardSet
 
     def unsure(u):
         return lambda b: RewardOutput(scores=torch.zeros(len(b)), uncertainty=torch.full((len(b),), u))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from judge_server import forced_answer, free_port
 
-from rewards.jrm.annotate import rationale_text, read_answer
-from rewards.jrm.pairs import read_pairs, resolve_pairs_file
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
+from rlkit.rewards.jrm.annotate import rationale_text, read_answer
+from rlkit.rewards.jrm.pairs import read_pairs, resolve_pairs_file
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "recipes" / "data" / "editreward_tiny" / "train.json"
@@ -115,7 +115,7 @@ def test_annotate_then_train_a_jrm(judge_server, tmp_path, capsys):
     run = tmp_path / "jrm"
     assert main(["train-reward", "jrm_tiny", f"data.train={out}", "data.eval=null", f"output_dir={run}",
                  "train.epochs=2", "train.batch_size=2", "train.logging_steps=1"]) == 0
-    from rewards.jrm.model import JRMModel
+    from rlkit.rewards.jrm.model import JRMModel
 
     jrm = JRMModel.load(str(run / "final"), device="cpu")
     assert jrm is not None and (run / "final").is_dir()

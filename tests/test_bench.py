@@ -8,8 +8,8 @@ from rlkit.cli import main
 
 
 def test_bench_prints_stages_and_ratios(tmp_path, capsys):
-    from rewards.jrm.backbone import tiny_backbone
-    from rewards.jrm.model import JRMConfig, JRMModel
+    from rlkit.rewards.jrm.backbone import tiny_backbone
+    from rlkit.rewards.jrm.model import JRMConfig, JRMModel
 
     judge = tmp_path / "judge"
     JRMModel(tiny_backbone(0), JRMConfig(image_size=32)).save(judge)  # untrained: only its cost matters here
@@ -37,8 +37,8 @@ def test_bench_recipe_for_the_gpu_validates_and_random_judge_scores(tmp_path):
     """bench_kontext.yaml is what the GPU benchmark runs; its judge kwargs build (tiny here, 8b there)."""
     import torch
 
-    from rewards import RewardInput
-    from rewards.jrm.reward import JRMReward
+    from rlkit.rewards import RewardInput
+    from rlkit.rewards.jrm.reward import JRMReward
 
     assert main(["validate", "bench_kontext"]) == 0
     judge = JRMReward(random_size="tiny", image_size=32, device="cpu")

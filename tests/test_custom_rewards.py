@@ -12,13 +12,13 @@ import torch
 from conftest import REPO, TINY_RECIPE
 
 import rlkit
-from rewards.base import RewardInput, as_reward
-from rlkit.errors import RewardError, UserError
+from rlkit.core.errors import RewardError, UserError
+from rlkit.rewards.base import RewardInput, as_reward
 
 FAST = ["sampler.num_steps=3", "algorithm.group_size=3", "algorithm.micro_batch=6", "train.report=false",
         "train.save_every=1", "train.log_every=0"]
 REWARD_FILE = '''
-from rewards.base import RewardOutput
+from rlkit.rewards.base import RewardOutput
 
 class MyReward:
     def __init__(self, channel: int = 0):

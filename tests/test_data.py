@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from rlkit.config import DataConfig
+from rlkit.core.errors import UserError
 from rlkit.data import PromptStream, load_image, read_items
-from rlkit.errors import UserError
 
 
 def _cfg(**kw):

@@ -30,7 +30,7 @@ def _trained_policy(editor: str, finetune: str):
 
 
 def _stock_pipeline(editor: str):
-    from policies.tiny import tiny_kontext_pipeline, tiny_qwen_edit_pipeline
+    from rlkit.policies.tiny import tiny_kontext_pipeline, tiny_qwen_edit_pipeline
 
     pipe = (tiny_kontext_pipeline if editor == "flux_kontext" else tiny_qwen_edit_pipeline)(seed=0)
     for module in pipe.components.values():  # as from_pretrained leaves them (built from configs: train mode)
@@ -49,7 +49,7 @@ def _stock_output(editor: str, pipe, cfg, batch, noise) -> torch.Tensor:
                     num_inference_steps=cfg.sampler.num_steps, guidance_scale=cfg.policy.guidance_scale,
                     max_sequence_length=cfg.policy.max_sequence_length, _auto_resize=False,
                     latents=pipe._pack_latents(noise, 1, C, side, side), output_type="latent").images
-    from policies.qwen_image_edit import QwenImageEditPolicy
+    from rlkit.policies.qwen_image_edit import QwenImageEditPolicy
 
     cfg.policy.finetune = "lora"  # the wrapper must not copy or re-wrap the loaded transformer
     return _ode_output(QwenImageEditPolicy(pipe, cfg.policy, cfg.sampler, with_adapter=False), batch, noise)
@@ -108,9 +108,9 @@ def test_the_printed_snippet_alone_makes_the_trained_edit(finetune, tmp_path, mo
     import numpy as np
     from PIL import Image
 
-    from policies.base import PromptBatch
     from rlkit.data import load_image
     from rlkit.export import loading_snippet
+    from rlkit.policies.base import PromptBatch
 
     policy, cfg = _trained_policy("flux_kontext", finetune)
     source, instruction = tmp_path / "photo.png", "make the square red"

@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
 
 
 def test_bf16_ratio_is_exact_when_rollout_and_training_batches_match():
-    from policies import build_policy
+    from rlkit.policies import build_policy
 
     _, cfg = make_policy("policy.dtype=bfloat16", "policy.device=cuda")
     policy = build_policy(cfg.policy, cfg.sampler, torch.device("cuda"), train_micro_batch=3)

@@ -8,16 +8,16 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from rewards import RewardInput
-from rewards.jrm.backbone import tiny_backbone
-from rewards.jrm.config import RewardRecipe, check_reward_recipe
-from rewards.jrm.evaluate import evaluate
-from rewards.jrm.losses import bt_loss, joint_loss, uncertain_bt_loss
-from rewards.jrm.model import JRMConfig, JRMModel
-from rewards.jrm.synthetic import COLOURS, draw, make_pairs, write_benchmark_samples
-from rewards.jrm.train import PairCollator, read_pairs, train_reward
 from rlkit.cli import main
 from rlkit.config import load_recipe
+from rlkit.rewards import RewardInput
+from rlkit.rewards.jrm.backbone import tiny_backbone
+from rlkit.rewards.jrm.config import RewardRecipe, check_reward_recipe
+from rlkit.rewards.jrm.evaluate import evaluate
+from rlkit.rewards.jrm.losses import bt_loss, joint_loss, uncertain_bt_loss
+from rlkit.rewards.jrm.model import JRMConfig, JRMModel
+from rlkit.rewards.jrm.synthetic import COLOURS, draw, make_pairs, write_benchmark_samples
+from rlkit.rewards.jrm.train import PairCollator, read_pairs, train_reward
 
 JRM_ARGS = ["data.synthetic_pairs=128", "data.synthetic_eval_pairs=48", "train.epochs=5", "train.logging_steps=4"]
 
@@ -174,7 +174,7 @@ def test_shared_source_is_encoded_once_with_the_same_scores():
 
 def test_images_are_never_deduplicated_where_transformers_would_ignore_them():
     """Older transformers swallow `mm_encoder_outputs` in **kwargs: the judge would score without images."""
-    from rewards.jrm.model import accepts_vision_features
+    from rlkit.rewards.jrm.model import accepts_vision_features
 
     class OlderQwen3VLModel(torch.nn.Module):
         def forward(self, input_ids=None, pixel_values=None, image_grid_thw=None, **kwargs):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from rewards import RewardInput
-from rewards.jrm.backbone import tiny_backbone
-from rewards.jrm.losses import bin_ce_loss, distill_kl, nearest_bin, score_gap_loss
-from rewards.jrm.model import JRMConfig, JRMModel, distribution_stats
-from rewards.jrm.synthetic import COLOURS, draw
-from rewards.jrm.train import read_pairs
 from rlkit.cli import main
+from rlkit.rewards import RewardInput
+from rlkit.rewards.jrm.backbone import tiny_backbone
+from rlkit.rewards.jrm.losses import bin_ce_loss, distill_kl, nearest_bin, score_gap_loss
+from rlkit.rewards.jrm.model import JRMConfig, JRMModel, distribution_stats
+from rlkit.rewards.jrm.synthetic import COLOURS, draw
+from rlkit.rewards.jrm.train import read_pairs
 
 SMALL = ["data.synthetic_pairs=96", "data.synthetic_eval_pairs=48", "train.logging_steps=4", "train.epochs=4"]
 
@@ -101,7 +101,7 @@ def test_think_then_score_writes_a_rationale_then_scores(teacher):
     # (whether its own rationales rank this pair right depends on how well the tiny LM learned to write them:
     # with the reference rationales it is perfect, with none 0.9, its own are not yet reliable at this size)
     assert fast_out.scores[0] > fast_out.scores[1]
-    from rewards.jrm.reward import JRMReward
+    from rlkit.rewards.jrm.reward import JRMReward
 
     with pytest.raises(ValueError, match="rationale_first"):
         JRMReward(_score_first_dir(teacher), think=True)
@@ -161,7 +161,7 @@ def test_an_ensemble_of_judges_scores_as_their_mean_or_their_minimum(tmp_path):
     assert torch.allclose(mean.uncertainty, spread, atol=1e-6)
     assert torch.allclose(mean.details["disagreement"], mus.std(0), atol=1e-6)
     assert torch.allclose(build_reward("jrm", {"path": paths, "combine": "min"})(batch).scores, mus.min(0).values)
-    from rlkit.errors import UserError
+    from rlkit.core.errors import UserError
 
     with pytest.raises(UserError, match="combine must be mean or min"):  # a recipe typo, said clearly
         build_reward("jrm", {"path": paths, "combine": "max"})

@@ -212,9 +212,9 @@ def test_trackio_gets_scalars_images_the_recipe_and_alarms(tmp_path):
 
 
 def test_train_reward_logs_tensorboard_beside_the_rl_runs(tmp_path):
-    from rewards.jrm.config import RewardRecipe, check_reward_recipe
-    from rewards.jrm.train import train_reward
     from rlkit.config import load_recipe
+    from rlkit.rewards.jrm.config import RewardRecipe, check_reward_recipe
+    from rlkit.rewards.jrm.train import train_reward
 
     cfg = load_recipe("jrm_tiny", [f"output_dir={tmp_path / 'jrm'}", "train.epochs=1", "data.synthetic_pairs=8",
                                    "train.logging_steps=1"], schema_cls=RewardRecipe, check=check_reward_recipe)

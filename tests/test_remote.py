@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import TINY_RECIPE, tiny_config
 
-from rewards import RewardInput, RewardOutput
-from rewards.programmatic import SourceConsistency
-from rewards.remote import RemoteReward
-from rewards.wire import WireError, decode_input, encode_input
-from rlkit.errors import RewardError
+from rlkit.core.errors import RewardError
+from rlkit.rewards import RewardInput, RewardOutput
+from rlkit.rewards.programmatic import SourceConsistency
+from rlkit.rewards.remote import RemoteReward
+from rlkit.rewards.wire import WireError, decode_input, encode_input
 from rlkit.serve import RewardServer
 
 
@@ -183,8 +183,8 @@ def _builtin_reward_kwargs(tmp_path, served, judge_server) -> dict[str, dict]:
     """Kwargs that build each built-in reward here, without downloads."""
     from judge_server import digit_bias
 
-    from rewards.jrm.reward import random_jrm
-    from rewards.programmatic import SourceConsistency
+    from rlkit.rewards.jrm.reward import random_jrm
+    from rlkit.rewards.programmatic import SourceConsistency
 
     random_jrm("tiny", 32, "cpu").save(tmp_path / "jrm")
     return {
@@ -203,7 +203,7 @@ def test_every_builtin_reward_round_trips_through_the_server(served, tmp_path, j
     import random
 
     from rlkit.plugins import build_reward, list_rewards
-    from sandbox.world import random_scene
+    from rlkit.sandbox.world import random_scene
 
     cases = _builtin_reward_kwargs(tmp_path, served, judge_server)
     builtin = {n for n, info in list_rewards().items() if info.distribution == "rlkit"}
@@ -263,7 +263,7 @@ def _serve_one(handle, conn, n):
 
 
 def _good_reply(body: bytes) -> bytes:
-    from rewards.wire import encode_output
+    from rlkit.rewards.wire import encode_output
 
     batch = decode_input(body)
     out = encode_output(SourceConsistency()(batch))
@@ -439,7 +439,7 @@ def test_images_of_another_size_wait_for_their_own_call(served):
 
 
 def test_the_token(served, monkeypatch):
-    from rlkit.errors import UserError
+    from rlkit.core.errors import UserError
 
     with pytest.raises(UserError, match="serving on 0.0.0.0 lets anyone.*token"):
         RewardServer("test", SourceConsistency(), "0.0.0.0", 0)  # refused before anything binds

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from rlkit import checkpoint as ckpt
 from rlkit.cli import main
-from rlkit.errors import CheckpointError
+from rlkit.core.errors import CheckpointError
 from rlkit.trainer import Trainer
 
 STEPS = ["train.steps=6", "train.save_every=2", "train.keep_last=0"]
@@ -191,9 +191,10 @@ def test_huge_images_are_refused_by_name(tmp_path, monkeypatch):
     from PIL import Image
 
     from rlkit import data
-    from rlkit.errors import UserError
+    from rlkit.core import images
+    from rlkit.core.errors import UserError
 
-    monkeypatch.setattr(data, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
     with pytest.raises(UserError, match="image too large .*big.png"):
         data.load_image(tmp_path / "big.png", 16)

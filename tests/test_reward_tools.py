@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from rewards.jrm.reward import random_jrm
-from rewards.jrm.synthetic import write_benchmark_samples
 from rlkit.cli import main
+from rlkit.rewards.jrm.reward import random_jrm
+from rlkit.rewards.jrm.synthetic import write_benchmark_samples
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_all_tied_pairs_write_strict_json(judge, tmp_path):
 def test_an_output_that_cannot_be_written_fails_before_the_evaluation(judge, tmp_path, capsys, monkeypatch):
     files = write_benchmark_samples(tmp_path, n=4, seed=1)
     (tmp_path / "a_file").write_text("x")
-    monkeypatch.setattr("rewards.jrm.model.JRMModel.load", lambda *a, **k: pytest.fail("loaded the model first"))
+    monkeypatch.setattr("rlkit.rewards.jrm.model.JRMModel.load", lambda *a, **k: pytest.fail("loaded the model first"))
     code = main(["eval-reward", str(judge), str(files["pairs"]), "--output", str(tmp_path / "a_file" / "r.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "cannot write there" in err[0]

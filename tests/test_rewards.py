@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from rewards import RewardInput, RewardOutput
-from rewards.combine import RewardSet
-from rewards.programmatic import SourceConsistency, TargetColor
 from rlkit import plugins
-from rlkit.errors import RewardError, UserError
+from rlkit.core.errors import RewardError, UserError
+from rlkit.rewards import RewardInput, RewardOutput
+from rlkit.rewards.combine import RewardSet
+from rlkit.rewards.programmatic import SourceConsistency, TargetColor
 
 
 def _batch(n=4):
@@ -54,7 +54,7 @@ class _Bad:
 
 
 @pytest.mark.parametrize("kind,needle", [("raise", "judge crashed"), ("nan", "non-finite"), ("shape", "shape"),
-                                         ("type", "expected rewards.RewardOutput")])
+                                         ("type", "expected rlkit.rewards.RewardOutput")])
 def test_bad_reward_output_names_the_reward(kind, needle):
     rs = RewardSet([("good", 1.0, SourceConsistency()), ("flaky_judge", 1.0, _Bad(kind))])
     with pytest.raises(RewardError) as err:
@@ -64,7 +64,7 @@ def test_bad_reward_output_names_the_reward(kind, needle):
 
 def test_builtin_rewards_register_through_the_entry_point_group():
     found = plugins.list_rewards()
-    assert found["target_color"].target == "rewards.programmatic:TargetColor"
+    assert found["target_color"].target == "rlkit.rewards.programmatic:TargetColor"
     assert found["source_consistency"].distribution == "rlkit"
     assert isinstance(plugins.build_reward("target_color", {"color": [0, 1, 0]}), TargetColor)
 

@@ -36,7 +36,7 @@ def test_tiny_run_fills_the_run_directory(tmp_path):
 
 def test_final_lora_loads_into_the_diffusers_kontext_pipeline(tmp_path):
     run = _run(tiny_config(tmp_path, "train.steps=2", "optim.lr=0.05"))
-    from policies.tiny import tiny_kontext_pipeline
+    from rlkit.policies.tiny import tiny_kontext_pipeline
 
     pipe = tiny_kontext_pipeline(seed=0)  # the same base weights the run trained on
     kwargs = dict(image=torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), prompt="make it red",
@@ -94,7 +94,7 @@ def test_resuming_a_finished_run_says_so(tmp_path, capsys):
 # --------------------------------------------------------------------------- an outside reward plugin
 PLUGIN_PY = '''
 import torch
-from rewards import RewardInput, RewardOutput
+from rlkit.rewards import RewardInput, RewardOutput
 
 
 class RedJudge:
@@ -170,7 +170,7 @@ def test_nan_reward_mid_run_stops_without_touching_the_checkpoint(plugin_env, tm
 
 def test_flux_kontext_loads_a_diffusers_folder(tmp_path):
     """The real-model path (`policy.name=flux_kontext`) on a saved pipeline folder, offline."""
-    from policies.tiny import tiny_kontext_pipeline
+    from rlkit.policies.tiny import tiny_kontext_pipeline
 
     tiny_kontext_pipeline(seed=0).save_pretrained(tmp_path / "kontext")
     cfg = tiny_config(tmp_path, "policy.name=flux_kontext", f"policy.pretrained={tmp_path / 'kontext'}",
@@ -182,7 +182,7 @@ def test_flux_kontext_loads_a_diffusers_folder(tmp_path):
 def test_full_finetuning_trains_every_weight_and_resumes_exactly(tmp_path):
     from diffusers import FluxTransformer2DModel
 
-    from policies.tiny import tiny_kontext_pipeline
+    from rlkit.policies.tiny import tiny_kontext_pipeline
 
     args = ["policy.finetune=full", "optim.lr=1e-3", "train.save_every=1"]
     straight = _run(tiny_config(tmp_path / "a", "train.steps=2", *args))
@@ -202,7 +202,7 @@ def test_full_finetuning_trains_every_weight_and_resumes_exactly(tmp_path):
 def test_full_finetuning_in_bf16_keeps_fp32_master_weights(tmp_path):
     """A bf16 full fine-tune at a realistic lr: the update is far below bf16's rounding step of the weights,
     so it must land in fp32 masters (forward under autocast), and the first ratio is still exactly 1."""
-    from policies.tiny import tiny_kontext_pipeline
+    from rlkit.policies.tiny import tiny_kontext_pipeline
 
     run = _run(tiny_config(tmp_path, "train.steps=1", "policy.finetune=full", "policy.dtype=bfloat16",
                            "optim.lr=1e-5"))
@@ -260,7 +260,7 @@ def test_a_sampler_that_blows_up_is_named_not_the_reward(tmp_path):
     the step naming the sampler; before, the first reward to see the NaN images took the blame."""
     from omegaconf import OmegaConf
 
-    from rlkit.errors import RolloutError
+    from rlkit.core.errors import RolloutError
 
     cfg = tiny_config(tmp_path)
     OmegaConf.update(cfg, "sampler.noise_level", 1e30)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from rlkit import checkpoint as ckpt
 from rlkit.cli import main
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
 from rlkit.run_dir import lock_run_dir
 from rlkit.trainer import Trainer
 

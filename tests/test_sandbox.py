@@ -8,12 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rewards import RewardInput
 from rlkit.config import DataConfig
 from rlkit.data import PromptStream, read_items
 from rlkit.plugins import build_reward
-from sandbox.data import write_preference_pairs, write_prompts
-from sandbox.world import (
+from rlkit.rewards import RewardInput
+from rlkit.sandbox.data import write_preference_pairs, write_prompts
+from rlkit.sandbox.world import (
     COLOURS,
     OPERATIONS,
     SHAPES,
@@ -156,7 +156,7 @@ def test_evaluation_reuses_the_training_reward_models():
 def test_the_judges_synthetic_outcomes_include_the_exploits_rl_found():
     """RL against a judge that never saw an emptied or a splattered canvas learnt to make them (docs/experiments.md,
     2026-12-01): both are among the outcomes the judge's pairs are made of, and the truth puts them near 0."""
-    from sandbox.data import candidates, sample_prompts
+    from rlkit.sandbox.data import candidates, sample_prompts
 
     rng, splattered = random.Random(0), []
     for scene, instruction, target in sample_prompts(20, seed=4):
@@ -170,7 +170,7 @@ def test_the_judges_synthetic_outcomes_include_the_exploits_rl_found():
 
 
 def test_washout_is_a_global_flaw_the_truth_penalises():
-    from sandbox.world import gt_scores, random_edit, random_scene, render, to_tensor, washout
+    from rlkit.sandbox.world import gt_scores, random_edit, random_scene, render, to_tensor, washout
 
     rng = random.Random(3)
     scene = random_scene(rng)
@@ -186,7 +186,7 @@ def test_washout_is_a_global_flaw_the_truth_penalises():
 def test_a_partly_faded_editor_sees_both_looks_of_every_example():
     """sandbox.washout_share < 1: each draw takes an example's faded target with that probability, else its clean
     one, so one example is seen both ways over training (the editor learns both looks for one prompt)."""
-    from sandbox.editor import mixed_targets
+    from rlkit.sandbox.editor import mixed_targets
 
     faded, clean = torch.zeros(4, 2, 3), torch.ones(4, 2, 3)
     g = torch.Generator().manual_seed(0)
@@ -205,8 +205,8 @@ def test_editor_pairs_keep_every_pair_of_samples_the_truth_separates(tmp_path):
     blend/source once), chosen = the truer one; the two exact copies tie and give none."""
     from types import SimpleNamespace
 
-    from sandbox.data import sample_prompts
-    from sandbox.judge import write_editor_pairs
+    from rlkit.sandbox.data import sample_prompts
+    from rlkit.sandbox.judge import write_editor_pairs
 
     class StandIn:
         def sample(self, batch, samples, generator):
@@ -231,7 +231,7 @@ def test_editor_pairs_keep_every_pair_of_samples_the_truth_separates(tmp_path):
 
     # the judge check on the same samples: a "do nothing" judge (prefers whatever is nearest the source) orders
     # every separable pair against the truth; an oracle (nearest the target) orders all of them with it
-    from sandbox.judge import judge_agreement
+    from rlkit.sandbox.judge import judge_agreement
 
     class NearSource:
         def score(self, sources, edited, instructions, batch_size):
@@ -256,8 +256,8 @@ def test_prepare_never_damages_an_existing_folder(tmp_path, monkeypatch):
     """An interrupted preparation leaves the previous cache as it was; a folder that is not a sandbox cache is
     refused, not overwritten."""
     from rlkit.config import load_recipe
-    from rlkit.errors import UserError
-    from sandbox import prepare as build
+    from rlkit.core.errors import UserError
+    from rlkit.sandbox import prepare as build
 
     cfg = load_recipe("sandbox_edit", ["sandbox.use_shipped=false"]).sandbox
     mine = tmp_path / "mine"
@@ -287,9 +287,9 @@ def test_a_run_never_replaces_a_preparation_made_with_other_settings(tmp_path, c
     shipped one over it (it did). A copy of the shipped preparation, or a cache of an older world, is replaced."""
     from rlkit.cli import main
     from rlkit.config import load_recipe
-    from rlkit.errors import UserError
-    from sandbox import cache as prep
-    from sandbox import prepare as build
+    from rlkit.core.errors import UserError
+    from rlkit.sandbox import cache as prep
+    from rlkit.sandbox import prepare as build
 
     cfg = load_recipe("sandbox_edit", []).sandbox
     cache = tmp_path / "cache"
@@ -320,8 +320,8 @@ def test_a_new_judge_setting_reuses_the_editor_and_retrains_only_the_judge(tmp_p
     from safetensors.torch import load_file
 
     from rlkit.config import load_recipe
-    from sandbox import cache as prep
-    from sandbox import prepare as build
+    from rlkit.sandbox import cache as prep
+    from rlkit.sandbox import prepare as build
 
     toy = ["sandbox.vae_steps=2", "sandbox.editor_steps=2", "sandbox.editor_batch=4", "sandbox.editor_prompts=8",
            "sandbox.jrm_pairs=8", "sandbox.jrm_editor_prompts=8", "sandbox.jrm_epochs=1", "sandbox.train_prompts=8",
@@ -376,8 +376,8 @@ def test_a_cache_from_another_world_version_is_not_reused(tmp_path):
     """Settings alone do not say what the cached prompts and targets are: the world's version is part of them."""
     from omegaconf import OmegaConf
 
-    from sandbox import cache as prep
-    from sandbox.schema import SandboxConfig
+    from rlkit.sandbox import cache as prep
+    from rlkit.sandbox.schema import SandboxConfig
 
     cfg = OmegaConf.structured(SandboxConfig)
     settings = prep._settings(cfg)
@@ -392,8 +392,8 @@ def test_a_cache_made_before_a_setting_existed_counts_as_its_default(tmp_path):
     it was made as the field's default makes it; any other value of the field does need a new preparation."""
     from omegaconf import OmegaConf
 
-    from sandbox import cache as prep
-    from sandbox.schema import SandboxConfig
+    from rlkit.sandbox import cache as prep
+    from rlkit.sandbox.schema import SandboxConfig
 
     cfg = OmegaConf.structured(SandboxConfig)
     older = {k: v for k, v in prep._settings(cfg).items() if k != "judge_check_prompts"}
@@ -409,8 +409,8 @@ def test_a_judge_made_under_another_truth_is_rebuilt_on_the_same_editor(tmp_path
     saw the truth and is reused (a cache from before truth versions has no "truth" key at all)."""
     from omegaconf import OmegaConf
 
-    from sandbox import cache as prep
-    from sandbox.schema import SandboxConfig
+    from rlkit.sandbox import cache as prep
+    from rlkit.sandbox.schema import SandboxConfig
 
     cfg = OmegaConf.structured(SandboxConfig)
     older = {k: v for k, v in prep._settings(cfg).items() if k != "truth"}
@@ -425,7 +425,7 @@ def test_the_default_recipe_starts_from_the_shipped_preparation():
     """rlkit ships what `rlkit prepare` made for sandbox_edit (seed 0). A change to the recipe's sandbox
     settings that is not re-shipped would make every first run prepare for half an hour instead: caught here."""
     from rlkit.config import load_recipe
-    from sandbox.cache import shipped_preparation
+    from rlkit.sandbox.cache import shipped_preparation
 
     cfg = load_recipe("sandbox_edit", []).sandbox
     assert shipped_preparation(cfg) is not None
@@ -435,12 +435,12 @@ def test_the_default_recipe_starts_from_the_shipped_preparation():
 
 
 def test_prepare_copies_the_shipped_preparation_that_then_edits(tmp_path):
-    from policies import build_policy
-    from policies.base import PromptBatch
     from rlkit.config import load_recipe
     from rlkit.data import read_items
-    from sandbox.cache import is_prepared
-    from sandbox.prepare import prepare
+    from rlkit.policies import build_policy
+    from rlkit.policies.base import PromptBatch
+    from rlkit.sandbox.cache import is_prepared
+    from rlkit.sandbox.prepare import prepare
 
     cache = tmp_path / "cache"
     cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}"])
@@ -463,7 +463,7 @@ def test_prepare_copies_the_shipped_preparation_that_then_edits(tmp_path):
 def test_the_prompt_draws_of_a_preparation_never_share_a_seed():
     """Prompts, held-out prompts, judge pairs and judge checks are drawn from their own streams (sandbox/seeds.py),
     so no held-out prompt set is a training set under another name, for any preparation seed and refresh round."""
-    from sandbox.seeds import stream_seed
+    from rlkit.sandbox.seeds import stream_seed
 
     draws = ("prompts", "heldout", "synthetic_pairs", "eval_pairs", "editor_pairs", "judge_check")
     for seed in (0, 1, 9, 123):

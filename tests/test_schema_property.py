@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from rlkit.cli import main
 from rlkit.config import Recipe, load_recipe
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
 from rlkit.trainer import Trainer
 
 
@@ -95,7 +95,7 @@ def check_a_recipe_override(drawn):
 
 
 def _sandbox_keys() -> dict[str, type]:
-    from sandbox.schema import SandboxConfig
+    from rlkit.sandbox.schema import SandboxConfig
 
     return numeric_keys(SandboxConfig, "sandbox.")
 

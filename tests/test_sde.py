@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from policies.sde import (
+from rlkit.policies.sde import (
     KERNELS,
     cps_step,
     dance_sde_step,

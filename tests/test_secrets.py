@@ -19,7 +19,7 @@ from rlkit.secrets import NOT_SAVED, redacted, scrub
 SECRET, TOKEN = "sk-live-7f3a9c1e5b2d4f60", "tok-91c0ffee2b7d"
 REWARD_FILE = '''
 import os
-from rewards.base import RewardOutput
+from rlkit.rewards.base import RewardOutput
 
 class KeyedReward:
     secret_kwargs = ("credential",)  # declared: its name does not look like one

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from judge_server import digit_bias, free_port, save_tiny_vlm, start_transformers_serve, stop
 
-from rewards.base import RewardInput
-from rewards.vlm_judge import VLMJudge, expected_score, load_template, parse_score
+from rlkit.rewards.base import RewardInput
+from rlkit.rewards.vlm_judge import VLMJudge, expected_score, load_template, parse_score
 
 
 def test_expected_score_on_constructed_logprobs():

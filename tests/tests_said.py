@@ -1,6 +1,6 @@
 """A reward that explains each score, for tests of where rationales are kept (named `tests_said:Said`)."""
 
-from rewards.base import RewardOutput
+from rlkit.rewards.base import RewardOutput
 
 
 class Said:

@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from rewards.jrm.synthetic import COLOURS, SHAPES, draw
+from rlkit.rewards.jrm.synthetic import COLOURS, SHAPES, draw
 
 OUT = Path(__file__).parent / "editreward_tiny"
 FAILURES = {"unchanged": (1, 4), "wrong_colour": (2, 4), "background": (4, 1)}  # (dim1, dim2)

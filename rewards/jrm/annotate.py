@@ -21,9 +21,9 @@ import os
 import random
 from pathlib import Path
 
-from rewards.jrm.pairs import read_rows, resolve_pairs_file
-from rewards.openai_chat import ChatEndpoint, describe, file_data_url, image_message
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
+from rlkit.rewards.jrm.pairs import read_rows, resolve_pairs_file
+from rlkit.rewards.openai_chat import ChatEndpoint, describe, file_data_url, image_message
 
 ASPECTS = ("instruction", "consistency")
 PROMPT = """You are annotating a human preference between two edits of the same source image, to teach a reward model.

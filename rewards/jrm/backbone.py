@@ -13,11 +13,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
+from rlkit.core.tiny_tokenizers import qwen_byte_tokenizer
 
 REWARD_TOKEN = "<|Reward|>"
-CHAT_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-                 "<|video_pad|>"]
 
 
 @dataclass
@@ -37,24 +36,12 @@ class Backbone:
         return int(self.image_processor.merge_size)
 
 
-def qwen_byte_tokenizer():
-    """A byte-level Qwen2 tokenizer (no merges) with the chat/vision specials and <|Reward|>, generated here."""
-    from transformers import Qwen2TokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    vocab = {s: i for i, s in enumerate(bytes_to_unicode().values())}
-    for s in ["<|endoftext|>", *CHAT_SPECIALS, REWARD_TOKEN]:
-        vocab[s] = len(vocab)
-    return Qwen2TokenizerFast(vocab=vocab, merges=[], additional_special_tokens=[*CHAT_SPECIALS, REWARD_TOKEN],
-                              model_max_length=2048)
-
-
 def tiny_backbone(seed: int = 0, image_size: int = 32, hidden: int = 64, layers: int = 2, patch: int = 8) -> Backbone:
     """Qwen3-VL at toy size: by default 2 text layers (hidden 64) and a 2-block vision tower (patch 8), ~0.3M
     parameters. Heads are 16 wide; the vision tower is half as wide as the text model."""
     from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    tok = qwen_byte_tokenizer()
+    tok = qwen_byte_tokenizer((REWARD_TOKEN,))
     ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
@@ -103,7 +90,7 @@ def qwen3_vl_8b(device) -> Backbone:
     benchmarks, where the cost does not depend on the weights."""
     from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    tok = qwen_byte_tokenizer()
+    tok = qwen_byte_tokenizer((REWARD_TOKEN,))
     ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}

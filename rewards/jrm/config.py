@@ -1,13 +1,12 @@
 """Recipe schema for `rlkit train-reward` (JRM). Loaded and validated by rlkit.config's loader; every key
-declares its range beside it (rlkit.config.setting)."""
+declares its range beside it (rlkit.core.schema.setting)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlkit.config import LoggingConfig
-from rlkit.errors import UserError
-from rlkit.schema import SEED, UNIT, Range, range_problems, resolved, setting
+from rlkit.core.errors import UserError
+from rlkit.core.schema import SEED, UNIT, LoggingConfig, Range, range_problems, resolved, setting
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -132,7 +131,7 @@ def reward_recipe_problems(cfg) -> list[str]:
     backbone's weights (a local folder or the local hub cache) and the teacher. `rlkit validate` says the same."""
     from pathlib import Path
 
-    from rewards.jrm.pairs import resolve_pairs_file
+    from rlkit.rewards.jrm.pairs import resolve_pairs_file
 
     problems = []
     for split, spec in (("train", cfg.data.train), ("eval", cfg.data.eval)):

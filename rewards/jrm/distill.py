@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from rewards.jrm.losses import bt_loss, distill_kl, joint_loss
-from rewards.jrm.model import JRMModel
-from rewards.jrm.train import (
+from rlkit.core.errors import UserError
+from rlkit.rewards.jrm.losses import bt_loss, distill_kl, joint_loss
+from rlkit.rewards.jrm.model import JRMModel
+from rlkit.rewards.jrm.train import (
     JRMTrainer,
     Pair,
     PairCollator,
@@ -29,7 +30,6 @@ from rewards.jrm.train import (
     tracker_callbacks,
     training_arguments,
 )
-from rlkit.errors import UserError
 
 
 @dataclass

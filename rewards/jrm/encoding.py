@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rewards.jrm.backbone import REWARD_TOKEN, Backbone
+from rlkit.rewards.jrm.backbone import REWARD_TOKEN, Backbone
 
 RUBRIC = (
     "You judge an image edit. The first image is the source, the second is the edited result. "

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from rlkit.data import open_rgb
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
+from rlkit.core.images import open_rgb
 
 ScoreFn = Callable[[list, list, list[str]], torch.Tensor]
 FORMATS = ("pairs", "mmrb2", "editreward-bench", "genai-bench")

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rewards.jrm.backbone import Backbone
-from rewards.jrm.encoding import RUBRIC, Encoded, JRMEncoder
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
+from rlkit.rewards.jrm.backbone import Backbone
+from rlkit.rewards.jrm.encoding import RUBRIC, Encoded, JRMEncoder
 
 
 def default_bins() -> list[float]:
@@ -196,7 +196,7 @@ class JRMModel(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, dtype: torch.dtype | None = None, device: str | None = None) -> JRMModel:
-        from rewards.jrm.backbone import load_backbone
+        from rlkit.rewards.jrm.backbone import load_backbone
 
         directory = Path(directory)
         if not (directory / "jrm.json").is_file():

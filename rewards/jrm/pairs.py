@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
 
 EDITREWARD_OVERALL = (2.0, 8.0)  # EditReward-Data: instruction following 1-4 + visual quality 1-4
 

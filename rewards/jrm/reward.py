@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from rewards.base import RewardInput, RewardOutput
-from rewards.jrm.model import JRMConfig, JRMModel
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from rlkit.core.devices import DTYPES
+from rlkit.rewards.base import RewardInput, RewardOutput
+from rlkit.rewards.jrm.model import JRMConfig, JRMModel
 
 
 class JRMReward:
@@ -104,13 +103,23 @@ class JRMReward:
         scores = mu.mean(0) if self.combine == "mean" else mu.min(0).values
         return scores, spread, {"sigma": spread, "disagreement": mu.std(0), "members": mu.T}, rationales
 
+    def prepared_forward(self, batch: RewardInput):
+        """The model forwards alone on this batch, encoded now: a callable that `rlkit bench` times as the
+        reward's pure compute (the judge's prefill), apart from image encoding."""
+        model, bs, calls = self.model, self.batch_size, []
+        for i in range(0, len(batch), bs):
+            enc = model.encoder.encode(list(batch.source[i : i + bs]), list(batch.edited[i : i + bs]),
+                                       batch.instructions[i : i + bs], dedupe=model.dedupe).to(model.device)
+            calls.append(enc)
+        return lambda: [model(enc) for enc in calls]
+
     def explain(self, source, edited, instruction: str, max_new_tokens: int = 256) -> str:
         return self.model.explain(source, edited, instruction, max_new_tokens)
 
 
 def random_jrm(size: str, image_size: int, device: str) -> JRMModel:
     """An untrained JRM at Qwen3-VL-8B size ("8b", bf16) or toy size ("tiny"), images at image_size."""
-    from rewards.jrm.backbone import qwen3_vl_8b, tiny_backbone
+    from rlkit.rewards.jrm.backbone import qwen3_vl_8b, tiny_backbone
 
     if size not in ("8b", "tiny"):
         raise ValueError(f"random_size must be 8b or tiny, got {size!r}")

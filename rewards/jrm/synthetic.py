@@ -5,7 +5,7 @@ edit is the exact target; the rejected one is a typical failure: unchanged, the 
 colour with the background damaged. Rationales follow the JRM format: the edit region as a box
 [ymin, xmin, ymax, xmax] on a 0-1000 scale, reasoning per region, a global note, a 1-4 tier per aspect.
 
-    python -m rewards.jrm.synthetic OUT_DIR --pairs 256 --seed 0
+    python -m rlkit.rewards.jrm.synthetic OUT_DIR --pairs 256 --seed 0
 """
 
 from __future__ import annotations

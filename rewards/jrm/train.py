@@ -15,14 +15,13 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments
 
-from rewards.jrm.backbone import load_backbone, tiny_backbone
-from rewards.jrm.losses import bin_ce_loss, bt_loss, joint_loss, score_gap_loss, uncertain_bt_loss
-from rewards.jrm.model import JRMConfig, JRMModel
-from rewards.jrm.pairs import Pair, read_pairs
-from rewards.jrm.synthetic import make_pairs
-from rlkit.data import open_rgb
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from rlkit.core.devices import DTYPES
+from rlkit.core.images import open_rgb
+from rlkit.rewards.jrm.backbone import load_backbone, tiny_backbone
+from rlkit.rewards.jrm.losses import bin_ce_loss, bt_loss, joint_loss, score_gap_loss, uncertain_bt_loss
+from rlkit.rewards.jrm.model import JRMConfig, JRMModel
+from rlkit.rewards.jrm.pairs import Pair, read_pairs
+from rlkit.rewards.jrm.synthetic import make_pairs
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -7,7 +7,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from policies.base import EditPolicy, Rollout
+from rlkit.policies import EditPolicy, Rollout
 
 
 class Algorithm(Protocol):
@@ -33,7 +33,8 @@ class Algorithm(Protocol):
         algorithm ``state``, at that checkpoint; the trained weights are back on exit."""
 
     def state_dict(self) -> dict:
-        """What a checkpoint must hold for an exact resume beyond the policy and optimizer (NFT: its EMA)."""
+        """What a checkpoint must hold for an exact resume beyond the policy and optimizer: `kl_scale`, and
+        the algorithm's own state (NFT: its EMA)."""
 
     def load_state_dict(self, state: dict) -> None: ...
 
@@ -43,10 +44,12 @@ class Algorithm(Protocol):
 
 
 class Stateless:
-    """The defaults of an algorithm with no state of its own and rollouts from the trained weights."""
+    """The defaults of an algorithm with no state of its own beyond `kl_scale`, and rollouts from the trained
+    weights."""
 
     rollout_means = False
     export_weights = "trained"
+    kl_scale = 1.0
 
     def rollout_context(self, policy) -> AbstractContextManager:
         return nullcontext()
@@ -55,10 +58,10 @@ class Stateless:
         return nullcontext(policy)
 
     def state_dict(self) -> dict:
-        return {}
+        return {"kl_scale": self.kl_scale}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        self.kl_scale = float(state.get("kl_scale", 1.0))
 
 
 def optimizer_step(params: list[torch.nn.Parameter], optimizer, lr_scheduler, max_grad_norm: float,

@@ -25,7 +25,6 @@ class OnlineDPO(Stateless):
     def __init__(self, cfg, max_grad_norm: float):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
         self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step
-        self.kl_scale = 1.0  # unused: DPO's anchor is beta (kept so the guard treats every algorithm alike)
 
     def advantages(self, rewards, group_ids, uncertainty=None, per_reward=None):
         # DPO uses only the ordering inside each group; the "advantage" passed on is the raw reward.

@@ -16,14 +16,13 @@ import torch
 
 from rlkit.algorithms.advantages import decoupled_advantages, group_advantages, uncertainty_weights
 from rlkit.algorithms.base import Stateless, chunks, optimizer_step
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
 
 
 class GRPO(Stateless):
     def __init__(self, cfg, max_grad_norm: float):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
         self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step
-        self.kl_scale = 1.0  # the guard tightens the KL anchor after a rollback (stability.rollback_kl_factor)
         self.rollout_means = bool(cfg.ratio_norm)  # GRPO-Guard's ratio reads the means the rollout sampled from
 
     def advantages(self, rewards, group_ids, uncertainty=None, per_reward=None):
@@ -45,12 +44,16 @@ class GRPO(Stateless):
             info["adv_weight_mean"] = float(w.mean())
         return adv, info
 
+    def timesteps_per_sample(self, sde_steps: int) -> int:
+        """How many of a sample's SDE steps one update trains: algorithm.timestep_fraction of them, at least 1."""
+        return max(1, math.ceil(self.cfg.timestep_fraction * sde_steps - 1e-9))
+
     def train_steps(self, rollout, generator: torch.Generator) -> torch.Tensor:
         """[N, k] timesteps to train per sample: a random subset of the rollout's SDE steps."""
         sde_steps = torch.nonzero(rollout.sde_mask).flatten()
         if len(sde_steps) == 0:
             raise ValueError("the rollout has no SDE steps (sampler.noise_level is 0?): nothing to train")
-        k = max(1, math.ceil(self.cfg.timestep_fraction * len(sde_steps) - 1e-9))
+        k = self.timesteps_per_sample(len(sde_steps))
         picks = [sde_steps[torch.randperm(len(sde_steps), generator=generator)[:k]] for _ in range(len(rollout))]
         return torch.stack(picks)
 

@@ -102,10 +102,11 @@ class NFT:
             self.ema = current
 
     def state_dict(self) -> dict:
-        return {"ema": list(self.ema or []), "ema_updates": self.ema_updates}
+        return {"ema": list(self.ema or []), "ema_updates": self.ema_updates, "kl_scale": self.kl_scale}
 
     def load_state_dict(self, state: dict) -> None:
-        if not state:  # a checkpoint of another algorithm: the EMA starts from the loaded weights
+        self.kl_scale = float(state.get("kl_scale", 1.0))
+        if "ema" not in state:  # a checkpoint of another algorithm: the EMA starts from the loaded weights
             return
         self.ema = [t.float().clone() for t in state["ema"]] or None
         self.ema_updates = int(state["ema_updates"])

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from policies.base import Rollout
-from rewards.combine import CombinedReward
+from rlkit.core.types import Rollout
+from rlkit.rewards import CombinedReward
 
 
 class StabilityTracker:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from policies import build_policy
-from rewards.jrm.model import JRMModel
 from rlkit.config import load_recipe
-from sandbox.data import sample_prompts
-from sandbox.judge import editor_samples, judge_agreement
-from sandbox.world import gt_scores, washout
+from rlkit.policies import build_policy
+from rlkit.rewards.jrm.model import JRMModel
+from rlkit.sandbox.data import sample_prompts
+from rlkit.sandbox.judge import editor_samples, judge_agreement
+from rlkit.sandbox.world import gt_scores, washout
 
 GAPS = (0.1, 0.2, 0.3)
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from policies import build_policy
-from rewards.jrm.reward import JRMReward
 from rlkit import checkpoint as ckpt
 from rlkit.config import load_recipe
-from sandbox.data import sample_prompts
-from sandbox.judge import judge_agreement, judge_folder
+from rlkit.policies import build_policy
+from rlkit.rewards.jrm.reward import JRMReward
+from rlkit.sandbox.data import sample_prompts
+from rlkit.sandbox.judge import judge_agreement, judge_folder
 
 
 def main() -> None:

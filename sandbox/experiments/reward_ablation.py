@@ -17,12 +17,12 @@ import argparse
 import json
 from pathlib import Path
 
-from rewards.jrm.config import RewardRecipe, check_reward_recipe
-from rewards.jrm.distill import distill_reward
-from rewards.jrm.train import train_reward
 from rlkit.config import load_recipe
-from sandbox.data import write_preference_pairs
-from sandbox.seeds import stream_seed
+from rlkit.rewards.jrm.config import RewardRecipe, check_reward_recipe
+from rlkit.rewards.jrm.distill import distill_reward
+from rlkit.rewards.jrm.train import train_reward
+from rlkit.sandbox.data import write_preference_pairs
+from rlkit.sandbox.seeds import stream_seed
 
 
 def recipe(out: Path, train: Path, eval_: Path, epochs: float, *extra: str):

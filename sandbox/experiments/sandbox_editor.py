@@ -22,11 +22,11 @@ import torch
 from diffusers import AutoencoderKL
 from omegaconf import OmegaConf
 
-from sandbox.data import sample_prompts
-from sandbox.editor import SIZE, build_pipeline, pretrain_editor, train_vae
-from sandbox.judge import editor_samples
-from sandbox.schema import SandboxConfig
-from sandbox.world import gt_scores, render, to_tensor
+from rlkit.sandbox.data import sample_prompts
+from rlkit.sandbox.editor import SIZE, build_pipeline, pretrain_editor, train_vae
+from rlkit.sandbox.judge import editor_samples
+from rlkit.sandbox.schema import SandboxConfig
+from rlkit.sandbox.world import gt_scores, render, to_tensor
 
 SKIP_DRIFT = 0.04  # a sample this close to its source (mean |difference|) that follows nothing is a skipped edit
 FADED = 0.2  # a sample whose best fit is its target faded by at least this much (washout) counts as faded
@@ -72,8 +72,8 @@ def main() -> None:
     prompts = sample_prompts(args.prompts, args.seed)
     vae = AutoencoderKL.from_pretrained(cache / "editor", subfolder="vae").eval()
     if args.train is None:
-        from policies import build_policy
         from rlkit.config import load_recipe
+        from rlkit.policies import build_policy
 
         cfg = load_recipe("sandbox_edit", [f"sandbox.path={cache}"])
         policy = build_policy(cfg.policy, cfg.sampler, "cpu", 8)

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlkit.errors import UserError
+from rlkit.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -152,3 +152,16 @@ def shape_problems(raw: Any, schema_cls: type, prefix: str = "") -> list[str]:
 def _kind(value: Any) -> str:
     return ("mapping" if isinstance(value, (dict, DictConfig)) else "list" if isinstance(value, (list, ListConfig))
             else f"single value ({value!r})")
+
+
+# a section of both the RL recipe and the JRM training recipe
+@dataclass
+class LoggingConfig:
+    """Experiment trackers (rlkit/trackers.py): scalars every step, evaluation grids, the recipe, alarms."""
+
+    # tensorboard writes RUN_DIR/tensorboard; wandb needs `pip install wandb` (WANDB_MODE=offline: no login);
+    # trackio needs `pip install trackio` and logs locally (TRACKIO_DIR; `trackio show` opens its dashboard)
+    report_to: list[str] = setting(factory=lambda: ["tensorboard"],
+                                   each=Range(choices=("tensorboard", "wandb", "trackio")))
+    project: str = setting("rlkit", pattern=r".*\S.*", hint="a project name")  # the W&B / trackio project
+    run_name: str | None = None  # default: the output_dir's folder name
