@@ -1,7 +1,7 @@
 """How the clip acts on CPS transitions under three log-ratio conventions, measured on a real update.
 
 CPS's authors and Flow-Factory score a transition as -mean((x - mean)^2) (no 1 / (2 std^2), no constants);
-rlkit scores the exact Gaussian density, mean over dims; GRPO-Guard (algorithm.ratio_norm) rescales rlkit's by
+rlkit scores the exact Gaussian density, mean over dims; GRPO-Guard (algorithm.grpo.ratio_norm) rescales rlkit's by
 the std and removes the mean-shift bias. For x drawn from the old transition the three log-ratios relate exactly:
     paper = 2 s^2 * gaussian,   guard = s * gaussian + mean((mu - mu_old)^2) / (2 s)
 with s the step's std. This script takes one rollout of a recipe with `sampler.kernel=cps`, one GRPO update,
@@ -43,7 +43,7 @@ def main() -> None:
     adv, _ = trainer.algorithm.advantages(rewards.total, rollout.group_ids)
     trainer.algorithm.update(trainer.policy, rollout, adv, trainer.optimizer, trainer.lr_scheduler,
                              trainer.generators["train"])
-    low, high = cfg.algorithm.clip_range_low, cfg.algorithm.clip_range_high
+    low, high = cfg.algorithm.grpo.clip_range_low, cfg.algorithm.grpo.clip_range_high
     idx = torch.arange(len(rollout))
     print(f"{args.recipe}, kernel cps, noise {cfg.sampler.noise_level}, clip [1 - {low:g}, 1 + {high:g}], "
           f"{len(rollout)} samples, after one GRPO update")

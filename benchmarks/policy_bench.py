@@ -18,10 +18,10 @@ import torch
 from omegaconf import OmegaConf
 
 from rlkit.algorithms import GRPO
-from rlkit.config import Recipe
 from rlkit.policies.base import PromptBatch
 from rlkit.policies.flux_kontext import FluxKontextPolicy
 from rlkit.policies.tiny import kontext_size_pipeline
+from rlkit.recipe import Recipe
 
 
 def timed(fn, device, repeat=1):

@@ -82,39 +82,37 @@ def cmd_resume(args) -> int:
 def cmd_validate(args) -> int:
     from omegaconf import OmegaConf
 
-    from rlkit.config import load_recipe, resolve_recipe_path
+    from rlkit.config import load_recipe, recipe_schema, resolve_recipe_path, to_yaml
     from rlkit.data import read_items
     from rlkit.preflight import preflight, raise_problems
     from rlkit.preparation import recipe_preparation
 
+    # with --print, stdout is the recipe alone (it loads back as a recipe file); the verdict goes to stderr
+    say = (lambda line: print(line, file=sys.stderr)) if args.print_config else print
     raw = OmegaConf.load(resolve_recipe_path(args.recipe))
     if "backbone" in raw:  # a reward-model recipe (rlkit train-reward)
         from rlkit.rewards.jrm.config import RewardRecipe, check_reward_recipe, reward_recipe_problems
 
         cfg = load_recipe(args.recipe, args.overrides, schema_cls=RewardRecipe, check=check_reward_recipe)
         if args.print_config:
-            from rlkit.config import to_yaml
-
-            print(to_yaml(cfg), end="")
+            print(to_yaml(cfg, RewardRecipe), end="")
         raise_problems(reward_recipe_problems(cfg))
-        print(f"ok: {args.recipe} (reward recipe, backbone: {cfg.backbone.pretrained or cfg.backbone.name}, "
-              f"alpha {cfg.loss.alpha})")
+        say(f"ok: {args.recipe} (reward recipe, backbone: {cfg.backbone.pretrained or cfg.backbone.name}, "
+            f"alpha {cfg.loss.alpha})")
         return 0
     cfg = load_recipe(args.recipe, args.overrides)
     if args.print_config:
-        from rlkit.config import to_yaml
-
-        print(to_yaml(cfg), end="")
+        print(to_yaml(cfg, recipe_schema(cfg)), end="")
     prep = recipe_preparation(cfg)
     pending = prep.pending(cfg[prep.section]) if prep else None
     raise_problems(preflight(cfg, made_later=prep.outputs(cfg[prep.section]) if pending else (),
                              live=not args.offline))
     if pending:
-        print(f"ok: {args.recipe} ({pending})")
+        say(f"ok: {args.recipe} ({pending})")
         return 0
     items = read_items(cfg.data)
-    print(f"ok: {args.recipe} ({len(items)} prompts, rewards: {', '.join(s.name for s in cfg.rewards)}, "
-          f"algorithm: {cfg.algorithm.name})")
+    say(f"ok: {args.recipe} ({len(items)} prompts, rewards: {', '.join(s.name for s in cfg.rewards)}, "
+        f"algorithm: {cfg.algorithm.name})")
     return 0
 
 
@@ -122,6 +120,9 @@ def cmd_recipes(args) -> int:
     """`rlkit recipes`: the packaged recipes with their first comment line; `rlkit recipes cp NAME DEST`."""
     from rlkit.config import copy_recipe, packaged_recipes, recipe_summary
 
+    if args.action == "keys":
+        print(key_reference(), end="")
+        return 0
     if args.action == "cp":
         if not args.name or not args.dest:
             raise UserError("usage: rlkit recipes cp NAME DEST (NAME: one of `rlkit recipes`)")
@@ -132,6 +133,31 @@ def cmd_recipes(args) -> int:
     for name in sorted(named):
         print(f"{name:<{width}}  {recipe_summary(named[name])}")
     return 0
+
+
+def key_reference() -> str:
+    """docs/recipe-keys.md: every key of each command's recipe and of each installed preparation's section,
+    from the declarations beside the keys."""
+    from rlkit.core.schema import key_rows
+    from rlkit.plugins import PREPARATIONS, list_plugins
+    from rlkit.preparation import load_preparation
+    from rlkit.recipe import Recipe
+    from rlkit.rewards.jrm.config import RewardRecipe
+
+    parts = ["# Recipe keys", "",
+             "Every key a recipe may set, with its default, what it accepts and what it is for. Generated from the "
+             "declarations beside the keys (`rlkit recipes keys`); `rlkit validate RECIPE --print` shows a "
+             "recipe's values with the same help.", ""]
+    sections = [("`rlkit run`", Recipe, ""), ("`rlkit train-reward` and `rlkit distill-reward`", RewardRecipe, "")]
+    for name in sorted(list_plugins(PREPARATIONS)):
+        prep = load_preparation(name)
+        sections.append((f"`prepare: {name}` (the `{prep.section}` section)", prep.schema, f"{prep.section}."))
+    for title, schema, prefix in sections:
+        parts += [f"## {title}", "", "| key | default | accepts | what it does |", "| --- | --- | --- | --- |"]
+        parts += [f"| `{k}` | `{d}` | {a.replace('|', '/')} | {h.replace('|', chr(92) + '|')} |"
+                  for k, d, a, h in key_rows(schema, prefix)]
+        parts.append("")
+    return "\n".join(parts)
 
 
 def cmd_push(args) -> int:
@@ -362,7 +388,8 @@ def make_parser() -> argparse.ArgumentParser:
                                                                    "remote reward's, a judge's)"))])
     _command(sub, "recipes", cmd_recipes, "list the packaged recipes, or copy one to edit (cp NAME DEST)",
              "rlkit recipes cp sandbox_edit my_recipe.yaml",
-             [(["action"], dict(nargs="?", choices=["ls", "cp"], default="ls")),
+             [(["action"], dict(nargs="?", choices=["ls", "cp", "keys"], default="ls",
+                                help="keys: every recipe key with its default, range and help (markdown)")),
               (["name"], dict(nargs="?", help="cp: the packaged recipe")),
               (["dest"], dict(nargs="?", help="cp: a new file, or a folder"))])
     _command(sub, "prepare", cmd_prepare, "run a recipe's preparation alone (e.g. build the sandbox world); it may "

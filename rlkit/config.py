@@ -1,13 +1,11 @@
-"""Recipe schema and loading: YAML + `key=value` overrides, validated against typed dataclasses.
-
-Every recipe key is declared here once, with its type and default. OmegaConf enforces the schema; this module
-turns its exceptions into one-line `UserError`s that name the key and suggest the closest valid one.
+"""Recipe loading: YAML + `key=value` overrides, validated against the typed schema (rlkit/recipe.py for
+`rlkit run`, each command's own otherwise). OmegaConf enforces the schema; this module turns its exceptions
+into one-line `UserError`s that name the key and suggest the closest valid one.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,248 +14,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from rlkit.core.errors import UserError
-from rlkit.core.schema import SEED, UNIT, LoggingConfig, Range, range_problems, resolved, setting, shape_problems
+from rlkit.core.schema import range_problems, resolved, shape_problems
+from rlkit.logs import LOOP_METRICS
+from rlkit.policies import POLICIES
 from rlkit.preparation import load_preparation, with_section
+from rlkit.recipe import MOVED, Recipe
 from rlkit.secrets import remember
-
-ACTIONS = ("ignore", "warn", "stop", "rollback")
-
-
-@dataclass
-class LoraConfig:
-    rank: int = setting(64, ge=1)
-    alpha: float = setting(128.0, gt=0)
-    target_modules: list[str] = setting(
-        factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
-                         "to_add_out"], min_len=1)
-    init: str = setting("gaussian", choices=("gaussian", "true"))  # peft init_lora_weights (true: kaiming A, zero B)
-
-
-@dataclass
-class PolicyConfig:
-    # flux_kontext | qwen_image_edit (+ _tiny: random toy weights for tests); flux_kontext_random: the real
-    # size with random weights (benchmarks)
-    name: str = setting("flux_kontext", choices=("flux_kontext", "flux_kontext_tiny", "flux_kontext_random",
-                                             "qwen_image_edit", "qwen_image_edit_tiny"))
-    pretrained: str | None = None  # local folder or hub id (read from the local hub cache only)
-    # transformer dtype; step math and log-probs are always fp32
-    dtype: str = setting("bfloat16", choices=("float32", "bfloat16", "float16"))
-    device: str = setting("auto", pattern=r"auto|cpu|cuda|cuda:\d+", hint="auto, cpu, cuda or cuda:N")
-    # source and edit are resized (centre crop) to resolution x resolution; 16 = VAE factor x patch
-    resolution: int = setting(512, ge=16, le=4096, multiple_of=16)
-    guidance_scale: float = setting(2.5, ge=0, le=100)  # FLUX Kontext [dev] is guidance-distilled: an embedding
-    # qwen_image_edit: true CFG with the empty negative prompt (pipeline default 4; 1 = off)
-    true_cfg_scale: float = setting(1.0, ge=1, le=100)
-    max_sequence_length: int = setting(512, ge=1, le=1024)  # FLUX's T5 takes at most 512 (checked per editor)
-    gradient_checkpointing: bool = False
-    # lora: train a peft LoRA (reference = adapter off); full: train every transformer weight (reference = a
-    # frozen copy; with several processes the transformer is sharded with FSDP2)
-    finetune: str = setting("lora", choices=("lora", "full"))
-    # auto = flash, then memory-efficient, then math: cuDNN attention is left out because its backward
-    # crashed (illegal memory access) on an H100 with torch 2.11 / cuDNN 9.19; default = torch's own choice
-    attention_backend: str = setting("auto", choices=("auto", "default", "flash", "efficient", "cudnn", "math"))
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    seed: int = setting(0, **SEED)  # weights seed for the tiny builder
-
-
-@dataclass
-class SamplerConfig:
-    num_steps: int = setting(10, ge=1, le=1000)
-    kernel: str = setting("flow_sde", choices=("flow_sde", "dance_sde", "cps"))
-    # SDE noise (0 = the deterministic ODE, for DPO or evaluation); cps reads it as an angle and takes <= 1.
-    # Above 2 Flow-GRPO's SDE pushes latents to inf in a handful of steps
-    noise_level: float = setting(0.7, ge=0, le=2)
-    sde_window: int | None = setting(None, ge=1, optional=True)  # MixGRPO: SDE only on this many steps
-    # where the window sits: slide (MixGRPO: moves one step per RL step) or random (Flow-GRPO-Fast: drawn afresh
-    # for every rollout; with sde_window 1-2 only those steps are noised and trained, the ODE elsewhere)
-    sde_window_placement: str = setting("slide", choices=("slide", "random"))
-    # transformer batch in the rollout; 0 = algorithm.micro_batch. Matching the training micro-batch keeps the
-    # bf16 importance ratio exactly 1 (measured on an H100: 0.0 deviation vs 6.6e-5 with batch 16 vs 4)
-    batch_size: int = setting(0, ge=0)
-
-
-@dataclass
-class NFTConfig:
-    """DiffusionNFT (rlkit/algorithms/nft.py): the old policy is an EMA of the trained weights."""
-
-    beta: float = setting(1.0, gt=0, le=10)  # how far the implicit positive/negative policies sit from the old one
-    ema_decay: float = setting(0.9, ge=0, lt=1)  # the EMA's decay after its warm-up, (1 + n) / (10 + n)
-    t_min: float = setting(0.02, ge=0, lt=0.5)  # re-noising times drawn uniformly from [t_min, 1 - t_min]
-    adaptive_weighting: bool = True  # each sample's x0 error divided by its mean absolute value (detached)
-    sample_with: str = setting("ema", choices=("ema", "current"))  # which weights the rollouts sample with
-    # the weights a user gets: evaluations, best_gold's choice and final/ use them (the model card says which)
-    export: str = setting("trained", choices=("trained", "ema"))
-
-
-@dataclass
-class AlgorithmConfig:
-    # grpo: clipped ratio of SDE log-probs; dpo: online Diffusion-DPO; nft: DiffusionNFT (no log-probs, any sampler)
-    name: str = setting("grpo", choices=("grpo", "dpo", "nft"))
-    group_size: int = setting(12, ge=2)  # advantages compare samples of a group
-    std_scope: str = setting("group", choices=("group", "global"))  # which std normalises advantages
-    adv_clip: float = setting(5.0, gt=0)
-    clip_range_low: float = setting(1e-4, ge=0, lt=1)  # the ratio is clipped to [1 - low, 1 + high]
-    clip_range_high: float = setting(1e-4, ge=0)
-    # KL to the reference (adapter disabled): the exact Gaussian KL of each transition,
-    # ||mean - mean_ref||^2 / (2 std_t^2 |dt|), which is flow_grpo's KL (no |dt|) divided by |dt| (5-18x on a
-    # 10-step FLUX schedule): a published flow_grpo kl_coef c is about c x |dt| here
-    kl_coef: float = setting(0.01, ge=0)
-    timestep_fraction: float = setting(0.6, gt=0, le=1)  # random subset of SDE steps trained per sample
-    inner_epochs: int = setting(1, ge=1)
-    micro_batch: int = setting(4, ge=1)  # samples per forward/backward in the update
-    beta: float = setting(2000.0, gt=0)  # online DPO (Diffusion-DPO) temperature
-    # GRPO: scale each advantage by 1 / (1 + (u / uncertainty_scale)^2), u = the reward's uncertainty
-    # (e.g. JRM's sigma); uncertainty_scale 0 = the batch median
-    # several rewards: sum = group-normalise their weighted sum; per_reward = normalise each within its groups,
-    # weight, normalise the sum over the batch (GDPO): a reward with a small spread keeps its say
-    reward_norm: str = setting("sum", choices=("sum", "per_reward"))
-    # GRPO-Guard's regulated clipping: each step's log-ratio rescaled by its std and freed of the bias that
-    # pulls plain flow-SDE ratios below 1, so the clip acts evenly across timesteps (rlkit/algorithms/grpo.py)
-    ratio_norm: bool = False
-    nft: NFTConfig = field(default_factory=NFTConfig)
-    uncertainty_weighting: bool = False
-    uncertainty_scale: float = setting(0.0, ge=0)
-
-
-@dataclass
-class RewardSpec:
-    # an installed plugin's name (rlkit rewards), module:Class importable from the working directory, or
-    # path/to/file.py:Class (made absolute, so a resume finds it from anywhere)
-    name: str = setting("???", pattern=r"[^\s:]+(:[A-Za-z_][\w.]*)?",
-                        hint="a reward plugin name (rlkit rewards), module:Class or file.py:Class")
-    weight: float = setting(1.0, ge=-1e6, le=1e6)  # negative: a penalty
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    # eval rewards: also log the held-out mean under this key (e.g. gt_heldout); a plain name, not one the
-    # loop logs itself
-    log_as: str | None = setting(None, pattern=r"[A-Za-z][A-Za-z0-9_]*", optional=True,
-                                 hint="a plain name (letters, digits, _)")
-
-
-@dataclass
-class DataConfig:
-    source: str = setting("jsonl", choices=("jsonl", "folder", "hf"))
-    path: str = "???"  # manifest file, image folder, or dataset name / saved dataset folder
-    instructions: list[str] = field(default_factory=list)  # folder: instructions applied to every image
-    split: str = "train"  # hf
-    image_column: str = "image"  # hf
-    instruction_column: str = "instruction"  # hf
-    shuffle: bool = True
-
-
-@dataclass
-class OptimConfig:
-    lr: float = setting(1e-4, gt=0, le=1)
-    weight_decay: float = setting(0.0, ge=0)
-    betas: list[float] = setting(factory=lambda: [0.9, 0.999], length=2, each=Range(ge=0, lt=1))
-    eps: float = setting(1e-8, gt=0, le=1)
-    max_grad_norm: float = setting(1.0, gt=0)
-    warmup_steps: int = setting(0, ge=0)  # linear warm-up, in optimizer steps
-    # constant, or cosine: lr decays to 0 over train.steps (RL steps)
-    schedule: str = setting("constant", choices=("constant", "cosine"))
-
-
-@dataclass
-class TrainConfig:
-    steps: int = setting(500, ge=1)
-    prompts_per_step: int = setting(2, ge=1)
-    save_every: int = setting(50, ge=0)  # 0: only at the end
-    keep_last: int = setting(3, ge=0)  # checkpoints kept; 0 = all
-    log_every: int = setting(10, ge=0)  # a console line every N steps and at each evaluation; 0 = none
-    grid_every: int = setting(25, ge=0)  # PNG grid (source | group samples) every N steps; 0 = never
-    # with gold evaluations (eval.rewards), final/ holds the weights of the best one and the last weights go to
-    # final_last/ (like transformers' load_best_model_at_end); last: final/ is always the last weights
-    final_weights: str = setting("best_gold", choices=("best_gold", "last"))
-    report: bool = True  # write plots/*.png and report.html when the run ends (also: rlkit report RUN_DIR)
-
-
-@dataclass
-class EvalConfig:
-    """Held-out evaluation with fixed noise: before training (step 0) and every `every` steps."""
-
-    every: int = setting(0, ge=0)  # 0 = no evaluation
-    data: DataConfig | None = None  # held-out prompts; None = the training data
-    max_prompts: int = setting(16, ge=1)
-    samples_per_prompt: int = setting(2, ge=1)
-    rewards: list[RewardSpec] = field(default_factory=list)  # gold rewards; empty = the training rewards
-    seed: int = setting(1234, **SEED)  # the fixed noise: the same for every evaluation
-    # the evaluation's sampler noise; None = the training sampler's. One value (e.g. 0, the ODE users deploy)
-    # puts objectives that sample differently (GRPO's SDE, NFT's ODE) under one evaluation
-    noise_level: float | None = setting(None, ge=0, le=2, optional=True)
-
-
-@dataclass
-class GoldDivergenceAlarm:
-    action: str = setting("warn", choices=ACTIONS)  # not "off": YAML reads that as false
-    window: int = setting(2, ge=1)  # evaluations over which the proxy must have risen
-    gold_drop: float = setting(0.03, ge=0)  # gold this far below its best so far
-    proxy_rise: float = setting(0.0, ge=0)
-
-
-@dataclass
-class KLAlarm:
-    action: str = setting("warn", choices=ACTIONS)
-    max_kl_ref: float = setting(0.5, gt=0)  # per latent dimension, as logged in kl_ref
-    max_approx_kl: float = setting(0.1, gt=0)
-
-
-@dataclass
-class RatioAlarm:
-    action: str = setting("warn", choices=ACTIONS)
-    max_ratio_dev: float = setting(0.05, gt=0)  # |ratio_mean - 1|
-    max_clipfrac: float = setting(0.5, gt=0, le=1)
-
-
-@dataclass
-class DiversityAlarm:
-    action: str = setting("warn", choices=ACTIONS)
-    min_fraction: float = setting(0.25, **UNIT)  # of the mean over the first baseline_steps steps
-    baseline_steps: int = setting(5, ge=1)
-
-
-@dataclass
-class StabilityConfig:
-    """The stability guard (rlkit/stability/alarms.py): alarms go to RUN_DIR/alarms.jsonl."""
-
-    gold_divergence: GoldDivergenceAlarm = field(default_factory=GoldDivergenceAlarm)
-    kl_blowup: KLAlarm = field(default_factory=KLAlarm)
-    ratio_blowup: RatioAlarm = field(default_factory=RatioAlarm)
-    diversity_collapse: DiversityAlarm = field(default_factory=DiversityAlarm)
-    rollback_lr_factor: float = setting(0.5, gt=0, le=1)  # learning rate x this after each rollback
-    # algorithm.kl_coef x this after each rollback: without it the hacking recipe walked back into its hack after
-    # every rollback (3 seeds: 4 alarms and a stop each, last truth -0.043); at 4: 2-3 alarms, -0.010
-    rollback_kl_factor: float = setting(4.0, ge=1, le=1000)
-    max_rollbacks: int = setting(3, ge=0)  # then a rollback alarm stops the run instead
-
-
-@dataclass
-class ExportConfig:
-    """What the model card of final/ says beyond what the run knows (rlkit/export.py)."""
-
-    # the Hub id of the base model when policy.pretrained is a local folder (a hub-cache folder names its own)
-    base_model: str | None = setting(None, pattern=r"[\w.\-]+/[\w.\-]+", optional=True, hint="a Hub id, OWNER/NAME")
-    # the card's license; None = the base model's (from its model card, when it is on this machine), else other
-    license: str | None = setting(None, pattern=r"[\w.\-]+", optional=True, hint="a Hub license id, e.g. apache-2.0")
-
-
-@dataclass
-class Recipe:
-    output_dir: str = setting("runs/rlkit", pattern=r".*\S.*", hint="a folder")
-    seed: int = setting(0, **SEED)
-    resume: str = setting("auto", pattern=r".*\S.*", hint="auto, never or a checkpoint folder")
-    # a preparation plugin (rlkit/preparation.py) run before the trainer is built; it owns the recipe section of
-    # its name (e.g. `prepare: sandbox` and a `sandbox:` section)
-    prepare: str | None = setting(None, pattern=r"[A-Za-z0-9_.\-]+", optional=True, hint="a preparation name")
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    rewards: list[RewardSpec] = field(default_factory=list)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    stability: StabilityConfig = field(default_factory=StabilityConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
@@ -440,6 +202,8 @@ def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schem
     if not isinstance(raw, (DictConfig, dict)):
         raise UserError(f"{where}: a recipe is a mapping of keys (policy:, rewards:, ...), this file holds a "
                         f"{'list' if isinstance(raw, ListConfig) else type(raw).__name__}")
+    if schema_cls is Recipe:
+        _refuse_moved_keys(raw, overrides, where)
     prep = _named_preparation(raw, overrides, where) if schema_cls is Recipe else None
     if prep is not None:
         schema_cls = with_section(schema_cls, prep)
@@ -483,6 +247,29 @@ def build_config(raw: DictConfig | dict, overrides: list[str], where: str, schem
     return cfg
 
 
+def moved_to_their_place(raw):
+    """A recipe rlkit saved before keys moved (config.yaml, a checkpoint's), with each moved key at its new
+    place: rlkit's own files resume as they are."""
+    if not isinstance(raw, (dict, DictConfig)):
+        return raw
+    raw = OmegaConf.create(raw)
+    for old, new in MOVED.items():
+        if OmegaConf.select(raw, old, default=None) is not None:
+            OmegaConf.update(raw, new, OmegaConf.select(raw, old), force_add=True)
+            parent, _, leaf = old.rpartition(".")
+            OmegaConf.select(raw, parent).pop(leaf)
+    return raw
+
+
+def _refuse_moved_keys(raw, overrides: list[str], where: str) -> None:
+    """A key that moved (e.g. into its algorithm's section) gets one line naming its new place."""
+    given = [(where, k) for k in _all_keys(OmegaConf.create(raw))]
+    given += [(f"override '{o}'", o.split("=", 1)[0]) for o in overrides]
+    moved = [f"{at}: '{key}' is now '{MOVED[key]}'" for at, key in given if key in MOVED]
+    if moved:
+        raise UserError(*moved)
+
+
 def load_saved_recipe(run_dir: Path, overrides: list[str]) -> DictConfig:
     """A run directory's recipe (its config.yaml) for `resume`, with overrides; output_dir is that folder."""
     saved = Path(run_dir) / "config.yaml"
@@ -492,7 +279,7 @@ def load_saved_recipe(run_dir: Path, overrides: list[str]) -> DictConfig:
         raw = OmegaConf.load(saved)
     except Exception as err:
         raise UserError(f"{saved}: cannot parse YAML: {str(err).splitlines()[0]}") from None
-    cfg = build_config(raw, ["resume=auto", *overrides], where=str(saved))
+    cfg = build_config(moved_to_their_place(raw), ["resume=auto", *overrides], where=str(saved))
     from rlkit.secrets import unsaved_secrets
 
     unsaved = unsaved_secrets(cfg)
@@ -540,14 +327,6 @@ def _nest(parts: list[str], value: Any) -> dict:
     return value
 
 
-# flat metric names the loop itself logs: an eval reward's `log_as` must not overwrite one
-LOGGED_BY_THE_LOOP = frozenset((
-    "step", "reward_mean", "reward_std", "zero_std_frac", "ratio_mean", "ratio_max_dev", "clipfrac", "approx_kl",
-    "kl_ref", "loss", "grad_norm", "lr", "time_rollout_s", "time_reward_s", "time_train_s", "adv_weight_mean",
-    "dpo_pairs", "dpo_acc", "best_reward", "group_diversity", "probe_start", "reward_drift", "reward_ema",
-    "nft_r_mean", "ema_decay"))
-
-
 def check_values(cfg: DictConfig, where: str, schema_cls: type = None) -> None:
     """Every recipe problem at once: each key's declared Range, then what ranges cannot say (keys that
     depend on each other, here and in a preparation's section). Raises one UserError with a line per problem."""
@@ -583,35 +362,39 @@ def _cross_key_problems(c: dict) -> list[str]:
     if sampler["sde_window"] is not None and sampler["sde_window"] > sampler["num_steps"]:
         out.append(f"'sampler.sde_window' ({sampler['sde_window']}) is more than 'sampler.num_steps' "
                    f"({sampler['num_steps']})")
-    if algo["uncertainty_weighting"] and algo["name"] != "grpo":
-        out.append("'algorithm.uncertainty_weighting' applies to grpo only")
-    if algo["reward_norm"] == "per_reward" and algo["name"] != "grpo":
-        out.append("'algorithm.reward_norm' per_reward applies to grpo only")
-    if algo["ratio_norm"] and algo["name"] != "grpo":
-        out.append("'algorithm.ratio_norm' (GRPO-Guard) applies to grpo only")
-    if policy["name"] in ("flux_kontext", "qwen_image_edit") and not policy["pretrained"]:
+    entry = POLICIES[policy["name"]]
+    if entry.weights == "pretrained" and not policy["pretrained"]:
         out.append(f"'policy.pretrained' must name a local folder or hub id for {policy['name']}")
-    if policy["name"].startswith("flux_kontext") and policy["max_sequence_length"] > 512:
-        out.append(f"'policy.max_sequence_length' is {policy['max_sequence_length']}: FLUX's T5 encoder takes "
-                   f"at most 512")
+    if policy["max_sequence_length"] > entry.editor.max_sequence_length:
+        out.append(f"'policy.max_sequence_length' is {policy['max_sequence_length']}: {policy['name']}'s text "
+                   f"encoder takes at most {entry.editor.max_sequence_length}")
     names = [r.get("log_as") for r in c["eval"]["rewards"] if r.get("log_as")]
     for name in sorted(set(names)):
-        if name in LOGGED_BY_THE_LOOP:
+        if name in LOOP_METRICS:
             out.append(f"'eval.rewards.log_as' is '{name}', which the run logs itself; choose another name")
         elif names.count(name) > 1:
             out.append(f"'eval.rewards.log_as' names '{name}' twice")
     return out
 
 
-def to_yaml(cfg: DictConfig) -> str:
+def to_yaml(cfg: DictConfig, schema_cls: type | None = None) -> str:
     """The recipe as YAML, resolved, with its secrets redacted (rlkit/secrets.py): every copy rlkit writes or
-    prints goes through here."""
+    prints goes through here. With the recipe's schema, each key carries its help as a comment."""
     import yaml
     from omegaconf._utils import get_omega_conf_dumper  # OmegaConf.to_yaml's own dumper, on plain containers
 
+    from rlkit.core.schema import commented_yaml
     from rlkit.secrets import redacted
 
+    if schema_cls is not None:
+        return commented_yaml(redacted(cfg), schema_cls) + "\n"
     # dumped from the containers: building a config again from them failed once in OmegaConf 2.4 when a signal
     # handler ran inside the build ('NoneType' object has no attribute '_invalidate_flags_cache')
     return yaml.dump(redacted(cfg), Dumper=get_omega_conf_dumper(), default_flow_style=False, allow_unicode=True,
                      sort_keys=False)
+
+
+def recipe_schema(cfg: DictConfig) -> type:
+    """The schema an `rlkit run` recipe was checked against: the Recipe, with its preparation's section."""
+    prep = load_preparation(cfg.prepare) if cfg.get("prepare") else None
+    return with_section(Recipe, prep) if prep is not None else Recipe

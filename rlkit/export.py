@@ -9,14 +9,8 @@ from omegaconf import DictConfig
 
 from rlkit.core.errors import UserError
 from rlkit.core.hub import hub_id_of_cache_folder, is_hub_id, local_pretrained
+from rlkit.policies import POLICIES
 from rlkit.summary import RunSummary, summarize
-
-PIPELINES = {"flux_kontext": ("FluxKontextPipeline", "FluxTransformer2DModel"),
-             "qwen_image_edit": ("QwenImageEditPipeline", "QwenImageTransformer2DModel")}
-
-
-def _editor(cfg: DictConfig) -> str:
-    return next(k for k in PIPELINES if cfg.policy.name.startswith(k))
 
 
 def base_model_id(cfg: DictConfig) -> str | None:
@@ -63,14 +57,15 @@ def loading_snippet(cfg: DictConfig, weights: Path | str, example: tuple[str, st
     """Python that loads the base model with these weights and makes one edit at the trained settings: the
     source centre-cropped to a square as the run saw it, the same size, steps and guidance, the pipeline's own
     resizing off. Runs as printed (its own imports, the run's first prompt)."""
-    pipeline, transformer = PIPELINES[_editor(cfg)]
+    editor = POLICIES[cfg.policy.name].editor
+    pipeline, transformer = editor.pipeline, editor.transformer
     base = base_model_id(cfg) or cfg.policy.pretrained or "BASE_MODEL"
     if cfg.policy.pretrained and not is_hub_id(cfg.policy.pretrained) and Path(cfg.policy.pretrained).exists():
         base = cfg.policy.pretrained  # the folder the run trained from, when this machine has it
     dtype = "torch.bfloat16" if cfg.policy.dtype != "float32" else "torch.float32"
     source, instruction = example or example_edit(cfg)
     p, r = cfg.policy, cfg.policy.resolution
-    if _editor(cfg) == "flux_kontext":
+    if editor.guidance == "distilled":
         settings = (f"guidance_scale={p.guidance_scale:g}, max_sequence_length={p.max_sequence_length}, "
                     f"max_area={r} * {r}, _auto_resize=False")
     else:

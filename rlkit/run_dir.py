@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rlkit import checkpoint as ckpt
-from rlkit.config import to_yaml
+from rlkit.config import moved_to_their_place, to_yaml
 from rlkit.core.errors import UserError
 from rlkit.secrets import redacted
 
@@ -118,14 +118,14 @@ class RunDirectory:
                 raise UserError(f"resume: checkpoint {chosen} is not usable: {problem}")
         if chosen is not None:  # the checkpoint's own recipe decides, wherever it came from
             old = ckpt.saved_config(chosen)
-            self._check_compatible(OmegaConf.create(old) if old else OmegaConf.load(saved_cfg))
+            self._check_compatible(moved_to_their_place(OmegaConf.create(old) if old else OmegaConf.load(saved_cfg)))
         elif saved_cfg.is_file():  # an earlier run with nothing to resume: only the same recipe may restart it
             try:
                 old = OmegaConf.load(saved_cfg)
             except Exception:
                 raise UserError(f"output_dir '{self.path}' holds a config.yaml that is not an rlkit recipe; "
                                 f"choose a new or empty folder") from None
-            self._check_restart(old)
+            self._check_restart(moved_to_their_place(old))
             if (self.path / "metrics.jsonl").exists():
                 print(f"no valid checkpoint in {self.path}: starting from step 0")
         self.dist.barrier()  # every rank has read the old config before rank 0 replaces it

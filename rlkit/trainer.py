@@ -205,7 +205,7 @@ class Trainer:
         totals = self.dist.gather(reward.total)
         uncertainty = None if reward.uncertainty is None else self.dist.gather(reward.uncertainty)
         per_reward = None
-        if self.cfg.algorithm.reward_norm == "per_reward":  # one more gather per reward: only when it is used
+        if self.algorithm.per_reward:  # one more gather per reward: only when it is used
             names = self.rewards.names
             per_reward = (names, self.rewards.weights,
                           torch.stack([self.dist.gather(reward.per_reward[n]) for n in names], dim=1))

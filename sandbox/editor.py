@@ -107,8 +107,8 @@ def editor_policy(pipe: FluxKontextPipeline, device: str):
     """The editor as rlkit's Kontext policy without an adapter: what pre-training trains and the judge checks."""
     from omegaconf import OmegaConf
 
-    from rlkit.config import PolicyConfig, SamplerConfig
     from rlkit.policies.flux_kontext import FluxKontextPolicy
+    from rlkit.recipe import PolicyConfig, SamplerConfig
 
     pcfg = OmegaConf.structured(PolicyConfig(name="flux_kontext", dtype="float32", device=device,
                                              resolution=SIZE, max_sequence_length=24))

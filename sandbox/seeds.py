@@ -2,7 +2,7 @@
 
 Every stream's seed is derived from `sandbox.seed` here and nowhere else: `stream_seed(seed, "heldout")`. The
 offsets are the ones the shipped preparation (sandbox/shipped/seed_0) was made with, so that code and shipped
-files stay one thing; a new stream takes an offset no other stream of its kind uses (tests/test_sandbox.py
+files stay one thing; a new stream takes an offset no other stream of its kind uses (tests/sandbox/test_sandbox.py
 checks the prompt draws never collide).
 """
 

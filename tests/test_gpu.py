@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_policy, prompt_batch, tiny_config
+from helpers import make_policy, prompt_batch, tiny_config
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():

@@ -1,4 +1,5 @@
-"""Policy-update algorithms, selected by `algorithm.name`."""
+"""Policy-update algorithms, selected by `algorithm.name`. Each declares its own recipe section
+(`algorithm.<name>`, its class's `settings`); a new objective is one file and one entry in ALGORITHMS."""
 
 from rlkit.algorithms.advantages import group_advantages
 from rlkit.algorithms.dpo import OnlineDPO, best_worst_pairs

@@ -15,6 +15,7 @@ class Algorithm(Protocol):
 
     kl_scale: float  # multiplies the KL coefficient (the stability guard raises it after a rollback)
     rollout_means: bool  # the update reads Rollout.means (the rollout records them only then)
+    per_reward: bool  # advantages read each reward's scores (`per_reward`), not only their weighted sum
     export_weights: str  # what evaluations and final/ use: "trained", or "ema" (NFT's old policy)
     grad_sync: Callable[[list[torch.nn.Parameter]], None] | None  # averages gradients over processes, or None
 
@@ -48,6 +49,7 @@ class Stateless:
     weights."""
 
     rollout_means = False
+    per_reward = False
     export_weights = "trained"
     kl_scale = 1.0
 

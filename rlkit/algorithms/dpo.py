@@ -3,10 +3,20 @@ down on the winner and up on the loser, relative to the reference (adapter disab
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from rlkit.algorithms.base import Stateless, chunks, optimizer_step
+from rlkit.core.schema import setting
+
+
+@dataclass
+class DPOSettings:
+    """algorithm.dpo: what only online DPO reads."""
+
+    beta: float = setting(2000.0, gt=0, help="Diffusion-DPO's temperature on the winner-loser error difference")
 
 
 def best_worst_pairs(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,6 +32,8 @@ def best_worst_pairs(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[to
 
 
 class OnlineDPO(Stateless):
+    settings = DPOSettings
+
     def __init__(self, cfg, max_grad_norm: float):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
         self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step
@@ -59,7 +71,7 @@ class OnlineDPO(Stateless):
                 err = ((v - target) ** 2).mean(dim=dims)
                 err_ref = ((v_ref - target) ** 2).mean(dim=dims)
                 diff = (err[:n] - err_ref[:n]) - (err[n:] - err_ref[n:])
-                loss = -F.logsigmoid(-cfg.beta / 2 * diff).mean()
+                loss = -F.logsigmoid(-cfg.dpo.beta / 2 * diff).mean()
                 loss.backward()
                 stats["loss"].append(loss.item())
                 stats["dpo_acc"].append((diff < 0).float().mean().item())

@@ -17,11 +17,13 @@ weights are part of the checkpoint, so a resumed run continues exactly. ``nft.ex
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 
 from rlkit.algorithms.advantages import group_advantages
 from rlkit.algorithms.base import chunks, optimizer_step
+from rlkit.core.schema import setting
 
 
 def nft_loss(v: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor,
@@ -40,7 +42,24 @@ def nft_loss(v: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, t: torch.T
     return (r * x0_error(positive) + (1 - r) * x0_error(negative)) / beta
 
 
+@dataclass
+class NFTSettings:
+    """algorithm.nft: what only DiffusionNFT reads. Its old policy is an EMA of the trained weights."""
+
+    beta: float = setting(1.0, gt=0, le=10, help="how far the implicit positive and negative policies sit from the "
+                          "old one")
+    ema_decay: float = setting(0.9, ge=0, lt=1, help="the old policy's EMA decay after its warm-up, (1 + n) / (10 + n)")
+    t_min: float = setting(0.02, ge=0, lt=0.5, help="re-noising times are drawn uniformly from [t_min, 1 - t_min]")
+    adaptive_weighting: bool = setting(True, help="each sample's x0 error divided by its mean absolute value "
+                                       "(detached)")
+    sample_with: str = setting("ema", choices=("ema", "current"), help="the weights the rollouts sample with")
+    export: str = setting("trained", choices=("trained", "ema"), help="the weights a user gets: evaluations, the "
+                          "best-gold choice and final/ use them (the model card says which)")
+
+
 class NFT:
+    settings = NFTSettings
+
     def __init__(self, cfg, max_grad_norm: float):
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
         self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step
@@ -48,6 +67,7 @@ class NFT:
         self.ema: list[torch.Tensor] | None = None  # the old policy's weights, in trainable_parameters() order
         self.ema_updates = 0
         self.rollout_means = False
+        self.per_reward = False
         self.export_weights = cfg.nft.export
 
     # ------------------------------------------------------------------ the old policy (EMA)

@@ -19,6 +19,18 @@ def hub_id_of_cache_folder(path: str | Path) -> str | None:
     return f"{found.group(1)}/{found.group(2)}" if found else None
 
 
+def has_local_model(name: str) -> bool:
+    """A transformers checkpoint folder, or a repo id present in the local hub cache."""
+    if (Path(name).expanduser() / "config.json").is_file():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an invalid repo id
+        return False
+
+
 def local_pretrained(pretrained: str) -> Path:
     """The folder of a local diffusers pipeline or its copy in the local hub cache; never downloads."""
     folder = Path(pretrained).expanduser()

@@ -77,9 +77,12 @@ class Range:
         return " and ".join(parts)
 
 
-def setting(default: Any = MISSING, *, factory=None, **limits) -> Any:
-    """A recipe key with its default and its Range (see Range for the limits)."""
-    meta = {"range": Range(**limits)}
+def setting(default: Any = MISSING, *, factory=None, help: str = "", **limits) -> Any:
+    """A recipe key with its default, its Range (see Range for the limits) and one line of help (what
+    `rlkit validate --print` and the recipe-key reference say of it)."""
+    if default is None:  # a key whose default is None may stay None
+        limits.setdefault("optional", True)
+    meta = {"range": Range(**limits), "help": help}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -159,9 +162,71 @@ def _kind(value: Any) -> str:
 class LoggingConfig:
     """Experiment trackers (rlkit/trackers.py): scalars every step, evaluation grids, the recipe, alarms."""
 
-    # tensorboard writes RUN_DIR/tensorboard; wandb needs `pip install wandb` (WANDB_MODE=offline: no login);
-    # trackio needs `pip install trackio` and logs locally (TRACKIO_DIR; `trackio show` opens its dashboard)
+    # wandb needs `pip install wandb` (WANDB_MODE=offline: no login); trackio needs `pip install trackio` and logs
+    # locally (TRACKIO_DIR; `trackio show` opens its dashboard)
     report_to: list[str] = setting(factory=lambda: ["tensorboard"],
-                                   each=Range(choices=("tensorboard", "wandb", "trackio")))
-    project: str = setting("rlkit", pattern=r".*\S.*", hint="a project name")  # the W&B / trackio project
-    run_name: str | None = None  # default: the output_dir's folder name
+                                   each=Range(choices=("tensorboard", "wandb", "trackio")),
+                                   help="experiment trackers: tensorboard (RUN_DIR/tensorboard), wandb, trackio")
+    project: str = setting("rlkit", pattern=r".*\S.*", hint="a project name", help="the W&B / trackio project")
+    run_name: str | None = setting(None, help="the tracker's run name (None: the output_dir's folder name)")
+
+
+def _section_type(hint) -> type | None:
+    """The dataclass a field's type holds (a section, an optional section, or a list of them), else None."""
+    return next((t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)), None)
+
+
+def _flow(value: Any) -> str:
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=2**16, allow_unicode=True).strip()
+    return text[:-3].strip() if text.endswith("\n...") else text
+
+
+def commented_yaml(values: dict, schema_cls: type | None, indent: int = 0) -> str:
+    """A recipe's values as YAML with each key's help as its comment (what `rlkit validate --print` shows):
+    sections as blocks, values in flow style, so the text loads back as the same recipe."""
+    fields = {f.name: f for f in dataclasses.fields(schema_cls)} if schema_cls else {}
+    hints = typing.get_type_hints(schema_cls) if schema_cls else {}
+    pad, out = " " * indent, []
+    for key, value in values.items():
+        help_text = fields[key].metadata.get("help", "") if key in fields else ""
+        comment = f"  # {help_text}" if help_text else ""
+        section = _section_type(hints.get(key))
+        if isinstance(value, dict) and value and section is not None:
+            out += [f"{pad}{key}:{comment}", commented_yaml(value, section, indent + 2)]
+        elif isinstance(value, list) and value and section is not None and all(isinstance(v, dict) for v in value):
+            out.append(f"{pad}{key}:{comment}")
+            for item in value:
+                lines = commented_yaml(item, section, indent + 4).split("\n")
+                out += [f"{pad}  - {lines[0].lstrip()}", *lines[1:]]
+        else:
+            out.append(f"{pad}{key}: {_flow(value)}{comment}")
+    return "\n".join(out)
+
+
+def _accepts(limits: Range | None) -> str:
+    if limits is None:
+        return ""
+    if limits.choices is not None:
+        return " | ".join(str(c) for c in limits.choices)
+    if limits.each is not None:
+        return f"each {_accepts(limits.each)}"
+    return limits.describe()
+
+
+def key_rows(schema_cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, default, what it accepts, help) for every key of a schema, through its sections and list items."""
+    rows = []
+    hints = typing.get_type_hints(schema_cls)
+    for f in dataclasses.fields(schema_cls):
+        section, key = _section_type(hints[f.name]), prefix + f.name
+        if section is not None:
+            is_list = typing.get_origin(hints[f.name]) is list
+            if "help" in f.metadata:  # a list of sections (rewards) or an optional one (eval.data)
+                rows.append((key, "[]" if is_list else _flow(f.default), "", f.metadata["help"]))
+            rows += key_rows(section, key + ("[]." if is_list else "."))
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        rows.append((key, _flow(default), _accepts(f.metadata.get("range")), f.metadata.get("help", "")))
+    return rows

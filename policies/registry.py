@@ -1,0 +1,46 @@
+"""Every editor rlkit trains, one entry each: what a recipe's `policy.name` means. Adding an editor is one
+entry here and its policy module; nothing else dispatches on names. Classes are named as strings and imported
+when used, so reading a recipe does not import diffusers."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Editor:
+    policy_class: str  # module:Class of the FlowEditPolicy subclass
+    pipeline: str  # the diffusers pipeline class (what `load_lora_weights` is called on)
+    transformer: str  # the diffusers transformer class (the architecture a recipe is checked against)
+    tiny: str  # module:function building the pipeline at toy size with random weights
+    max_sequence_length: int  # what the text encoder takes
+    # distilled: guidance is an embedding (policy.guidance_scale); true_cfg: classifier-free guidance with a
+    # negative prompt (policy.true_cfg_scale)
+    guidance: str
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    editor: Editor
+    weights: str  # pretrained: policy.pretrained; tiny: random toy weights; random: the real size, random weights
+
+
+FLUX_KONTEXT = Editor("rlkit.policies.flux_kontext:FluxKontextPolicy", "FluxKontextPipeline", "FluxTransformer2DModel",
+                      "rlkit.policies.tiny:tiny_kontext_pipeline", 512, "distilled")
+QWEN_IMAGE_EDIT = Editor("rlkit.policies.qwen_image_edit:QwenImageEditPolicy", "QwenImageEditPipeline",
+                         "QwenImageTransformer2DModel", "rlkit.policies.tiny:tiny_qwen_edit_pipeline", 1024, "true_cfg")
+
+POLICIES = {
+    "flux_kontext": PolicyEntry(FLUX_KONTEXT, "pretrained"),
+    "flux_kontext_tiny": PolicyEntry(FLUX_KONTEXT, "tiny"),
+    "flux_kontext_random": PolicyEntry(FLUX_KONTEXT, "random"),  # for rlkit bench: the cost at the real size
+    "qwen_image_edit": PolicyEntry(QWEN_IMAGE_EDIT, "pretrained"),
+    "qwen_image_edit_tiny": PolicyEntry(QWEN_IMAGE_EDIT, "tiny"),
+}
+
+
+def load(target: str):
+    """module:attribute, imported now."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,162 @@
+"""One test suite over every editor policy (FLUX.1 Kontext, Qwen-Image-Edit), on tiny random weights.
+
+Each editor is a case that says how its stock diffusers pipeline samples (the ODE reference); every contract
+test runs on every case, so a new editor is covered by adding its case. Editor-specific behaviour (Qwen's true
+CFG) is tested at the end.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_policy, prompt_batch, tiny_config
+
+
+class FluxKontextCase:
+    name = "flux_kontext_tiny"
+    noise_shape = (1, 4, 16, 16)  # unpacked latents of one 32 px sample
+
+    def ode_reference(self, policy, cfg, batch, noise):
+        """FluxKontextPipeline's own deterministic sampler, from the same initial noise."""
+        pipe = policy.pipe
+        return pipe(
+            image=batch.sources, prompt=batch.instructions[0], height=32, width=32, max_area=32 * 32,
+            num_inference_steps=cfg.sampler.num_steps, guidance_scale=cfg.policy.guidance_scale,
+            max_sequence_length=cfg.policy.max_sequence_length, _auto_resize=False,
+            latents=pipe._pack_latents(noise, 1, 4, 16, 16), output_type="latent",
+        ).images
+
+
+class QwenImageEditCase:
+    name = "qwen_image_edit_tiny"
+    noise_shape = (1, 4, 8, 8)
+
+    def ode_reference(self, policy, cfg, batch, noise):
+        """FlowMatchEulerDiscreteScheduler.step over the schedule exactly as QwenImageEditPipeline sets it (the
+        tiny pipeline has no processor, which its __call__ needs)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_shift
+
+        rollout = policy.sample(batch, 1, torch.Generator().manual_seed(0), initial_noise=noise)
+        sched = FlowMatchEulerDiscreteScheduler.from_config(policy.pipe.scheduler.config)
+        x = policy.pipe._pack_latents(noise, 1, 4, 8, 8)
+        c, n = sched.config, cfg.sampler.num_steps
+        mu = calculate_shift(x.shape[1], c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu, device="cpu")
+        for t in sched.timesteps:
+            v = policy.predict_velocity(x, t / 1000, rollout.cond, torch.tensor([0]))
+            x = sched.step(v, t, x, return_dict=False)[0]
+        return x
+
+
+CASES = [FluxKontextCase(), QwenImageEditCase()]
+
+
+@pytest.fixture(params=CASES, ids=lambda c: c.name)
+def case(request):
+    return request.param
+
+
+@pytest.fixture
+def policy(case):
+    return make_policy(f"policy.name={case.name}")[0]
+
+
+def test_first_update_ratio_is_exactly_one(policy):
+    """Recomputing the rollout's log-probs in the training pass gives ratio 1 (within 1e-6), for the whole
+    batch, for sub-batches, and with a different timestep per sample."""
+    rollout = policy.sample(prompt_batch(2), 3, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for step in range(rollout.num_steps):
+            out = policy.step_logprob(rollout, torch.arange(len(rollout)), step)
+            assert (torch.exp(out.log_prob - rollout.log_probs[:, step]) - 1).abs().max() < 1e-6
+        idx, steps = torch.tensor([4, 0, 2]), torch.tensor([3, 0, 1])
+        out = policy.step_logprob(rollout, idx, steps)
+        assert (torch.exp(out.log_prob - rollout.log_probs[idx, steps]) - 1).abs().max() < 1e-6
+    assert rollout.log_probs.abs().sum() > 0  # the test is not comparing zeros
+
+
+def test_noise_zero_is_the_stock_pipelines_ode(case):
+    """With noise_level 0 the unrolled sampler is the editor's own diffusers sampler, to 1e-5."""
+    policy, cfg = make_policy(f"policy.name={case.name}", "sampler.noise_level=0.0", "algorithm.name=dpo")
+    batch = prompt_batch(1)
+    noise = torch.randn(*case.noise_shape, generator=torch.Generator().manual_seed(3))
+    rollout = policy.sample(batch, 1, torch.Generator().manual_seed(0), initial_noise=noise)
+    assert torch.all(rollout.log_probs == 0) and not rollout.sde_mask.any()
+    with torch.no_grad():
+        expected = case.ode_reference(policy, cfg, batch, noise)
+    torch.testing.assert_close(rollout.latents[:, -1], expected, rtol=0, atol=1e-5)
+    assert expected.abs().mean() > 0.1
+
+
+def test_reference_is_the_model_without_the_adapter(policy):
+    rollout = policy.sample(prompt_batch(1), 1, torch.Generator().manual_seed(0))
+    for p in policy.trainable_parameters():  # make the adapter do something
+        torch.nn.init.normal_(p, std=0.5)
+    x, t, idx = rollout.latents[:, 0], torch.tensor([0.6]), torch.tensor([0])
+    with torch.no_grad():
+        with_lora = policy.predict_velocity(x, t, rollout.cond, idx)
+        with policy.reference():
+            ref = policy.predict_velocity(x, t, rollout.cond, idx)
+        policy.transformer.disable_adapters()
+        base = policy.predict_velocity(x, t, rollout.cond, idx)
+        policy.transformer.enable_adapters()
+        after = policy.predict_velocity(x, t, rollout.cond, idx)
+    assert torch.equal(ref, base)
+    assert not torch.allclose(with_lora, ref)
+    assert torch.equal(after, with_lora)  # the context restores the adapter
+
+
+def test_conditioning_is_computed_once_per_group(policy):
+    rollout = policy.sample(prompt_batch(2), 3, torch.Generator().manual_seed(0))
+    assert rollout.cond.prompt_embeds.shape[0] == 2  # one row per prompt, not per sample
+    assert rollout.cond.image_latents.shape[0] == 2
+    assert rollout.prompt_index.tolist() == [0, 0, 0, 1, 1, 1]
+    assert rollout.images.shape == (6, 3, 32, 32) and 0 <= rollout.images.min() <= rollout.images.max() <= 1
+
+
+def test_group_key_includes_the_image(policy):
+    """Same instruction on two images -> two groups; the same (image, instruction) twice -> one group."""
+    batch = prompt_batch(3, keys=["a.png\nmake it red", "b.png\nmake it red", "a.png\nmake it red"])
+    rollout = policy.sample(batch, 2, torch.Generator().manual_seed(0))
+    assert rollout.group_ids.tolist() == [0, 0, 1, 1, 0, 0]
+
+
+def test_sampling_is_reproducible_from_the_generator(policy):
+    a = policy.sample(prompt_batch(1), 2, torch.Generator().manual_seed(5))
+    b = policy.sample(prompt_batch(1), 2, torch.Generator().manual_seed(5))
+    c = policy.sample(prompt_batch(1), 2, torch.Generator().manual_seed(6))
+    assert torch.equal(a.latents, b.latents) and not torch.equal(a.latents, c.latents)
+
+
+def test_rollout_chunking_gives_the_same_samples(case):
+    whole, _ = make_policy(f"policy.name={case.name}")
+    chunked, _ = make_policy(f"policy.name={case.name}", "sampler.batch_size=2")
+    a = whole.sample(prompt_batch(2), 3, torch.Generator().manual_seed(0))
+    b = chunked.sample(prompt_batch(2), 3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a.latents, b.latents, rtol=0, atol=1e-5)
+
+
+def test_a_grpo_run_trains_and_exports(case, tmp_path):
+    from rlkit.trainer import Trainer
+
+    cfg = tiny_config(tmp_path, f"policy.name={case.name}", "sampler.num_steps=3", "optim.lr=0.01")
+    run = Trainer(cfg, progress=False).fit()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and abs(rows[0]["ratio_mean"] - 1) < 1e-4
+    assert (run / "final" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_qwen_true_cfg_combines_and_rescales():
+    policy, _ = make_policy("policy.name=qwen_image_edit_tiny", "policy.true_cfg_scale=4.0")
+    batch = prompt_batch(1)
+    cond = policy.encode(batch.sources, batch.instructions)
+    assert cond.negative_embeds is not None
+    x, t, idx = torch.randn(1, 16, 16), torch.tensor(0.6), torch.tensor([0])
+    with torch.no_grad():
+        v = policy.predict_velocity(x, t, cond, idx)
+        cond.negative_embeds = None
+        v_cond = policy.predict_velocity(x, t, cond, idx)
+    assert not torch.allclose(v, v_cond)
+    torch.testing.assert_close(v.norm(dim=-1), v_cond.norm(dim=-1))  # rescaled to the conditional norm
