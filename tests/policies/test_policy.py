@@ -53,6 +53,13 @@ class QwenImageEditCase:
 CASES = [FluxKontextCase(), QwenImageEditCase()]
 
 
+def test_every_registered_editor_has_a_case():
+    """A new editor in rlkit.policies.POLICIES is covered by this suite once it has a case here."""
+    from rlkit.policies import POLICIES
+
+    assert {c.name for c in CASES} == {name for name, entry in POLICIES.items() if entry.weights == "tiny"}
+
+
 @pytest.fixture(params=CASES, ids=lambda c: c.name)
 def case(request):
     return request.param
