@@ -270,15 +270,31 @@ def _refuse_moved_keys(raw, overrides: list[str], where: str) -> None:
         raise UserError(*moved)
 
 
+# the last line of every config.yaml a run writes: a file without it was cut short (a full disk, a crash)
+RECIPE_END = "# end of recipe (rlkit)\n"
+
+
 def load_saved_recipe(run_dir: Path, overrides: list[str]) -> DictConfig:
-    """A run directory's recipe (its config.yaml) for `resume`, with overrides; output_dir is that folder."""
+    """A run directory's recipe for `resume`, with overrides; output_dir is that folder. Its config.yaml when
+    complete, else the recipe its newest valid checkpoint saved (said in one line): never schema defaults."""
     saved = Path(run_dir) / "config.yaml"
-    if not saved.is_file():
-        raise UserError(f"{run_dir} is not an rlkit run directory (no config.yaml)")
-    try:
-        raw = OmegaConf.load(saved)
-    except Exception as err:
-        raise UserError(f"{saved}: cannot parse YAML: {str(err).splitlines()[0]}") from None
+    raw, problem = _saved_recipe_file(saved)
+    # (a file with every key but no end line may still be cut inside its last value: a checkpoint's recipe wins)
+    if problem is not None:
+        from rlkit import checkpoint as ckpt
+
+        found = ckpt.newest_valid(Path(run_dir), warn=lambda m: None)
+        config = ckpt.saved_config(found.path) if found else None
+        if config is None and not saved.exists() and not found:
+            raise UserError(f"{run_dir} is not an rlkit run directory (no config.yaml)")
+        if config is None and raw is not None:  # an older rlkit's file with every key, no checkpoint yet
+            problem = None
+        elif config is None:
+            raise UserError(f"{saved}: {problem}, and no checkpoint holds the run's recipe; start it again with "
+                            f"rlkit run RECIPE output_dir={run_dir} resume=never after moving its files away")
+        else:
+            print(f"{saved}: {problem}; resuming with the recipe saved in {found.path}")
+            raw = OmegaConf.create(config)
     cfg = build_config(moved_to_their_place(raw), ["resume=auto", *overrides], where=str(saved))
     from rlkit.secrets import unsaved_secrets
 
@@ -290,6 +306,26 @@ def load_saved_recipe(run_dir: Path, overrides: list[str]) -> DictConfig:
     if Path(cfg.output_dir).resolve() != Path(run_dir).resolve():
         cfg.output_dir = str(run_dir)
     return cfg
+
+
+def _saved_recipe_file(saved: Path) -> tuple[DictConfig | None, str | None]:
+    """(the recipe, None) when config.yaml is whole, else (None, what is wrong with it)."""
+    try:
+        text = saved.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"unreadable ({getattr(err, 'strerror', None) or err})"
+    try:
+        raw = OmegaConf.create(text) if text.strip() else None
+    except Exception as err:
+        return None, f"not YAML ({str(err).splitlines()[0]})"
+    if not isinstance(raw, DictConfig):
+        return None, "not a recipe (empty or not a mapping)"
+    if not text.endswith(RECIPE_END):  # cut short, or written by an rlkit that did not end it so
+        absent = sorted(set(_all_keys(OmegaConf.structured(Recipe))) - set(_all_keys(moved_to_their_place(raw))))
+        return (None, f"cut short (no '{absent[0]}')") if absent else (raw, "not ended as rlkit ends it")
+    return raw, None
 
 
 def _blame_override(problem: str, where: str, overrides: list[str]) -> str:

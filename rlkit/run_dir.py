@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rlkit import checkpoint as ckpt
-from rlkit.config import moved_to_their_place, to_yaml
+from rlkit.config import RECIPE_END, moved_to_their_place, to_yaml
 from rlkit.core.errors import UserError
 from rlkit.secrets import redacted
 
@@ -130,7 +130,7 @@ class RunDirectory:
                 print(f"no valid checkpoint in {self.path}: starting from step 0")
         self.dist.barrier()  # every rank has read the old config before rank 0 replaces it
         if self.dist.is_main:
-            ckpt.write_atomic_text(saved_cfg, to_yaml(self.cfg))
+            ckpt.write_atomic_text(saved_cfg, to_yaml(self.cfg) + RECIPE_END)
         return chosen
 
     def _check_compatible(self, old: DictConfig) -> None:
