@@ -10,6 +10,9 @@ from rlkit.core.errors import RewardError
 from rlkit.rewards.base import RewardInput, RewardOutput
 
 
+SCALE = 1e6  # no reward's scores are this large; beyond it they are a bug (an overflow, an unscaled logit sum)
+
+
 @dataclass
 class CombinedReward:
     total: torch.Tensor  # [B] weighted sum
@@ -49,7 +52,7 @@ class RewardSet:
                 result = fn(batch)
             except Exception as err:  # a plugin bug must name the plugin, not crash anonymously
                 raise RewardError(name, f"raised {type(err).__name__}: {err}") from err
-            scores = self._check(name, result, n)
+            scores = self._check(name, result, n, fn)
             out.per_reward[name] = scores
             out.outputs[name] = result
             total = total + weight * scores
@@ -70,7 +73,9 @@ class RewardSet:
         return u
 
     @staticmethod
-    def _check(name: str, result: object, n: int) -> torch.Tensor:
+    def _check(name: str, result: object, n: int, fn=None) -> torch.Tensor:
+        """Scores a step may train on: a float tensor [n], finite, and within the reward's `score_range` (with
+        room of ten times its width) or, for a reward that states none, within +-1e6."""
         if not isinstance(result, RewardOutput):
             raise RewardError(name, f"returned {type(result).__name__}, expected rlkit.rewards.RewardOutput")
         scores = result.scores
@@ -78,8 +83,17 @@ class RewardSet:
             raise RewardError(name, f"scores is {type(scores).__name__}, expected a torch.Tensor of shape [{n}]")
         if tuple(scores.shape) != (n,):
             raise RewardError(name, f"scores has shape {tuple(scores.shape)}, expected ({n},)")
+        if not scores.is_floating_point():  # integer or boolean scores would train on rounded signals
+            raise RewardError(name, f"scores are {scores.dtype}, expected floating-point values")
         scores = scores.detach().float().cpu()
         bad = ~torch.isfinite(scores)
         if bad.any():
             raise RewardError(name, f"returned {int(bad.sum())} non-finite score(s) (NaN/inf) out of {n}")
+        low, high = getattr(fn, "score_range", None) or (-SCALE, SCALE)
+        slack = 10 * (high - low) if (low, high) != (-SCALE, SCALE) else 0.0
+        far = (scores < low - slack) | (scores > high + slack)
+        if far.any():
+            worst = float(scores[far].abs().max()) * (1 if float(scores[far][0]) > 0 else -1)
+            raise RewardError(name, f"returned {int(far.sum())} score(s) far outside its range [{low:g}, {high:g}] "
+                                    f"(e.g. {worst:.3g}); nothing trains on them")
         return scores

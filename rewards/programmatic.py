@@ -10,6 +10,8 @@ from rlkit.rewards.base import Reward, RewardInput, RewardOutput
 class SourceConsistency(Reward):
     """How much of the source survives the edit: 1 - mean absolute pixel difference (in [0, 1])."""
 
+    score_range = (0.0, 1.0)
+
     def __init__(self) -> None:
         pass
 
@@ -23,6 +25,8 @@ class TargetColor(Reward):
 
     `region` limits the score to the centre fraction of the image (1.0 = whole image).
     """
+
+    score_range = (0.0, 1.0)
 
     def __init__(self, color: tuple[float, float, float] | list[float] = (1.0, 0.0, 0.0), region: float = 1.0):
         self.check(color, region)
@@ -53,6 +57,8 @@ class Colourfulness(Reward):
     large weight, it is a deliberately flawed proxy: a policy can raise it by saturating everything, which
     ruins preservation (`recipes/sandbox_hacking.yaml` uses it to test the stability guard).
     """
+
+    score_range = (0.0, 2.0)
 
     def __init__(self) -> None:
         pass

@@ -140,6 +140,7 @@ def parse_score(text: str, json_keys: list[str] | None) -> float | None:
 
 class VLMJudge:
     secret_kwargs = ("api_key",)  # never written to any file or shown (rlkit/secrets.py)
+    score_range = (0.0, 1.0)  # the template's scale, mapped
 
     def __init__(self, base_url: str, model: str | None = None, template: str = "overall_0_5",
                  score_mode: str = "logprobs", api_key: str | None = None, concurrency: int = 8,

@@ -14,6 +14,7 @@ import json
 import torch
 from safetensors.torch import load, save
 
+from rlkit.core.images import MAX_PIXELS
 from rlkit.rewards.base import RewardInput, RewardOutput
 
 
@@ -33,19 +34,31 @@ def encode_input(batch: RewardInput, dtype: str = "uint8") -> bytes:
 
 
 def decode_input(data: bytes) -> RewardInput:
+    """A request, every field checked: shapes, types, finite pixels in [0, 1], one string instruction and one
+    JSON object of metadata per image. Anything else is a WireError naming the field (the server's 400)."""
     tensors, meta = _load(data)
     for key in ("edited", "source", "group_ids"):
         if key not in tensors:
             raise WireError(f"request has no '{key}' tensor")
     edited, source = (_as_unit_float(tensors[k], k) for k in ("edited", "source"))
-    n = edited.shape[0]
-    instructions, metadata = meta.get("instructions"), meta.get("metadata") or [{} for _ in range(n)]
-    if source.shape != edited.shape or tensors["group_ids"].shape != (n,):
+    n, group_ids = edited.shape[0], tensors["group_ids"]
+    if source.shape != edited.shape or group_ids.shape != (n,):
         raise WireError(f"shapes disagree: edited {tuple(edited.shape)}, source {tuple(source.shape)}, "
-                        f"group_ids {tuple(tensors['group_ids'].shape)}")
-    if not isinstance(instructions, list) or len(instructions) != n or len(metadata) != n:
-        raise WireError(f"need {n} instructions and metadata entries")
-    return RewardInput(edited, source, [str(t) for t in instructions], tensors["group_ids"].long(), metadata)
+                        f"group_ids {tuple(group_ids.shape)}")
+    if n == 0:
+        raise WireError("request holds no images")
+    if group_ids.dtype not in (torch.int64, torch.int32) or (group_ids < 0).any():
+        raise WireError(f"'group_ids' must be non-negative int64, got {group_ids.dtype}")
+    instructions = meta.get("instructions")
+    if not isinstance(instructions, list) or len(instructions) != n or \
+            not all(isinstance(t, str) for t in instructions):
+        raise WireError(f"metadata 'instructions' must be a list of {n} strings")
+    metadata = meta.get("metadata")
+    if metadata is None:
+        metadata = [{} for _ in range(n)]
+    if not isinstance(metadata, list) or len(metadata) != n or not all(isinstance(m, dict) for m in metadata):
+        raise WireError(f"metadata 'metadata' must be a list of {n} JSON objects (or absent)")
+    return RewardInput(edited, source, instructions, group_ids.long(), metadata)
 
 
 def encode_output(out: RewardOutput) -> bytes:
@@ -89,8 +102,15 @@ def _load(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
 def _as_unit_float(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.ndim != 4 or x.shape[1] != 3:
         raise WireError(f"'{name}' must be [B, 3, H, W], got {tuple(x.shape)}")
+    if min(x.shape[2:]) < 1 or x.shape[2] * x.shape[3] > MAX_PIXELS:
+        raise WireError(f"'{name}' images must have 1 to {MAX_PIXELS} pixels, got {x.shape[2]}x{x.shape[3]}")
     if x.dtype == torch.uint8:
         return x.float() / 255
-    if x.dtype == torch.float32:
-        return x
-    raise WireError(f"'{name}' must be uint8 or float32, got {x.dtype}")
+    if x.dtype != torch.float32:
+        raise WireError(f"'{name}' must be uint8 or float32, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise WireError(f"'{name}' holds non-finite values (NaN/inf)")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise WireError(f"'{name}' float32 pixels must be in [0, 1], got {float(x.min()):.3g} to "
+                        f"{float(x.max()):.3g}")
+    return x

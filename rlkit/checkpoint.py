@@ -215,9 +215,12 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as err:
         raise UserError(f"{path / 'optimizer.pt'}: refused to load ({type(err).__name__}: "
                         f"{str(err).splitlines()[0]})") from None
-    return {
-        "adapter": load_file(path / "adapter.safetensors"),
-        "optimizer": optimizer_state,
-        "rng": load_file(path / "rng.safetensors"),
-        "state": json.loads((path / "state.json").read_text()),
-    }
+    parts = {"optimizer": optimizer_state}
+    for key, name, read in (("adapter", "adapter.safetensors", load_file), ("rng", "rng.safetensors", load_file),
+                            ("state", "state.json", lambda p: json.loads(p.read_bytes()))):
+        try:
+            parts[key] = read(path / name)
+        except Exception as err:  # safetensors' and json's own errors for bytes that are not theirs
+            raise UserError(f"{path / name}: unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+                            ) from None
+    return parts

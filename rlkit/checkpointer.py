@@ -11,10 +11,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from rlkit import checkpoint as ckpt
-from rlkit.core.errors import CheckpointError
+from rlkit.core.errors import CheckpointError, OutputError, UserError, write_failure
 from rlkit.export import write_model_card
 from rlkit.roles import Roles, scale_learning_rate
 from rlkit.secrets import redacted
+from rlkit.state_check import field_problems, generator_problems, rng_problems, tensor_problems
 
 
 def _fmt(x: float | None) -> str:
@@ -44,17 +45,20 @@ class Checkpointer:
         try:
             state = {**{name: part.state_dict() for name, part in self.parts.items()}, "config": redacted(self.cfg)}
             return ckpt.save_checkpoint(root, step, adapter, optim, self.generators, state, keep_last)
-        except OSError as err:
+        except Exception as err:
+            failure = write_failure(err)  # (torch.save says a full disk with a RuntimeError)
+            if failure is None:
+                raise
             previous = ckpt.newest_valid(self.run_dir, warn=lambda m: None)
             kept = f"{previous.path.name} is intact" if previous else "no earlier checkpoint exists"
             raise CheckpointError(f"could not write the checkpoint for step {step} in {self.run_dir}: "
-                                  f"{err.strerror or err}; {kept}") from None
+                                  f"{failure}; {kept}") from None
         finally:
             self.dist.barrier()
 
     def restore(self, path: Path) -> int:
         """Everything back as it was at the checkpoint, with the recipe's optimizer settings; the step."""
-        parts = ckpt.load_checkpoint(path)
+        parts = self._load(path)
         state = parts["state"]
         self._load_weights_and_optimizer(parts)
         self.roles.lr_scheduler.load_state_dict(parts["optimizer"]["lr_scheduler"])
@@ -76,10 +80,33 @@ class Checkpointer:
             return None
         algorithm, s = self.roles.algorithm, self.cfg.stability
         kl_scale = algorithm.kl_scale  # tightened by earlier rollbacks: it goes on from here, not the checkpoint's
-        self._load_weights_and_optimizer(ckpt.load_checkpoint(good.path))
+        self._load_weights_and_optimizer(self._load(good.path))
         scale_learning_rate(self.roles.optimizer, self.roles.lr_scheduler, s.rollback_lr_factor)
         algorithm.kl_scale = kl_scale * s.rollback_kl_factor
         return good.step, self.cfg.algorithm.kl_coef * algorithm.kl_scale
+
+    def _load(self, path: Path) -> dict:
+        """A checkpoint's parts, refused in one error naming each problem unless all of it fits this run."""
+        parts = ckpt.load_checkpoint(path)
+        state, problems = parts["state"], []
+        if not isinstance(state, dict):
+            raise UserError(f"checkpoint {path}: state.json is not an object")
+        problems += field_problems(state, {"step": "whole"}, "state.json")
+        problems += rng_problems(state.get("rng"))
+        for name, part in self.parts.items():
+            if name in state and hasattr(part, "STATE"):
+                problems += field_problems(state[name], part.STATE, f"state.json '{name}'",
+                                           getattr(part, "STATE_OPTIONAL", ()))
+        expected = self.roles.policy.adapter_state_dict()  # (a collective when sharded: every rank restores)
+        problems += tensor_problems(parts["adapter"], expected, "adapter.safetensors")
+        problems += generator_problems(parts["rng"], self.generators)
+        optimizer = parts["optimizer"]
+        if not isinstance(optimizer, dict) or not all(isinstance(optimizer.get(k), dict)
+                                                      for k in ("optimizer", "lr_scheduler")):
+            problems.append("optimizer.pt lacks the optimizer's or the learning-rate schedule's state")
+        if problems:
+            raise UserError(*(f"checkpoint {path} does not fit this run: {p}" for p in problems))
+        return parts
 
     def _load_weights_and_optimizer(self, parts: dict) -> None:
         self.roles.policy.load_adapter_state_dict(parts["adapter"])
@@ -150,6 +177,17 @@ class Checkpointer:
                       f"final_last/")
         self.dist.barrier()
 
+    def exported_step(self) -> int | None:
+        """The step whose last weights final/ (or final_last/, beside best-gold weights) holds; None if none."""
+        for name in ("final_last", "final"):
+            try:
+                info = json.loads((self.run_dir / name / "rlkit_final.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict):  # (no final_last/: final/ holds the last weights, best or not)
+                return info.get("step")
+        return None
+
     def _best_gold(self) -> tuple[ckpt.Checkpoint, float | None] | None:
         """The best/ checkpoint and its gold, when the run evaluated gold rewards."""
         if not self.guard.gold:
@@ -169,9 +207,17 @@ class Checkpointer:
         """A finished export, swapped in whole (a crash leaves the previous one or none, never half of one)."""
         final, tmp = self.run_dir / name, self.run_dir / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.roles.policy.save_lora(str(tmp), state)
-        (tmp / "rlkit_final.json").write_text(json.dumps(info, indent=1))
-        write_model_card(tmp, self.cfg, info, self.run_dir, name)
-        ckpt.usual_permissions(tmp)
+        try:
+            self.roles.policy.save_lora(str(tmp), state)
+            (tmp / "rlkit_final.json").write_text(json.dumps(info, indent=1))
+            write_model_card(tmp, self.cfg, info, self.run_dir, name)
+            ckpt.usual_permissions(tmp)
+        except Exception as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            failure = write_failure(err)
+            if failure is None:
+                raise
+            raise OutputError(f"could not write {final}: {failure}; the checkpoints are intact (rlkit resume "
+                              f"{self.run_dir} exports again)") from None
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from rlkit import __version__
-from rlkit.core.errors import CheckpointError, GuardStop, RewardError, RolloutError, UserError
+from rlkit.core.errors import CheckpointError, GuardStop, OutputError, RewardError, RolloutError, UserError
 
 
 def cmd_run(args) -> int:
@@ -347,11 +347,33 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_int(text: str) -> int:
-    import argparse
-
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535 (0: any free port), got {text!r}")
+    return int(text)
+
+
+def _seconds(limit: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 <= value <= limit:  # (nan and inf fail here too)
+            raise argparse.ArgumentTypeError(f"must be seconds from 0 to {limit:g}, got {text!r}")
+        return value
+    return parse
 
 
 def _command(sub, name: str, func, summary: str, example: str, args=(), recipe: bool = False, **defaults):
@@ -397,7 +419,8 @@ def make_parser() -> argparse.ArgumentParser:
              recipe=True)
     _command(sub, "bench", cmd_bench, "time a recipe's GRPO iterations by stage, against the pure compute of its "
              "models", "rlkit bench bench_kontext --iterations 2 --json bench.json", recipe=True,
-             args=[(["--iterations"], dict(type=int, default=2)), (["--warmup"], dict(type=int, default=1)),
+             args=[(["--iterations"], dict(type=_positive_int, default=2)),
+                   (["--warmup"], dict(type=_non_negative_int, default=1)),
                    (["--json"], dict(default=None, help="also write the figures to this file"))])
     _command(sub, "report", cmd_report, "write a run's plots and offline HTML report (RUN_DIR/report.html)",
              "rlkit report runs/sandbox_edit", [(["run_dir"], {})])
@@ -416,13 +439,13 @@ def make_parser() -> argparse.ArgumentParser:
              [(["name"], dict(help="reward plugin name (rlkit rewards)")),
               (["kwargs"], dict(nargs="*", default=[], metavar="KEY=VALUE", help="the plugin's kwargs")),
               (["--host"], dict(default="127.0.0.1", help="bind address (default: loopback only)")),
-              (["--port"], dict(type=int, default=8765)),
+              (["--port"], dict(type=_port, default=8765)),
               (["--token"], dict(default=None, help="bearer token the clients must send (required beyond "
                                                     "loopback; default: $RLKIT_REWARD_TOKEN)")),
               (["--max-batch"], dict(type=_positive_int, default=64, help="most images in one reward call "
                                                                           "(requests are batched together)")),
-              (["--max-wait"], dict(type=float, default=0.01, help="seconds a request waits for others to "
-                                                                   "batch with"))])
+              (["--max-wait"], dict(type=_seconds(10.0), default=0.01, help="seconds a request waits for "
+                                                                            "others to batch with (at most 10)"))])
     _command(sub, "train-reward", cmd_train_reward, "train a JRM reward model from a reward recipe",
              "rlkit train-reward jrm_tiny train.epochs=2", recipe=True)
     _command(sub, "distill-reward", cmd_train_reward, "RISD: distil a reasoning teacher's score distribution into "
@@ -439,8 +462,8 @@ def make_parser() -> argparse.ArgumentParser:
               (["--image-root"], dict(default=None, help="folder the image paths are relative to (default: the "
                                                          "pairs file's)")),
               (["--concurrency"], dict(type=_positive_int, default=8)),
-              (["--timeout"], dict(type=float, default=120.0, help="seconds per try")),
-              (["--retries"], dict(type=int, default=3)),
+              (["--timeout"], dict(type=_seconds(3600.0), default=120.0, help="seconds per try")),
+              (["--retries"], dict(type=_non_negative_int, default=3)),
               (["--max-tokens"], dict(type=_positive_int, default=1024)),
               (["--seed"], dict(type=int, default=0, help="draws which edit is shown first")),
               (["--request"], dict(default=None, help="JSON object of extra request fields"))])
@@ -448,12 +471,12 @@ def make_parser() -> argparse.ArgumentParser:
              "rlkit eval-reward runs/jrm_tiny/final pairs.jsonl --format mmrb2",
              [(["reward_dir"], {}), (["data"], {}),
               (["--format"], dict(choices=["pairs", "mmrb2", "editreward-bench", "genai-bench"], default="pairs")),
-              (["--batch-size"], dict(type=int, default=16)),
+              (["--batch-size"], dict(type=_positive_int, default=16)),
               (["--output"], dict(default=None, help="JSON report path (default REWARD_DIR/eval_FORMAT.json)"))])
     _command(sub, "explain", cmd_explain, "score one edit with a JRM reward and generate its critique",
              'rlkit explain runs/jrm_tiny/final source.png edited.png "make the square blue"',
              [(["reward_dir"], {}), (["source"], {}), (["edited"], {}), (["instruction"], {}),
-              (["--max-new-tokens"], dict(type=int, default=256))])
+              (["--max-new-tokens"], dict(type=_positive_int, default=256))])
     return parser
 
 
@@ -478,11 +501,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args, log) -> int:
+    """Every command's one error path: rlkit's errors and the environment's (a full disk, a closed pipe) as
+    one `error:` line with their exit status; an interrupt says what it left and what to do next."""
+    from rlkit.core.errors import write_failure
     from rlkit.secrets import scrub
 
     try:
         return args.func(args)
-    except (UserError, RewardError, RolloutError, CheckpointError, GuardStop) as err:
+    except (UserError, RewardError, RolloutError, CheckpointError, OutputError, GuardStop) as err:
         if os.environ.get("RLKIT_DEBUG"):
             raise
         for line in str(err).splitlines() or [type(err).__name__]:
@@ -490,18 +516,41 @@ def _dispatch(args, log) -> int:
         if isinstance(err, RewardError):
             print("the step was not applied; the last checkpoint is intact", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # `rlkit ... | head`: the reader has what it wanted
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python flushes stdout at exit)
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:  # a second stop signal: the step in flight is dropped, saved checkpoints are whole
-        run_dir = getattr(log, "run_dir", None)
-        if run_dir is not None:
-            print(f"error: interrupted; every checkpoint already written is complete (resume with: rlkit resume "
-                  f"{run_dir})", file=sys.stderr)
-        else:
-            print(f"error: interrupted before `rlkit {args.command}` started its work", file=sys.stderr)
+        print(f"error: interrupted; {_interrupted(args, log)}", file=sys.stderr)
         return 130
     except FloatingPointError as err:  # non-finite gradients: nothing was saved from this step
         print(f"error: {err}; the last checkpoint is intact (try a lower optim.lr or optim.max_grad_norm)",
               file=sys.stderr)
         return 1
+    except OSError as err:  # the machine's, not rlkit's: a full disk, a lost mount, permissions
+        if os.environ.get("RLKIT_DEBUG"):
+            raise
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(scrub(f"error: {where}{write_failure(err)}"), file=sys.stderr)
+        return 1
+
+
+def _interrupted(args, log) -> str:
+    """What an interrupted command leaves, and what to do next."""
+    from rlkit import checkpoint as ckpt
+
+    if args.command in ("run", "resume"):
+        run_dir = getattr(log, "run_dir", None)
+        if run_dir is not None and ckpt.find_checkpoints(Path(run_dir)):
+            return f"every checkpoint already written is complete (resume with: rlkit resume {run_dir})"
+        return "no checkpoint was written; run the same command again"
+    if args.command == "annotate-pairs":
+        return f"the pairs annotated so far are in {args.out}; run the same command again to go on"
+    if args.command in ("train-reward", "distill-reward"):
+        return "the reward model was not finished; run the same command again"
+    if args.command == "serve-reward":
+        return "the server stopped"
+    return f"`rlkit {args.command}` did not finish; run it again"
 
 
 if __name__ == "__main__":

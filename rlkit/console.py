@@ -10,6 +10,7 @@ or SLURM.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import io
 import os
 import signal
@@ -84,7 +85,8 @@ class ConsoleLog:
         if self._partial:
             self.record("\n")
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # (a full disk: the terminal has said everything)
+                self._file.close()
             self._file = None
         _active = None
 

@@ -138,6 +138,8 @@ def check_images_exist(items: list[EditItem], where: str) -> None:
 class PromptStream:
     """Endless, seeded, resumable stream of prompt batches. Order is a permutation per epoch."""
 
+    STATE = {"epoch": "whole", "position": "whole", "num_items": "whole"}  # (rlkit/state_check.py)
+
     def __init__(self, items: list[EditItem], resolution: int, seed: int, shuffle: bool = True):
         self.items, self.resolution, self.seed, self.shuffle = items, resolution, seed, shuffle
         self.epoch, self.position = 0, 0

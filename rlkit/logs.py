@@ -158,26 +158,50 @@ def step_line(row: dict, total_steps: int, step_s: float | None) -> str:
 
 
 def truncate_jsonl(path: Path, start_step: int) -> None:
-    """On resume, drop lines for steps the resumed run will redo (the crash came after them)."""
+    """On resume, drop lines for steps the resumed run will redo (the crash came after them), and lines that
+    are not rows (cut by a crash, edited): said, never a reason to stop."""
     if not path.exists():
         return
-    kept = [ln for ln in path.read_text().splitlines()
-            if ln.strip() and _line_step(ln) is not None and _line_step(ln) <= start_step]
+    kept, unreadable = [], 0
+    for raw in path.read_bytes().splitlines():
+        row = _row(raw)
+        unreadable += row is None and bool(raw.strip())
+        if row is not None and row["step"] <= start_step:
+            kept.append(raw.decode("utf-8"))
+    if unreadable:
+        print(f"warning: {path}: dropped {unreadable} line(s) that are not rows (cut short or edited)")
     path.write_text("".join(ln + "\n" for ln in kept))
 
 
-def read_rows(path: Path) -> list[dict]:
-    """The rows of metrics.jsonl / alarms.jsonl."""
+_warned: set[tuple[str, int]] = set()
+
+
+def read_rows(path: Path, numbers: bool = False) -> list[dict]:
+    """The rows of metrics.jsonl / alarms.jsonl / rationales.jsonl: JSON objects with a whole step. Other lines
+    (half-written by a crash, edited, not UTF-8) are skipped and said once. ``numbers``: a metrics file, whose
+    values are numbers or null; any other value is left out of its row."""
     if not path.exists():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rows, bad = [], []
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        row = _row(raw)
+        if row is not None:
+            rows.append({k: v for k, v in row.items() if v is None or type(v) in (int, float)} if numbers else row)
+        elif raw.strip():
+            bad.append(number)
+    if bad and (str(path), len(bad)) not in _warned:
+        _warned.add((str(path), len(bad)))
+        print(f"warning: {path}: skipped {len(bad)} line(s) that are not rows (first: line {bad[0]})")
+    return rows
 
 
-def _line_step(line: str) -> int | None:
+def _row(raw: bytes) -> dict | None:
     try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
+        row = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
         return None
+    step = row.get("step") if isinstance(row, dict) else None
+    return row if type(step) is int and 0 <= step < 1 << 62 else None
 
 
 def save_grid(path: Path, sources: torch.Tensor, samples: torch.Tensor, group_size: int, max_rows: int = 32) -> None:

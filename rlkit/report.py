@@ -13,8 +13,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from rlkit.core.errors import UserError
+from rlkit.core.errors import OutputError, UserError
 from rlkit.logs import read_rows
+from rlkit.summary import read_json, saved_recipe
 
 # (file, title, [(metric key, label)], [(threshold key in the recipe's stability section, label)]): a plot is
 # drawn when any of its keys has values; each threshold is drawn as the line an alarm fires beyond
@@ -36,10 +37,8 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def _stability(run_dir: Path) -> dict:
-    from omegaconf import OmegaConf
-
-    config = run_dir / "config.yaml"
-    return OmegaConf.to_container(OmegaConf.load(config)).get("stability", {}) if config.is_file() else {}
+    found = saved_recipe(run_dir).get("stability")
+    return found if isinstance(found, dict) else {}
 
 
 def _threshold(stability: dict, dotted: str):
@@ -57,7 +56,7 @@ def write_plots(run_dir: Path) -> list[Path]:
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
-    rows, alarms = read_rows(run_dir / "metrics.jsonl"), read_rows(run_dir / "alarms.jsonl")
+    rows, alarms = read_rows(run_dir / "metrics.jsonl", numbers=True), read_rows(run_dir / "alarms.jsonl")
     stability = _stability(run_dir)
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
@@ -84,7 +83,7 @@ def write_plots(run_dir: Path) -> list[Path]:
         if name == "gold.png":
             _gold_floor(ax, lines[0], stability)
         for a in alarms:
-            ax.axvline(a["step"], color="red" if a["action"] != "warn" else "orange", alpha=0.5, linestyle="--")
+            ax.axvline(a["step"], color="red" if a.get("action") != "warn" else "orange", alpha=0.5, linestyle="--")
         ax.set_title(title + ("  (dashed: alarms)" if alarms else ""), fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -112,12 +111,8 @@ def _gold_floor(ax, line, stability: dict) -> None:
 
 
 def _log_as_keys(run_dir: Path) -> set[str]:
-    from omegaconf import OmegaConf
-
-    if not (run_dir / "config.yaml").is_file():
-        return set()
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    return {str(s.log_as) for s in OmegaConf.select(cfg, "eval.rewards", default=[]) or [] if s.get("log_as")}
+    specs = (saved_recipe(run_dir).get("eval") or {}).get("rewards") or []
+    return {str(s["log_as"]) for s in specs if isinstance(s, dict) and s.get("log_as")}
 
 
 def _img(source: Path | bytes, width: int | None = None, title: str = "") -> str:
@@ -133,12 +128,12 @@ def write_report(run_dir: str | Path) -> Path:
     if not (run_dir / "metrics.jsonl").is_file():
         raise UserError(f"{run_dir} is not an rlkit run directory (no metrics.jsonl)")
     plots = write_plots(run_dir)
-    rows, alarms = read_rows(run_dir / "metrics.jsonl"), read_rows(run_dir / "alarms.jsonl")
+    rows, alarms = read_rows(run_dir / "metrics.jsonl", numbers=True), read_rows(run_dir / "alarms.jsonl")
     summary = summarize(run_dir)
     parts = [f"<h1>rlkit run: {html.escape(str(run_dir))}</h1>",
              "<pre class=summary>" + html.escape("\n".join(summary_lines(summary)[1:])) + "</pre>"]
     parts += _exported(run_dir)
-    parts += _side_by_side(run_dir)
+    parts += _drawn("Samples side by side", _side_by_side, run_dir)
     parts.append("<h2>Plots</h2>" + "".join(f"<div>{_img(p)}</div>" for p in plots))
     evals = [r for r in rows if "eval/reward" in r]
     if evals:
@@ -150,21 +145,36 @@ def write_report(run_dir: str | Path) -> Path:
     parts.append("<h2>Alarms</h2>" + (_table([{**a, "figures": _figures(a)} for a in alarms],
                                              ["step", "kind", "action", "figures", "message"])
                                       if alarms else "<p>none</p>"))
-    parts += _recipe_and_snippet(run_dir)
+    parts += _drawn("Recipe", _recipe_and_snippet, run_dir)
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>rlkit report</title><style>"
             "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;vertical-align:top}"
             "pre{background:#f6f6f6;padding:8px;overflow-x:auto}.scores{font-size:12px;color:#444}"
             "</style></head><body>" + "\n".join(parts) + "</body></html>")
     out = run_dir / "report.html"
-    out.write_text(page)
+    try:
+        out.write_text(page)
+    except OSError as err:
+        raise OutputError(f"could not write {out}: {err.strerror or err}") from None
     return out
+
+
+def _drawn(title: str, section, run_dir: Path) -> list[str]:
+    """A section built from the files a run left beside its metrics (grids, their scores, config.yaml); one the
+    files do not allow (damaged, edited, from another version) is named on the page and on the console."""
+    try:
+        return section(run_dir)
+    except Exception as err:  # only shown: a damaged side file costs its section, never the report
+        print(f"warning: report section '{title}' left out: {type(err).__name__}: {str(err)[:200]}")
+        return [f"<h2>{html.escape(title)}</h2><p>left out: the files it is drawn from are damaged "
+                f"({html.escape(type(err).__name__)})</p>"]
 
 
 def _figures(alarm: dict) -> str:
     """What the alarm measured, next to the thresholds it crossed (both are in its figures)."""
+    figures = alarm.get("figures")
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in (alarm.get("figures") or {}).items())
+                     for k, v in (figures.items() if isinstance(figures, dict) else ()))
 
 
 def _side_by_side(run_dir: Path, max_prompts: int = 16, width: int = 128) -> list[str]:
@@ -172,7 +182,6 @@ def _side_by_side(run_dir: Path, max_prompts: int = 16, width: int = 128) -> lis
     (final/'s) and at the latest, each with its proxy (and gold) score and what the rewards said about it. Tiles
     are cut from the evaluation grids; scores and rationales come from the JSON the run writes beside each grid.
     A run without evaluations shows its training grids instead."""
-    import json
 
     grids = {int(g.stem.rsplit("_", 1)[1]): g for g in sorted((run_dir / "samples").glob("eval_step_*.png"))
              if g.with_suffix(".json").is_file()}  # eval_step_000010.png -> 10
@@ -184,7 +193,7 @@ def _side_by_side(run_dir: Path, max_prompts: int = 16, width: int = 128) -> lis
                                            (max(grids), "latest")) if at == s) for s in steps}
 
     def tiles(grid: Path):
-        scores = json.loads(grid.with_suffix(".json").read_text())
+        scores = read_json(grid.with_suffix(".json"))
         k = scores["samples_per_prompt"]
         said = scores.get("rationales") or {}
         with Image.open(grid) as im:  # a row per prompt: source, a 2 px gap, its k samples (logs.save_grid)
@@ -235,13 +244,8 @@ def _png(image) -> bytes:
 
 
 def _exported_step(run_dir: Path) -> int | None:
-    import json
-
-    info = run_dir / "final" / "rlkit_final.json"
-    try:
-        return int(json.loads(info.read_text())["step"]) if info.is_file() else None
-    except (ValueError, KeyError, TypeError):
-        return None
+    step = read_json(run_dir / "final" / "rlkit_final.json").get("step")
+    return step if type(step) is int else None
 
 
 def _training_samples(run_dir: Path) -> list[str]:
@@ -268,28 +272,26 @@ def _recipe_and_snippet(run_dir: Path) -> list[str]:
 
     from rlkit.export import loading_snippet
 
-    config = run_dir / "config.yaml"
+    config, recipe = run_dir / "config.yaml", saved_recipe(run_dir)
     if not config.is_file():
         return []
     out = []
-    if (run_dir / "final").is_dir():
+    if (run_dir / "final").is_dir() and recipe:
         out.append("<h2>Load the weights</h2><pre>"
-                   + html.escape(loading_snippet(OmegaConf.load(config), run_dir / "final")) + "</pre>")
+                   + html.escape(loading_snippet(OmegaConf.create(recipe), run_dir / "final")) + "</pre>")
     out.append("<h2>Resolved recipe</h2><details><summary>config.yaml</summary><pre>"
-               + html.escape(config.read_text()) + "</pre></details>")
+               + html.escape(config.read_text(errors="replace")) + "</pre></details>")
     return out
 
 
 def _exported(run_dir: Path) -> list[str]:
     """Which weights final/ (and final_last/) hold, from the rlkit_final.json the run wrote beside them."""
-    import json
 
     said = []
     for name in ("final", "final_last"):
-        info = run_dir / name / "rlkit_final.json"
-        if info.is_file():
-            d = json.loads(info.read_text())
-            gold = "" if d.get("gold") is None else f", gold {d['gold']:.4f}"
+        d = read_json(run_dir / name / "rlkit_final.json")
+        if d:
+            gold = f", gold {d['gold']:.4f}" if type(d.get("gold")) in (int, float) else ""
             kind = "the best gold evaluation's" if d.get("weights") == "best_gold" else "the last"
             said.append(f"<code>{name}/</code> holds {kind} weights (step {d.get('step')}{gold})")
     return [f"<p>Exported: {'; '.join(said)}.</p>"] if said else []

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +25,9 @@ FIXED_ON_RESUME = ("policy.name", "policy.pretrained", "policy.seed", "policy.fi
                    "data.shuffle")
 # what a run writes into its directory (anything else there means the folder is someone else's)
 RUN_FILES = {"config.yaml", "metrics.jsonl", "alarms.jsonl", "tensorboard", "samples", "checkpoints", "final",
-             "final_last", "best", "guard", "plots", "report.html", "run.log"}
+             "final_last", "best", "guard", "plots", "report.html", "run.log", "trackio", "wandb"}
+# left by a run that failed after some steps but before its first checkpoint: the next run here replaces it
+FAILED_MARK = ".rlkit-failed"
 
 
 def lock_run_dir(run_dir: Path):
@@ -66,6 +70,7 @@ class RunDirectory:
     def __init__(self, cfg: DictConfig, dist):
         self.cfg, self.dist, self.path = cfg, dist, Path(cfg.output_dir)
         self._lock = None
+        self._found: set[str] | None = None  # what the folder held before this run (None: no folder)
 
     def lock(self) -> None:
         if self._lock is None and self.dist.is_main:
@@ -88,6 +93,7 @@ class RunDirectory:
                 if foreign and not (self.path / "config.yaml").is_file():
                     raise UserError(f"output_dir '{self.path}' holds files that are not an rlkit run (e.g. "
                                     f"{foreign[0]}); choose a new or empty folder")
+            self._found = {p.name for p in self.path.iterdir()} if self.path.is_dir() else None
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".rlkit-write-test.{os.getpid()}"  # per process: ranks probe at once
             probe.write_text("ok")
@@ -95,6 +101,25 @@ class RunDirectory:
         except OSError as err:
             raise UserError(f"output_dir '{self.path}' is not writable: {err.strerror}") from None
         self.lock()
+
+    def abandon(self, steps_done: int) -> None:
+        """A run that failed before its first checkpoint: what it wrote goes when no step was done (an exit 2
+        writes nothing), else stays for inspection, marked so that the corrected rerun here replaces it."""
+        if not self.dist.is_main or not self.path.is_dir() or ckpt.find_checkpoints(self.path):
+            return
+        found = self._found or set()
+        if steps_done:
+            with contextlib.suppress(OSError):
+                (self.path / FAILED_MARK).write_text(f"failed after {steps_done} step(s), before a checkpoint\n")
+            return
+        for name in RUN_FILES - found:
+            path = self.path / name
+            with contextlib.suppress(OSError):
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+        if self._found is None:  # the folder is this run's own: it goes too, when nothing else is in it
+            with contextlib.suppress(OSError):
+                (self.path / ".rlkit.lock").unlink(missing_ok=True)
+                self.path.rmdir()
 
     def resume_checkpoint(self) -> Path | None:
         """The checkpoint this run continues from (recipe's `resume`: auto, never or a folder), after checking
@@ -119,6 +144,10 @@ class RunDirectory:
         if chosen is not None:  # the checkpoint's own recipe decides, wherever it came from
             old = ckpt.saved_config(chosen)
             self._check_compatible(moved_to_their_place(OmegaConf.create(old) if old else OmegaConf.load(saved_cfg)))
+        elif (self.path / FAILED_MARK).exists() and self.dist.is_main:  # a failed run without a checkpoint
+            print(f"output_dir '{self.path}' holds a run that failed before its first checkpoint: starting over "
+                  f"in its place")
+            self._replace_failed_run()
         elif saved_cfg.is_file():  # an earlier run with nothing to resume: only the same recipe may restart it
             try:
                 old = OmegaConf.load(saved_cfg)
@@ -132,6 +161,15 @@ class RunDirectory:
         if self.dist.is_main:
             ckpt.write_atomic_text(saved_cfg, to_yaml(self.cfg) + RECIPE_END)
         return chosen
+
+    def _replace_failed_run(self) -> None:
+        for name in RUN_FILES - {"run.log"}:  # (run.log is being written: it keeps the failed run's lines above)
+            path = self.path / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        (self.path / FAILED_MARK).unlink()
 
     def _check_compatible(self, old: DictConfig) -> None:
         """Settings that cannot change on resume are refused; the others apply from the next step."""

@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from rlkit.core.errors import UserError
 from rlkit.rewards import RewardInput, RewardOutput, WireError, decode_input, encode_output
@@ -173,6 +174,10 @@ def make_app(name: str, reward, token: str | None = None, max_batch: int = 64, m
                          f"body must be 1 byte to {max_body} bytes, got Content-Length {declared!r}")
         try:
             body = await asyncio.wait_for(_read(request, max_body), body_timeout)
+        except ClientDisconnect:  # the client hung up while sending: nobody to answer
+            print(f"note: a client hung up before its request arrived whole ({request.client})", file=sys.stderr,
+                  flush=True)
+            return Response(status_code=400)
         except asyncio.TimeoutError:
             return error(408, f"the body did not arrive within {body_timeout:g} s")
         except ValueError as err:

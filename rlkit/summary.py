@@ -45,7 +45,7 @@ class RunSummary:
 
 def summarize(run_dir: Path) -> RunSummary:
     run_dir = Path(run_dir)
-    rows = read_rows(run_dir / "metrics.jsonl")
+    rows = read_rows(run_dir / "metrics.jsonl", numbers=True)
     out = RunSummary(run_dir)
     trained = [r for r in rows if r.get("reward_mean") is not None]
     out.steps = max((r["step"] for r in rows), default=0)
@@ -57,17 +57,34 @@ def summarize(run_dir: Path) -> RunSummary:
         out.reward_last_tenth = sum(r["reward_mean"] for r in trained[-tenth:]) / tenth
     out.probe = Trend.of([(r["step"], r["eval/reward"]) for r in rows if r.get("eval/reward") is not None])
     out.gold = Trend.of([(r["step"], r["gold/reward"]) for r in rows if r.get("gold/reward") is not None])
-    config = run_dir / "config.yaml"
-    if config.is_file():  # a gold reward logged under its own name reads better than gold/reward
-        from omegaconf import OmegaConf
-
-        names = [s.get("log_as") for s in OmegaConf.load(config).get("eval", {}).get("rewards", []) or []]
-        if len(names) == 1 and names[0]:
-            out.gold_name = names[0]
-    out.alarms = Counter(a["kind"] for a in read_rows(run_dir / "alarms.jsonl"))
-    info = run_dir / "final" / "rlkit_final.json"
-    out.final = json.loads(info.read_text()) if info.is_file() else {}
+    # a gold reward logged under its own name reads better than gold/reward
+    names = [s.get("log_as") for s in saved_recipe(run_dir).get("eval", {}).get("rewards", []) or []
+             if isinstance(s, dict)]
+    if len(names) == 1 and isinstance(names[0], str):
+        out.gold_name = names[0]
+    out.alarms = Counter(str(a.get("kind", "unnamed")) for a in read_rows(run_dir / "alarms.jsonl"))
+    out.final = read_json(run_dir / "final" / "rlkit_final.json")
     return out
+
+
+def saved_recipe(run_dir: Path) -> dict:
+    """RUN_DIR/config.yaml as plain containers; {} when it is missing or damaged (what reads it only shows)."""
+    from omegaconf import OmegaConf
+
+    try:
+        found = OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml"))
+    except Exception:  # missing, cut, not YAML, unresolvable
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def read_json(path: Path) -> dict:
+    """A small JSON object rlkit wrote beside its outputs (rlkit_final.json, a grid's scores); {} if damaged."""
+    try:
+        found = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def duration(seconds: float) -> str:

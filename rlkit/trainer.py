@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from rlkit import console
 from rlkit.checkpointer import Checkpointer
 from rlkit.core.devices import resolve_device
-from rlkit.core.errors import GuardStop, RolloutError
+from rlkit.core.errors import GuardStop, RolloutError, UserError, write_failure
 from rlkit.data import PromptStream, read_items
 from rlkit.distributed import Distributed
 from rlkit.evaluation import HeldoutEvaluator
@@ -44,6 +44,19 @@ class Trainer:
         self.dist.check_recipe(cfg)
         self.directory = RunDirectory(cfg, self.dist)
         self.directory.claim()
+        try:
+            self._build()
+        except BaseException:
+            self.directory.abandon(steps_done=0)
+            self.directory.release()
+            raise
+        self.progress = progress
+        self._stop_requested = 0  # the signal number once a stop is requested
+        self._shielded = False  # trackers and the progress bar start or stop: a second signal waits
+        self.stopped_by_signal = 0  # set when fit() returned early because of one
+
+    def _build(self) -> None:
+        cfg = self.cfg
         if self.dist.is_main and console.current() is not None:  # what was said so far, then the rest
             console.current().attach(self.run_dir)
         resume_from = self.directory.resume_checkpoint()
@@ -70,10 +83,6 @@ class Trainer:
                                          sharded)
         if resume_from is not None:
             self.step = self.checkpointer.restore(resume_from)
-        self.progress = progress
-        self._stop_requested = 0  # the signal number once a stop is requested
-        self._shielded = False  # trackers and the progress bar start or stop: a second signal waits
-        self.stopped_by_signal = 0  # set when fit() returned early because of one
 
     @property
     def step(self) -> int:
@@ -97,15 +106,21 @@ class Trainer:
         self.directory.lock()
         try:
             return self._fit(max_steps)
+        except BaseException:
+            self.directory.abandon(steps_done=self.step)
+            raise
         finally:
             self.directory.release()
 
     def _fit(self, max_steps: int | None) -> Path:
         cfg, train = self.cfg, self.cfg.train
         first = self.step
-        if self.step >= train.steps:
+        if self.step > train.steps:
+            raise UserError(f"the run in {self.run_dir} is at step {self.step}, beyond train.steps={train.steps} "
+                            f"(it was extended): resume it with train.steps={self.step} or more")
+        if self.step == train.steps:
             print(f"run in {self.run_dir} already finished at step {self.step} (train.steps={train.steps})")
-            if not (self.run_dir / "final").exists():
+            if self.checkpointer.exported_step() != self.step:  # none yet, or one of a shorter run
                 self.checkpointer.save_final(self.step)
             return self.run_dir
         # the stop handlers first, so that a signal while the trackers start cannot interrupt them half started
@@ -222,8 +237,19 @@ class Trainer:
     def _maybe_grid(self, rollout) -> None:
         every = self.cfg.train.grid_every
         if every and (self.step % every == 0 or self.step == 1) and self.dist.is_main:
-            save_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png", rollout.sources, rollout.images,
-                      self.cfg.algorithm.group_size)
+            self._keep_going(save_grid, self.run_dir / "samples" / f"step_{self.step:06d}.png", rollout.sources,
+                             rollout.images, self.cfg.algorithm.group_size)
+
+    def _keep_going(self, write, path: Path, *args) -> None:
+        """A sample grid is for looking at: a full disk costs it (said), not the run; the next checkpoint
+        write then stops the run with the last checkpoint intact."""
+        try:
+            write(path, *args)
+        except Exception as err:
+            failure = write_failure(err)
+            if failure is None:
+                raise
+            print(f"warning: could not write {path}: {failure}")
 
     def _evaluate(self) -> dict:
         # every rank evaluates the same prompts with the same noise: identical figures, so the guard takes
@@ -233,10 +259,10 @@ class Trainer:
         figures.update(self.stability.observe_probe(figures["eval/reward"]))
         if self.dist.is_main:
             grid = self.run_dir / "samples" / f"eval_step_{self.step:06d}.png"
-            save_grid(grid, rollout.sources, rollout.images, self.cfg.eval.samples_per_prompt)
+            self._keep_going(save_grid, grid, rollout.sources, rollout.images, self.cfg.eval.samples_per_prompt)
             # each sample's scores beside the grid, for the report's side-by-side rows
-            grid.with_suffix(".json").write_text(json.dumps(json_safe(
-                {**per_sample, "samples_per_prompt": self.cfg.eval.samples_per_prompt})))
+            scores = json.dumps(json_safe({**per_sample, "samples_per_prompt": self.cfg.eval.samples_per_prompt}))
+            self._keep_going(Path.write_text, grid.with_suffix(".json"), scores)
         return figures
 
     # ----------------------------------------------------------------- stability guard actions

@@ -41,3 +41,26 @@ class GuardStop(Exception):
     """The stability guard stopped the run (an alarm with action stop). A checkpoint was saved. Exit status 3."""
 
     exit_code = 3
+
+
+class OutputError(Exception):
+    """An output (a report, a sample grid, an export) could not be written: a full disk, permissions. Nothing
+    already saved was touched. Exit status 1."""
+
+    exit_code = 1
+
+
+# how a full disk or a failed write shows through libraries that do not raise OSError
+_WRITE_FAILURES = ("write failed", "No space left", "StorageFull", "IoError", "Disk quota")
+
+
+def write_failure(err: BaseException) -> str | None:
+    """What went wrong, when ``err`` is a failed write (OSError, or torch.save's RuntimeError and safetensors'
+    error carrying one); None for any other exception."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    text = str(err)
+    if any(marker in text for marker in _WRITE_FAILURES):
+        return "no space left on the device" if "space" in text.lower() or "StorageFull" in text else \
+            text.splitlines()[0][:200]
+    return None

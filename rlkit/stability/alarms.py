@@ -79,6 +79,9 @@ def _over(value: float | None, limit: float) -> bool:
 class StabilityGuard:
     """Feeds the streams to the tests and decides the action for each alarm. Checkpointed with the run."""
 
+    STATE = {"proxy": "numbers", "gold": "numbers", "eval_steps": "wholes", "diversity_seen": "numbers",
+             "diversity_ema": "number?", "active": "strings", "rollbacks": "whole"}  # (rlkit/state_check.py)
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.proxy: list[float] = []  # per evaluation
@@ -159,8 +162,9 @@ class StabilityGuard:
                                               "active", "rollbacks")}
 
     def load_state_dict(self, state: dict) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
+        for k in self.STATE:
+            if k in state:
+                setattr(self, k, state[k])
 
 
 def _describe(kind: str, f: dict) -> str:

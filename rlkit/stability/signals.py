@@ -14,6 +14,9 @@ from rlkit.rewards import CombinedReward
 
 
 class StabilityTracker:
+    STATE = {"reward_ema": "number?", "best_reward": "number?", "probe_start": "number?"}  # (rlkit/state_check.py)
+    STATE_OPTIONAL = ("probe_start",)  # (not kept by the oldest checkpoints)
+
     def __init__(self, ema_decay: float = 0.9):
         self.ema_decay = ema_decay
         self.reward_ema: float | None = None

@@ -70,7 +70,9 @@ def test_every_builtin_reward_has_a_case(cases):
 def test_one_finite_score_per_edit(answers, name):
     out = answers[name][1]
     assert isinstance(out.scores, torch.Tensor) and tuple(out.scores.shape) == (B,)
-    assert torch.isfinite(out.scores).all()
+    assert out.scores.is_floating_point() and torch.isfinite(out.scores).all()
+    low, high = getattr(answers[name][0], "score_range", None) or (-1e6, 1e6)  # the range it states holds
+    assert ((out.scores >= low) & (out.scores <= high)).all(), (name, out.scores)
 
 
 @pytest.mark.parametrize("name", BUILTIN)

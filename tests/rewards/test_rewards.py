@@ -50,16 +50,40 @@ class _Bad:
             return RewardOutput(scores=torch.tensor([0.1] * (n - 1) + [float("nan")]))
         if self.kind == "shape":
             return RewardOutput(scores=torch.zeros(n, 1))
+        if self.kind == "integer":
+            return RewardOutput(scores=torch.ones(n, dtype=torch.int64))
+        if self.kind == "huge":  # finite in float32, and no reward's scale
+            return RewardOutput(scores=torch.full((n,), 3e38))
         return [0.0] * n
 
 
+class _Stated(_Bad):
+    score_range = (0.0, 1.0)
+
+    def __call__(self, batch):
+        return RewardOutput(scores=torch.full((len(batch),), 25.0))
+
+
 @pytest.mark.parametrize("kind,needle", [("raise", "judge crashed"), ("nan", "non-finite"), ("shape", "shape"),
-                                         ("type", "expected rlkit.rewards.RewardOutput")])
+                                         ("type", "expected rlkit.rewards.RewardOutput"),
+                                         ("integer", "torch.int64, expected floating-point"),
+                                         ("huge", "far outside its range [-1e+06, 1e+06] (e.g. 3e+38)")])
 def test_bad_reward_output_names_the_reward(kind, needle):
     rs = RewardSet([("good", 1.0, SourceConsistency()), ("flaky_judge", 1.0, _Bad(kind))])
     with pytest.raises(RewardError) as err:
         rs(_batch())
     assert "flaky_judge" in str(err.value) and needle in str(err.value)
+
+
+def test_scores_far_outside_a_stated_range_are_refused_and_close_ones_pass():
+    with pytest.raises(RewardError, match=r"far outside its range \[0, 1\] \(e.g. 25\)"):
+        RewardSet([("judge", 1.0, _Stated("x"))])(_batch())
+    near = _Stated("x")
+    near.score_range = (0.0, 0.1)  # 25 is more than ten widths beyond: refused; with a range of 0-5 it passes
+    with pytest.raises(RewardError):
+        RewardSet([("judge", 1.0, near)])(_batch())
+    near.score_range = (0.0, 5.0)
+    assert RewardSet([("judge", 1.0, near)])(_batch()).total[0] == 25.0
 
 
 def test_builtin_rewards_register_through_the_entry_point_group():
