@@ -195,6 +195,15 @@ def saved_config(path: Path) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
+def step_of(path: Path) -> int | None:
+    """The step a checkpoint folder holds, from its state.json (None when unreadable)."""
+    try:
+        step = json.loads((path / "state.json").read_bytes()).get("step")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return step if type(step) is int else None
+
+
 def newest_valid(run_dir: Path, warn=print) -> Checkpoint | None:
     """The newest checkpoint that verifies; says which newer ones were skipped and why."""
     for ckpt in reversed(find_checkpoints(run_dir)):

@@ -67,9 +67,9 @@ def read_jsonl(path: Path) -> list[EditItem]:
         if not isinstance(row, dict) or "image" not in row:
             raise UserError(f"{path}:{lineno}: expected an object with 'image' and 'instruction'")
         text = _check_instruction(row.get("instruction"), f"{path}:{lineno}")
-        if not isinstance(row["image"], str) or not row["image"].strip():
+        if not isinstance(row["image"], str) or not row["image"].strip() or "\0" in row["image"]:
             raise UserError(f"{path}:{lineno}: 'image' must be a file path (a string), got {row['image']!r}")
-        image = (path.parent / row["image"]).resolve()
+        image = _resolved(path.parent / row["image"], f"{path}:{lineno}")
         meta = {k: v for k, v in row.items() if k not in ("image", "instruction")}
         items.append(EditItem(image, text, f"{image}\n{text}", meta))
     return items
@@ -87,8 +87,16 @@ def read_folder(path: Path, instructions: list[str]) -> list[EditItem]:
             raise UserError(f"{image}: no instruction (add {sidecar.name} or set data.instructions)")
         for text in texts:
             text = _check_instruction(text, str(sidecar if sidecar.is_file() else "data.instructions"))
-            items.append(EditItem(image.resolve(), text, f"{image.resolve()}\n{text}"))
+            resolved = _resolved(image, str(path))
+            items.append(EditItem(resolved, text, f"{resolved}\n{text}"))
     return items
+
+
+def _resolved(path: Path, where: str) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as err:  # a symlink loop (RuntimeError before Python 3.13)
+        raise UserError(f"{where}: cannot follow '{path}': {getattr(err, 'strerror', None) or err}") from None
 
 
 def read_hf(cfg) -> list[EditItem]:
@@ -108,11 +116,20 @@ def read_hf(cfg) -> list[EditItem]:
     for col in (cfg.image_column, cfg.instruction_column):
         if col not in ds.column_names:
             raise UserError(f"dataset '{cfg.path}' has no column '{col}' (columns: {', '.join(ds.column_names)})")
+    feature = ds.features[cfg.image_column]
+    if not isinstance(feature, datasets.Image):  # paths or bytes as plain values: every step would fail on them
+        raise UserError(f"dataset '{cfg.path}': column '{cfg.image_column}' holds {_feature_name(feature)}, not "
+                        f"images; cast it first: ds.cast_column('{cfg.image_column}', datasets.Image())")
     items = []
     for i, row in enumerate(ds):
         text = _check_instruction(row[cfg.instruction_column], f"dataset row {i}")
         items.append(EditItem(row[cfg.image_column], text, f"{cfg.path}#{i}\n{text}"))
     return items
+
+
+def _feature_name(feature) -> str:
+    dtype = getattr(feature, "dtype", None)
+    return {"string": "strings", "large_string": "strings", "binary": "bytes"}.get(dtype, type(feature).__name__)
 
 
 def read_items(cfg) -> list[EditItem]:

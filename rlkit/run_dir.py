@@ -144,6 +144,10 @@ class RunDirectory:
         if chosen is not None:  # the checkpoint's own recipe decides, wherever it came from
             old = ckpt.saved_config(chosen)
             self._check_compatible(moved_to_their_place(OmegaConf.create(old) if old else OmegaConf.load(saved_cfg)))
+            step = ckpt.step_of(chosen)
+            if step is not None and step > self.cfg.train.steps:
+                raise UserError(f"the run in {self.path} is at step {step}, beyond train.steps="
+                                f"{self.cfg.train.steps} (it was extended): resume it with train.steps={step} or more")
         elif (self.path / FAILED_MARK).exists() and self.dist.is_main:  # a failed run without a checkpoint
             print(f"output_dir '{self.path}' holds a run that failed before its first checkpoint: starting over "
                   f"in its place")

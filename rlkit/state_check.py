@@ -7,6 +7,7 @@ Each checkpointed part declares its fields as ``STATE = {field: kind}``, with th
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -34,7 +35,7 @@ def field_problems(state: object, fields: dict[str, str], where: str, optional: 
             continue
         accepts, said = KINDS[kind]
         if not accepts(state[name]):
-            out.append(f"{where}.{name} is {str(state[name])[:40]!r}, expected {said}")
+            out.append(f"{where}.{name} is {json.dumps(state[name], default=str)[:40]}, expected {said}")
     return out
 
 

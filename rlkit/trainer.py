@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from rlkit import console
 from rlkit.checkpointer import Checkpointer
 from rlkit.core.devices import resolve_device
-from rlkit.core.errors import GuardStop, RolloutError, UserError, write_failure
+from rlkit.core.errors import GuardStop, RolloutError, write_failure
 from rlkit.data import PromptStream, read_items
 from rlkit.distributed import Distributed
 from rlkit.evaluation import HeldoutEvaluator
@@ -115,10 +115,7 @@ class Trainer:
     def _fit(self, max_steps: int | None) -> Path:
         cfg, train = self.cfg, self.cfg.train
         first = self.step
-        if self.step > train.steps:
-            raise UserError(f"the run in {self.run_dir} is at step {self.step}, beyond train.steps={train.steps} "
-                            f"(it was extended): resume it with train.steps={self.step} or more")
-        if self.step == train.steps:
+        if self.step >= train.steps:  # (a checkpoint beyond train.steps was refused before anything was written)
             print(f"run in {self.run_dir} already finished at step {self.step} (train.steps={train.steps})")
             if self.checkpointer.exported_step() != self.step:  # none yet, or one of a shorter run
                 self.checkpointer.save_final(self.step)

@@ -76,6 +76,10 @@ def test_hf_dataset_from_disk(tmp_path):
     assert batch.sources[0, 1].mean().item() == pytest.approx(1.0)
     with pytest.raises(UserError, match="no column 'caption'"):
         read_items(_cfg(source="hf", path=str(tmp_path / "ds"), image_column="img", instruction_column="caption"))
+    # image paths as plain strings: refused when the data is read (validate), not at the first step
+    datasets.Dataset.from_dict({"img": ["a.png", "b.png"], "text": ["x", "y"]}).save_to_disk(str(tmp_path / "s"))
+    with pytest.raises(UserError, match="column 'img' holds strings, not images; cast it first"):
+        read_items(_cfg(source="hf", path=str(tmp_path / "s"), image_column="img", instruction_column="text"))
 
 
 def test_images_are_converted_cropped_and_resized(tmp_path):
