@@ -9,7 +9,6 @@ import torch
 from rlkit.core.errors import RewardError
 from rlkit.rewards.base import RewardInput, RewardOutput
 
-
 SCALE = 1e6  # no reward's scores are this large; beyond it they are a bug (an overflow, an unscaled logit sum)
 
 

@@ -217,13 +217,16 @@ def cmd_annotate_pairs(args) -> int:
 
     try:
         request = json.loads(args.request) if args.request else None
+    except ValueError as err:
+        raise UserError(f"--request is not JSON: {err}") from None
+    if request is not None and not isinstance(request, dict):
+        raise UserError("--request must be a JSON object")
+    try:
         endpoint = ChatEndpoint(args.base_url, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"),
                                 args.timeout, args.retries, args.concurrency)
-        if request is not None and not isinstance(request, dict):
-            raise ValueError("--request must be a JSON object")
-        counts = annotate_pairs(args.pairs, args.out, endpoint, args.image_root, args.seed, args.max_tokens, request)
-    except (ValueError, json.JSONDecodeError) as err:
+    except ValueError as err:  # an address that is not one, a timeout out of range
         raise UserError(str(err)) from None
+    counts = annotate_pairs(args.pairs, args.out, endpoint, args.image_root, args.seed, args.max_tokens, request)
     print(f"annotated {counts['kept'] + counts['contradicting'] + counts['unreadable']} pairs: kept "
           f"{counts['kept']}, dropped {counts['contradicting']} contradicting the human label and "
           f"{counts['unreadable']} unreadable (reasons in {counts['dropped_file']}); {counts['already']} done before")

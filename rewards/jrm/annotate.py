@@ -16,13 +16,14 @@ is. Dropped pairs go to OUT.dropped.jsonl with the reason. Run it again and it g
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 from pathlib import Path
 
 from rlkit.core.errors import UserError
-from rlkit.rewards.jrm.pairs import read_rows, resolve_pairs_file
+from rlkit.rewards.jrm.pairs import read_rows, resolve_pairs_file, tie_flag
 from rlkit.rewards.openai_chat import ChatEndpoint, describe, file_data_url, image_message
 
 ASPECTS = ("instruction", "consistency")
@@ -94,14 +95,21 @@ def annotate_pairs(pairs: str, out: str | Path, endpoint: ChatEndpoint, image_ro
     dropped_path = out.with_name(out.name + ".dropped.jsonl") if out.suffix != ".jsonl" else \
         out.with_suffix(".dropped.jsonl")
     root = Path(image_root).expanduser() if image_root else source.parent
-    done = {json.loads(line)["pair_index"] for f in (out, dropped_path) if f.is_file()
-            for line in f.read_text().splitlines() if line.strip()}
-    every = [row for _, row in read_rows(source)]
+    every = read_rows(source)
+    keys = [_checked(where, row, root) for where, row in every]  # every pair readable, before any request
+    done_keys, done_indices = set(), set()
+    for f in (out, dropped_path):
+        for line in _own_lines(f):
+            (done_keys.add(line["pair_key"]) if "pair_key" in line else done_indices.add(line.get("pair_index")))
     rng = random.Random(seed)
     second = [rng.random() < 0.5 for _ in every]  # the preferred edit shown as B, drawn per pair
-    rows = [(i, row) for i, row in enumerate(every) if i not in done]
-    model = endpoint.connect()
-    counts = {"kept": 0, "contradicting": 0, "unreadable": 0, "failed": 0, "already": len(done)}
+    # a pair is done when OUT holds its key (older outputs hold only its row number)
+    rows = [(i, row) for i, (_, row) in enumerate(every) if keys[i] not in done_keys and i not in done_indices]
+    try:
+        model = endpoint.connect()
+    except ValueError as err:  # no server there, or one that serves no model
+        raise UserError(str(err)) from None
+    counts = {"kept": 0, "contradicting": 0, "unreadable": 0, "failed": 0, "already": len(every) - len(rows)}
     failures: list[str] = []
     from rich.progress import Progress
 
@@ -116,15 +124,16 @@ def annotate_pairs(pairs: str, out: str | Path, endpoint: ChatEndpoint, image_ro
                 return
             text = (result.choices[0].message.content or "") if result.choices else ""
             try:
-                r1, r2 = read_answer(text, "B" if second[i] else "A", bool(row.get("tie", row.get("tie_case"))))
+                r1, r2 = read_answer(text, "B" if second[i] else "A", tie_flag(row))
             except ValueError as err:
                 counts["contradicting" if str(err).startswith("contradicts") else "unreadable"] += 1
-                dropped_file.write(json.dumps({"pair_index": i, "reason": str(err), "answer": text[:2000]}) + "\n")
+                dropped_file.write(json.dumps({"pair_key": keys[i], "pair_index": i, "reason": str(err),
+                                               "answer": text[:2000]}) + "\n")
                 dropped_file.flush()
                 return
             counts["kept"] += 1
             kept = {**_relocated(row, root, out.parent), "rationale1": r1, "rationale2": r2, "teacher": model,
-                    "pair_index": i}
+                    "pair_key": keys[i], "pair_index": i}
             kept_file.write(json.dumps(kept) + "\n")
             kept_file.flush()
 
@@ -135,6 +144,53 @@ def annotate_pairs(pairs: str, out: str | Path, endpoint: ChatEndpoint, image_ro
     return {**counts, "out": str(out), "dropped_file": str(dropped_path), "failures": failures}
 
 
+def pair_key(row: dict) -> str:
+    """A pair's identity, from what it is (instruction and images), not where it sits in the file: pairs added,
+    removed or reordered between runs are each annotated once."""
+    text = json.dumps([str(row.get(k)) for k in ("prompt", "path_src", "path1", "path2")])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _checked(where: str, row: object, root: Path) -> str:
+    """The pair's key, once its fields and images are there (a UserError naming the row otherwise)."""
+    if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("prompt", "path_src", "path1",
+                                                                                   "path2")):
+        raise UserError(f"{where}: a pair needs prompt, path_src, path1 and path2 as strings")
+    for k in ("path_src", "path1", "path2"):
+        if not (root / row[k]).is_file():
+            raise UserError(f"{where}: image not found: {root / row[k]}")
+    tie_flag(row, where)
+    return pair_key(row)
+
+
+def _own_lines(path: Path) -> list[dict]:
+    """The rows an earlier run wrote to OUT (or its dropped file). A last line cut short by an interrupted run
+    is removed (its pair is annotated again); a file that is not annotate-pairs' own is refused."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    lines, rows = data.split(b"\n"), []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and ("pair_key" in row or "pair_index" in row):
+            rows.append(row)
+        elif number == len(lines) and (rows or b'"path_src"' in raw or b'"pair_key"' in raw):
+            # the last line, with no newline, among annotate-pairs' own rows: an interrupted write
+            print(f"note: {path} line {number} was cut short by an interrupted run: removed (that pair is "
+                  f"annotated again)")
+            with open(path, "r+b") as f:
+                f.truncate(len(data) - len(raw))
+        else:
+            raise UserError(f"{path} line {number} is not a row annotate-pairs wrote: choose a new output file "
+                            f"(it appends to its own output only)")
+    return rows
+
+
 def _body(row: dict, root: Path, preferred_second: bool, max_tokens: int, request: dict | None) -> dict:
     try:
         source, first, second = (root / row[k] for k in ("path_src", "path1", "path2"))
@@ -143,7 +199,7 @@ def _body(row: dict, root: Path, preferred_second: bool, max_tokens: int, reques
         raise UserError(f"a pair lacks {err} (needs prompt, path_src, path1, path2)") from None
     if preferred_second:
         first, second = second, first
-    tie = bool(row.get("tie", row.get("tie_case")))
+    tie = tie_flag(row)
     label = ("Humans judged the two edits equally good." if tie else
              f"Humans preferred edit {'B' if preferred_second else 'A'}.")
     images = [("Source image:", file_data_url(source)), ("Edit A:", file_data_url(first)),

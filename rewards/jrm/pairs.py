@@ -90,7 +90,7 @@ def read_pairs(path: str | Path, image_root: str | Path | None = None,
     for where, row in read_rows(path):
         try:
             pair = Pair(row["prompt"], root / row["path_src"], root / row["path1"], root / row["path2"],
-                        row.get("rationale1"), row.get("rationale2"), bool(row.get("tie", row.get("tie_case"))),
+                        row.get("rationale1"), row.get("rationale2"), tie_flag(row, where),
                         *(_score(row, side, head_range) for side in (1, 2)))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise UserError(f"{where}: expected prompt, path_src, path1, path2 ({type(err).__name__}: {err})") \
@@ -104,9 +104,26 @@ def read_pairs(path: str | Path, image_root: str | Path | None = None,
     return pairs
 
 
+def tie_flag(row: dict, where: str = "a pair") -> bool:
+    """`tie` (or EditReward's `tie_case`): true/false, 1/0, or those words as strings; anything else is refused
+    (the string "false" is truthy: read as a bool it would make every pair a tie)."""
+    value = row.get("tie", row.get("tie_case"))
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if type(value) is int and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise UserError(f"{where}: tie is {value!r}; give true or false")
+
+
 def _score(row: dict, side: int, head_range: tuple[float, float]) -> float:
     if row.get(f"score{side}") is not None:
-        return float(row[f"score{side}"])
+        value = float(row[f"score{side}"])
+        if not (math.isfinite(value) and head_range[0] <= value <= head_range[1]):
+            raise ValueError(f"score{side} {row[f'score{side}']!r} is outside the distribution head's "
+                             f"{head_range[0]:g}-{head_range[1]:g}")
+        return value
     overall = row.get(f"model{side}_overall_score")
     if overall is None:
         return float("nan")

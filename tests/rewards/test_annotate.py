@@ -134,3 +134,59 @@ def test_annotate_a_server_that_is_not_there_or_answers_garbage(judge_server, tm
     assert main(["annotate-pairs", str(pairs), str(out), "--base-url", judge_server[0], *common]) == 0
     assert "kept 0, dropped 0 contradicting the human label and 2 unreadable" in capsys.readouterr().out
     assert all(json.loads(x)["reason"] for x in out.with_suffix(".dropped.jsonl").read_text().splitlines())
+
+
+def test_annotate_goes_on_by_pair_not_by_row_and_keeps_to_its_own_output(judge_server, tmp_path, capsys):
+    """Pairs inserted at the top are annotated and the others not again; a last line cut by an interrupted run
+    is repaired (named); a file that is not annotate-pairs' own is refused; a missing image is named before
+    any request."""
+    from rlkit.cli import main
+
+    url, model = judge_server
+    rows = [r for r in json.loads(SAMPLE.read_text()) if not r["tie_case"]][:3]
+    pairs, out = tmp_path / "pairs.json", tmp_path / "out.jsonl"
+    common = ["--image-root", str(SAMPLE.parent), "--max-tokens", "300", "--request",
+              json.dumps(forced_answer(model, TEACHER))]
+    pairs.write_text(json.dumps(rows[1:]))
+    assert main(["annotate-pairs", str(pairs), str(out), "--base-url", url, *common]) == 0
+    pairs.write_text(json.dumps(rows))  # a new pair at the top: the others keep their identity, not their row
+    assert main(["annotate-pairs", str(pairs), str(out), "--base-url", url, *common]) == 0
+    assert "annotated 1 pairs" in capsys.readouterr().out
+
+    def keys():
+        return [json.loads(x)["pair_key"] for f in (out, out.with_suffix(".dropped.jsonl")) if f.is_file()
+                for x in f.read_text().splitlines()]
+
+    assert sorted(keys()) == sorted(set(keys())) and len(keys()) == 3
+    written = out if out.is_file() and out.read_text() else out.with_suffix(".dropped.jsonl")
+    written.write_bytes(written.read_bytes()[:-25])  # the last row cut short
+    assert main(["annotate-pairs", str(pairs), str(out), "--base-url", url, *common]) == 0
+    said = capsys.readouterr().out
+    assert "was cut short by an interrupted run: removed" in said and "annotated 1 pairs" in said
+    assert len(keys()) == 3 and len(set(keys())) == 3
+
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes\n")
+    assert main(["annotate-pairs", str(pairs), str(mine), "--base-url", url, *common]) == 2
+    assert "notes.txt line 1 is not a row annotate-pairs wrote" in capsys.readouterr().err
+    assert mine.read_text() == "my notes\n"
+    pairs.write_text(json.dumps([{**rows[0], "path1": "gone.png"}]))
+    assert main(["annotate-pairs", str(pairs), str(tmp_path / "o2.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
+                 *common]) == 2
+    assert "pairs.json[0]: image not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value,tie", [(True, True), ("false", False), ("True", True), (0, False), (None, False)])
+def test_a_tie_given_as_a_word_is_read_as_that_word(tmp_path, value, tie):
+    row = {**json.loads(SAMPLE.read_text())[0], "tie_case": value}
+    (tmp_path / "p.json").write_text(json.dumps([row]))
+    assert read_pairs(tmp_path / "p.json", SAMPLE.parent)[0].tie is tie
+
+
+def test_a_tie_that_is_not_a_yes_or_no_and_scores_off_the_scale_are_refused(tmp_path):
+    row = json.loads(SAMPLE.read_text())[0]
+    for bad, needle in (({"tie_case": "maybe"}, "tie is 'maybe'"), ({"model1_overall_score": 1e9}, "outside"),
+                        ({"score1": 1e9}, "outside the distribution head's")):
+        (tmp_path / "p.json").write_text(json.dumps([{**row, **bad}]))
+        with pytest.raises(UserError, match=needle):
+            read_pairs(tmp_path / "p.json", SAMPLE.parent)
