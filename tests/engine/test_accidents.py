@@ -2,9 +2,12 @@
 the run continues with what it had, or refuses in one line; nothing the run kept is lost."""
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import TINY_RECIPE, tiny_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from rlkit import checkpoint as ckpt
@@ -187,3 +190,54 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_applied(tm
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err, err
     assert {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()} == before
+
+
+@pytest.fixture(scope="module")
+def restorable(tmp_path_factory):
+    """A finished one-step run and a trainer built on it: its checkpointer loads checkpoints on demand."""
+    cfg = tiny_config(tmp_path_factory.mktemp("fuzz"), "train.steps=1", "eval.every=0")
+    Trainer(cfg, progress=False).fit()
+    trainer = Trainer(cfg, progress=False)
+    trainer.directory.release()
+    path = Path(cfg.output_dir) / "checkpoints" / "step_000001"
+    return trainer, path, json.loads((path / "state.json").read_text())
+
+
+def _load_or_one_line(trainer, path, data: bytes) -> None:
+    (path / "state.json").write_bytes(data)
+    _tamper(path)  # the manifest agrees: only the structure check stands between these bytes and the run
+    try:
+        trainer.checkpointer._load(path)
+    except UserError as err:
+        assert err.problems and all("\n" not in p for p in err.problems)
+    assert ckpt.step_of(path) is None or isinstance(ckpt.step_of(path), int)
+    assert ckpt.saved_config(path) is None or isinstance(ckpt.saved_config(path), dict)
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                                       max_size=3), max_leaves=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_random_bytes_as_state_json_are_one_line(restorable, data):
+    trainer, path, _ = restorable
+    _load_or_one_line(trainer, path, data)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_field_of_state_json_changed_to_anything_is_one_line(restorable, data):
+    trainer, path, state = restorable
+    state = json.loads(json.dumps(state))
+    node = state
+    while True:  # walk down to a random field (a dict key or a list item) and replace it
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        key = data.draw(st.sampled_from(keys))
+        if isinstance(node[key], (dict, list)) and node[key] and data.draw(st.booleans()):
+            node = node[key]
+            continue
+        node[key] = data.draw(JSON_VALUES)
+        break
+    _load_or_one_line(trainer, path, json.dumps(state).encode())
