@@ -27,7 +27,7 @@ def encode_input(batch: RewardInput, dtype: str = "uint8") -> bytes:
         x = x.detach().float().clamp(0, 1).cpu().contiguous()
         return (x * 255).round().to(torch.uint8) if dtype == "uint8" else x
 
-    meta = json.dumps({"instructions": list(batch.instructions), "metadata": list(batch.metadata)})
+    meta = json.dumps({"instructions": list(batch.instructions), "metadata": list(batch.metadata) or None})
     tensors = {"edited": images(batch.edited), "source": images(batch.source),
                "group_ids": batch.group_ids.detach().long().cpu().contiguous()}
     return save(tensors, metadata={"rlkit": meta})
@@ -54,7 +54,7 @@ def decode_input(data: bytes) -> RewardInput:
             not all(isinstance(t, str) for t in instructions):
         raise WireError(f"metadata 'instructions' must be a list of {n} strings")
     metadata = meta.get("metadata")
-    if metadata is None:
+    if metadata is None or metadata == []:  # (none given: an empty list from older clients)
         metadata = [{} for _ in range(n)]
     if not isinstance(metadata, list) or len(metadata) != n or not all(isinstance(m, dict) for m in metadata):
         raise WireError(f"metadata 'metadata' must be a list of {n} JSON objects (or absent)")

@@ -83,7 +83,7 @@ def cmd_validate(args) -> int:
     from omegaconf import OmegaConf
 
     from rlkit.config import load_recipe, recipe_schema, resolve_recipe_path, to_yaml
-    from rlkit.data import read_items
+    from rlkit.data import decoded_share, read_items
     from rlkit.preflight import preflight, raise_problems
     from rlkit.preparation import recipe_preparation
 
@@ -111,8 +111,8 @@ def cmd_validate(args) -> int:
         say(f"ok: {args.recipe} ({pending})")
         return 0
     items = read_items(cfg.data)
-    say(f"ok: {args.recipe} ({len(items)} prompts, rewards: {', '.join(s.name for s in cfg.rewards)}, "
-        f"algorithm: {cfg.algorithm.name})")
+    say(f"ok: {args.recipe} ({len(items)} prompts, {decoded_share(items)}, rewards: "
+        f"{', '.join(s.name for s in cfg.rewards)}, algorithm: {cfg.algorithm.name})")
     return 0
 
 

@@ -145,11 +145,39 @@ def read_items(cfg) -> list[EditItem]:
     return items
 
 
-def check_images_exist(items: list[EditItem], where: str) -> None:
-    """Fail at start-up, not at step 500, when a manifest names a file that is not there."""
+DECODE_LIMIT = 2000  # images decoded before a run starts; a larger dataset has an even sample of this many
+
+
+def check_images(items: list[EditItem], where: str) -> None:
+    """Fail at start-up, not at step 500: every image is there and decodes (a file cut short, not an image),
+    or, beyond DECODE_LIMIT distinct images, an even sample of them does."""
     missing = [it.image for it in items if isinstance(it.image, Path) and not it.image.is_file()]
     if missing:
         raise UserError(f"image not found: {missing[0]} ({len(missing)} of {len(items)} missing in {where})")
+    images = list({id(it.image) if not isinstance(it.image, Path) else it.image: it.image for it in items}.values())
+    bad = []
+    for image in images[:: -(-len(images) // DECODE_LIMIT)]:
+        try:
+            if isinstance(image, Path):
+                open_rgb(image)
+            elif isinstance(image, Image.Image):
+                image.load()
+            else:
+                raise UserError(f"an image is a {type(image).__name__}, not an image")
+        except UserError as err:
+            bad.append(err.problems[0])
+        except (OSError, SyntaxError, ValueError) as err:  # an HF dataset's image that does not decode
+            bad.append(f"cannot read an image of {where}: {err}")
+    if bad:
+        raise UserError(f"{bad[0]}" + (f" ({len(bad)} images of {where} do not decode)" if len(bad) > 1 else ""))
+
+
+def decoded_share(items: list[EditItem]) -> str:
+    """What check_images decoded, as `rlkit validate` says it."""
+    n = len({id(it.image) if not isinstance(it.image, Path) else it.image for it in items})
+    step = -(-n // DECODE_LIMIT)
+    return f"all {n} images decode" if step == 1 else f"an even sample of {len(range(0, n, step))} of {n} images " \
+                                                      f"decodes"
 
 
 class PromptStream:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from rlkit.data import PromptStream, check_images_exist, read_items
+from rlkit.data import PromptStream, check_images, read_items
 from rlkit.plugins import build_rewards
 
 
@@ -21,7 +21,7 @@ class HeldoutEvaluator:
         e = cfg.eval
         data_cfg = e.data if e.data is not None else cfg.data
         items = read_items(data_cfg)[: e.max_prompts]
-        check_images_exist(items, data_cfg.path)
+        check_images(items, data_cfg.path)
         self.batch = PromptStream(items, cfg.policy.resolution, seed=0, shuffle=False).next_batch(len(items))
         self.proxy = train_rewards
         self.gold = build_rewards(e.rewards, built_rewards) if len(e.rewards) else None

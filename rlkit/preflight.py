@@ -42,7 +42,9 @@ def preflight(cfg: DictConfig, made_later=(), live: bool = False) -> list[str]:
             problems += reward_problems(spec.name, kwargs, f"{where}[{i}]", files_ready=not later, live=live)
     if ready(cfg.policy.pretrained):
         problems += policy_problems(cfg.policy)
-    return problems
+    from rlkit.trackers import tracker_problems
+
+    return problems + tracker_problems(cfg.logging.report_to)
 
 
 def raise_problems(problems: list[str]) -> None:
@@ -51,10 +53,10 @@ def raise_problems(problems: list[str]) -> None:
 
 
 def data_problems(data_cfg, where: str) -> list[str]:
-    from rlkit.data import check_images_exist, read_items
+    from rlkit.data import check_images, read_items
 
     try:
-        check_images_exist(read_items(data_cfg), data_cfg.path)
+        check_images(read_items(data_cfg), data_cfg.path)
     except UserError as err:
         return [f"{where}: {p}" if not p.startswith("data") else p for p in err.problems]
     return []

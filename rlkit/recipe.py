@@ -22,7 +22,8 @@ class LoraConfig:
     alpha: float = setting(128.0, gt=0, help="LoRA alpha (the update is scaled by alpha / rank)")
     target_modules: list[str] = setting(
         factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
-                         "to_add_out"], min_len=1, help="transformer layers that get a LoRA (names or name suffixes)")
+                         "to_add_out"], min_len=1, unique=True,
+        help="transformer layers that get a LoRA (names or name suffixes)")
     init: str = setting("gaussian", choices=("gaussian", "true"),
                         help="peft's init_lora_weights (true: kaiming A, zero B)")
 

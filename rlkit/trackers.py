@@ -98,10 +98,17 @@ class Trackers:
 
 
 def _require(package: str) -> None:
+    problems = tracker_problems([package])
+    if problems:
+        raise UserError(*problems)
+
+
+def tracker_problems(names) -> list[str]:
+    """The trackers named in logging.report_to that this environment cannot import (validate and run check)."""
     import importlib.util
 
-    if importlib.util.find_spec(package) is None:
-        raise UserError(f"logging.report_to names {package}, which is not installed (pip install {package})")
+    return [f"logging.report_to names {name}, which is not installed (pip install {name})" for name in names
+            if name in ("wandb", "trackio") and importlib.util.find_spec(name) is None]
 
 
 def _wandb_id(run_dir: Path) -> str:

@@ -27,7 +27,7 @@ class Range:
 
     Bounds are inclusive (ge/le) or strict (gt/lt); every float must also be finite. ``choices`` lists the
     accepted values; ``pattern`` is a regular expression the whole string must match; ``multiple_of`` for
-    ints; for lists, ``length`` (exact), ``min_len``, and ``each`` (a Range for every item)."""
+    ints; for lists, ``length`` (exact), ``min_len``, ``each`` (a Range for every item) and ``unique``."""
 
     ge: float | None = None
     gt: float | None = None
@@ -39,6 +39,7 @@ class Range:
     length: int | None = None
     min_len: int | None = None
     each: Range | None = None
+    unique: bool = False  # a list names each value once
     optional: bool = False  # None is accepted
     hint: str | None = None  # how the accepted values read in a message (patterns)
 
@@ -53,6 +54,9 @@ class Range:
                 out.append(f"'{key}' must list at least {self.min_len} value(s)")
             for i, item in enumerate(value if self.each else []):
                 out += self.each.problems(f"{key}[{i}]", item)
+            repeated = [v for i, v in enumerate(value) if v in value[:i]] if self.unique else []
+            if repeated:
+                out.append(f"'{key}' names '{repeated[0]}' twice")
             return out
         if self.choices is not None and value not in self.choices:
             return [f"'{key}' is '{value}', expected one of: {', '.join(str(c) for c in self.choices)}"]
@@ -165,7 +169,7 @@ class LoggingConfig:
     # wandb needs `pip install wandb` (WANDB_MODE=offline: no login); trackio needs `pip install trackio` and logs
     # locally (TRACKIO_DIR; `trackio show` opens its dashboard)
     report_to: list[str] = setting(factory=lambda: ["tensorboard"],
-                                   each=Range(choices=("tensorboard", "wandb", "trackio")),
+                                   each=Range(choices=("tensorboard", "wandb", "trackio")), unique=True,
                                    help="experiment trackers: tensorboard (RUN_DIR/tensorboard), wandb, trackio")
     project: str = setting("rlkit", pattern=r".*\S.*", hint="a project name", help="the W&B / trackio project")
     run_name: str | None = setting(None, help="the tracker's run name (None: the output_dir's folder name)")
@@ -211,7 +215,7 @@ def _accepts(limits: Range | None) -> str:
     if limits.choices is not None:
         return " | ".join(str(c) for c in limits.choices)
     if limits.each is not None:
-        return f"each {_accepts(limits.each)}"
+        return f"each {_accepts(limits.each)}" + (", each once" if limits.unique else "")
     return limits.describe()
 
 

@@ -67,6 +67,7 @@ def test_a_run_saved_before_the_keys_moved_resumes(tmp_path):
     run.mkdir()
     cfg = load_recipe("tiny_edit", [f"output_dir={run}", "algorithm.grpo.clip_range_low=0.02"])
     saved = OmegaConf.to_container(cfg)
-    saved["algorithm"]["clip_range_low"] = saved["algorithm"].pop("grpo")["clip_range_low"]
+    for name, value in saved["algorithm"].pop("grpo").items():  # every key where the older rlkit wrote it
+        saved["algorithm"][name] = value
     (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
     assert load_saved_recipe(run, []).algorithm.grpo.clip_range_low == 0.02

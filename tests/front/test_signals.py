@@ -41,7 +41,7 @@ def _clean(code: int, said: str) -> bool:
 def test_two_signals_end_a_run_with_130_and_one_line(moment, tmp_path):
     run = tmp_path / "run"
     code, said = _double_signal(run, 1.5, 0.2) if moment == "loading" else \
-        _double_signal(run, 0.0, 0.3, wait_for="step 1/")
+        _double_signal(run, 0.0, 0.3, wait_for="step 3/")  # after the checkpoint of step 2
     assert _clean(code, said), said[-3000:]
     last = said.strip().splitlines()[-1]
     assert last.startswith("error: interrupted")

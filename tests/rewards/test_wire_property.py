@@ -7,8 +7,8 @@ import urllib.request
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
 from helpers import serve_reward
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
