@@ -32,18 +32,26 @@ def _rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"evaluation data not found: {path}")
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    for i, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{i}: not valid JSON ({err.msg})") from None
+            if not isinstance(rows[-1], dict):
+                raise UserError(f"{path}:{i}: a row is a JSON object of fields, got {line.strip()[:40]}")
     if not rows:
         raise UserError(f"{path}: no rows")
     return rows
 
 
 def _img(base: Path, rel: str) -> Image.Image:
+    if not isinstance(rel, str) or "\0" in rel:
+        raise UserError(f"an image path in {base} is {rel!r}, not a file path")
     return open_rgb(base / rel)
 
 

@@ -241,3 +241,14 @@ def test_any_field_of_state_json_changed_to_anything_is_one_line(restorable, dat
         node[key] = data.draw(JSON_VALUES)
         break
     _load_or_one_line(trainer, path, json.dumps(state).encode())
+
+
+def test_resume_over_damaged_metrics_lines_says_so_and_goes_on(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, "train.steps=1", "eval.every=0")
+    Trainer(cfg, progress=False).fit()
+    run = tmp_path / "run"
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(b'\xff\xff{"step": 1e400}\n{"step": 2, "rew')
+    assert main(["resume", str(run), "train.steps=2"]) == 0
+    assert "dropped 2 line(s) that are not rows" in capsys.readouterr().out
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -157,3 +157,15 @@ def test_validate_samples_a_huge_dataset_evenly_and_says_so(monkeypatch):
     monkeypatch.setattr(data, "DECODE_LIMIT", 3)
     items = [data.EditItem(f"/x/{i}.png", "x", str(i)) for i in range(10)]
     assert data.decoded_share(items) == "an even sample of 3 of 10 images decodes"
+
+
+@pytest.mark.parametrize("row", ["5", "[1, 2]", '{"source": 5, "edited": "a.png", "instruction": "x"}'])
+def test_eval_reward_rows_that_are_not_rows_are_named(tmp_path, capsys, row):
+    from rlkit.rewards.jrm.evaluate import evaluate
+
+    (tmp_path / "d.jsonl").write_text(row + "\n")
+    with pytest.raises(Exception) as err:
+        evaluate(lambda s, e, t: None, tmp_path / "d.jsonl", "pairs")
+    from rlkit.core.errors import UserError
+
+    assert isinstance(err.value, UserError) and ("d.jsonl" in str(err.value) or "not a file path" in str(err.value))

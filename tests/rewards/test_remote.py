@@ -392,3 +392,19 @@ def test_a_body_over_the_limit_is_refused(served):
     url = served(SourceConsistency(), max_body=1000)
     with pytest.raises(RuntimeError, match=r"\(413\).*1000 bytes"):
         RemoteReward(url, retries=0)(_batch())
+
+
+def test_a_client_that_hangs_up_mid_request_is_one_line_on_the_server(capfd):
+    import socket
+
+    server, url = serve_reward(SourceConsistency())
+    try:
+        host, port = url.rsplit("/", 1)[1].split(":")
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100)
+        time.sleep(0.5)
+        assert RemoteReward(url)(_batch()).scores.shape == (4,)  # still serving
+    finally:
+        server.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "hung up" in err
