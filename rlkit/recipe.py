@@ -11,14 +11,14 @@ from typing import Any
 
 from rlkit.algorithms import ALGORITHMS
 from rlkit.core.devices import DTYPES
-from rlkit.core.schema import SEED, UNIT, LoggingConfig, Range, setting
+from rlkit.core.schema import MAX_SIZE, SEED, UNIT, LoggingConfig, Range, setting
 from rlkit.policies import POLICIES
 from rlkit.stability import ACTIONS
 
 
 @dataclass
 class LoraConfig:
-    rank: int = setting(64, ge=1, help="LoRA rank")
+    rank: int = setting(64, ge=1, le=MAX_SIZE, help="LoRA rank")
     alpha: float = setting(128.0, gt=0, help="LoRA alpha (the update is scaled by alpha / rank)")
     target_modules: list[str] = setting(
         factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
@@ -69,22 +69,24 @@ class SamplerConfig:
     sde_window_placement: str = setting("slide", choices=("slide", "random"),
                                         help="slide: the window moves one step per RL step; random: drawn afresh "
                                              "per rollout (Flow-GRPO-Fast)")
-    batch_size: int = setting(0, ge=0, help="transformer batch in the rollout; 0 = algorithm.micro_batch (the same "
-                                            "shape in rollout and update keeps the bf16 ratio exactly 1)")
+    batch_size: int = setting(0, ge=0, le=MAX_SIZE,
+                              help="transformer batch in the rollout; 0 = algorithm.micro_batch (the same shape in "
+                                   "rollout and update keeps the bf16 ratio exactly 1)")
 
 
 @dataclass
 class AlgorithmShared:
     name: str = setting("grpo", choices=tuple(ALGORITHMS),
                         help="grpo: clipped ratio of SDE log-probs; dpo: online Diffusion-DPO; nft: DiffusionNFT")
-    group_size: int = setting(12, ge=2, help="samples per prompt; advantages compare the samples of a group")
+    group_size: int = setting(12, ge=2, le=MAX_SIZE,
+                              help="samples per prompt; advantages compare the samples of a group")
     std_scope: str = setting("group", choices=("group", "global"), help="the std that normalises advantages")
     adv_clip: float = setting(5.0, gt=0, help="advantages are clipped to +- this")
     kl_coef: float = setting(0.01, ge=0, help="KL to the reference (grpo: the exact Gaussian KL of each transition, "
                                               "a published flow_grpo coefficient c is about c x |dt| here; nft: "
                                               "in velocity space)")
-    inner_epochs: int = setting(1, ge=1, help="passes over each rollout")
-    micro_batch: int = setting(4, ge=1, help="samples per forward/backward (per process)")
+    inner_epochs: int = setting(1, ge=1, le=1000, help="passes over each rollout")
+    micro_batch: int = setting(4, ge=1, le=MAX_SIZE, help="samples per forward/backward (per process)")
 
 
 # shared keys, then one section per registered algorithm (algorithm.grpo, algorithm.dpo, algorithm.nft)
@@ -139,7 +141,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = setting(500, ge=1, help="RL steps")
-    prompts_per_step: int = setting(2, ge=1, help="prompts per RL step (each sampled group_size times)")
+    prompts_per_step: int = setting(2, ge=1, le=MAX_SIZE, help="prompts per RL step (each sampled group_size times)")
     save_every: int = setting(50, ge=0, help="a checkpoint every N steps (0: only at the end)")
     keep_last: int = setting(3, ge=0, help="checkpoints kept (0 = all)")
     log_every: int = setting(10, ge=0, help="a console line every N steps and at each evaluation (0 = none)")
@@ -156,8 +158,8 @@ class EvalConfig:
 
     every: int = setting(0, ge=0, help="evaluate every N steps (0 = never)")
     data: DataConfig | None = setting(None, help="held-out prompts (None = the training data)")
-    max_prompts: int = setting(16, ge=1, help="prompts evaluated")
-    samples_per_prompt: int = setting(2, ge=1, help="samples of each prompt")
+    max_prompts: int = setting(16, ge=1, le=1_000_000, help="prompts evaluated")
+    samples_per_prompt: int = setting(2, ge=1, le=MAX_SIZE, help="samples of each prompt")
     rewards: list[RewardSpec] = setting(factory=list, help="gold rewards (empty = the training rewards)")
     seed: int = setting(1234, **SEED, help="the fixed noise, the same at every evaluation")
     noise_level: float | None = setting(None, ge=0, le=2, optional=True,

@@ -1,6 +1,9 @@
 """What many tests share: the repository's paths, the tiny recipe shortened for tests, a tiny policy, prompts.
 Fixtures are in conftest.py; test modules import these by name (`from helpers import tiny_config`)."""
 
+import dataclasses
+import math
+import typing
 from pathlib import Path
 
 import torch
@@ -41,3 +44,36 @@ def serve_reward(reward, name="test", **kwargs):
 
     server = RewardServer(name, reward, "127.0.0.1", 0, **kwargs)
     return server, server.start()
+
+
+# ---------------------------------------------------------------- property tests over a schema's numeric keys
+def numeric_keys(cls, prefix="") -> dict[str, type]:
+    """Every int or float key of a schema dataclass, through its sections: dotted key -> type."""
+    keys = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if dataclasses.is_dataclass(inner[0]):
+            keys.update(numeric_keys(inner[0], f"{prefix}{f.name}."))
+        elif inner[0] in (int, float):
+            keys[prefix + f.name] = inner[0]
+    return keys
+
+
+FLOATS = [math.nan, math.inf, -math.inf, -1.0, -1e-9, 0.0, 1e-9, 1e-3, 0.3, 0.999, 1.0, 1.5, 2.5, 1e6]
+INTS = [-(2**31), -1, 0, 1, 2, 3, 5, 16, 2**32]
+# about half the draws come from values that are often in range, so both sides of the property are exercised
+PLAUSIBLE_FLOATS, PLAUSIBLE_INTS = [1e-3, 0.05, 0.3, 0.9, 1.0], [1, 2, 3, 4]
+
+
+def value_for(kind: type):
+    """Values for a key of this type, from the classes that broke runs before ranges existed."""
+    from hypothesis import strategies as st
+
+    if kind is int:
+        return st.one_of(st.sampled_from(PLAUSIBLE_INTS), st.sampled_from(INTS), st.integers(-3, 6),
+                         st.sampled_from([0.5, 2.5]))
+    return st.one_of(st.sampled_from(PLAUSIBLE_FLOATS), st.sampled_from(FLOATS))
+
+

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 from rlkit.core.devices import DTYPES
 from rlkit.core.errors import UserError
-from rlkit.core.schema import SEED, UNIT, LoggingConfig, Range, range_problems, resolved, setting
+from rlkit.core.schema import MAX_SIZE, SEED, UNIT, LoggingConfig, Range, range_problems, resolved, setting
 
 
 @dataclass
 class JRMLoraConfig:
     enabled: bool = setting(False, help="train a LoRA on the backbone instead of every weight")
-    rank: int = setting(64, ge=1, help="LoRA rank")
+    rank: int = setting(64, ge=1, le=MAX_SIZE, help="LoRA rank")
     alpha: float = setting(128.0, gt=0, help="LoRA alpha (the update is scaled by alpha / rank)")
     target_modules: list[str] = setting(factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_len=1,
                                         help="backbone layers that get a LoRA")
@@ -28,9 +28,10 @@ class BackboneConfig:
     dtype: str = setting("bfloat16", choices=tuple(DTYPES), help="the backbone's dtype")
     image_size: int = setting(448, ge=16, le=4096, help="both images are resized to this square")
     seed: int = setting(0, **SEED, help="the tiny backbone's weight seed and the head's")
-    tiny_hidden: int = setting(64, ge=32, multiple_of=32, help="tiny: text width (the vision tower is half)")
-    tiny_layers: int = setting(2, ge=1, help="tiny: text layers")
-    tiny_patch: int = setting(8, ge=1, help="tiny: vision patch size")
+    tiny_hidden: int = setting(64, ge=32, le=MAX_SIZE, multiple_of=32,
+                               help="tiny: text width (the vision tower is half)")
+    tiny_layers: int = setting(2, ge=1, le=64, help="tiny: text layers")
+    tiny_patch: int = setting(8, ge=1, le=MAX_SIZE, help="tiny: vision patch size")
     gradient_checkpointing: bool = setting(False, help="recompute activations in backward: less memory, slower")
     lora: JRMLoraConfig = field(default_factory=JRMLoraConfig)
 
@@ -51,7 +52,8 @@ class JRMLossConfig:
     alpha: float = setting(0.7, ge=0, lt=1, help="L = (1 - alpha) L_rank + alpha L_LM")
     rank_loss: str = setting("uncertain", choices=("uncertain", "bt"),
                              help="uncertain: Bradley-Terry over N(mu_w - mu_l, s_w^2 + s_l^2); bt: plain")
-    mc_samples: int = setting(0, ge=0, help="Monte Carlo samples of the uncertain loss (0 = probit approximation)")
+    mc_samples: int = setting(0, ge=0, le=MAX_SIZE,
+                              help="Monte Carlo samples of the uncertain loss (0 = probit approximation)")
     ce_weight: float = setting(1.0, ge=0, help="distribution head, pairs with annotated scores: weight of the "
                                                "cross-entropy on the annotated bin")
     gap_weight: float = setting(1.0, ge=0, help="... and of |(E_w - E_l) - (s_w - s_l)|")
@@ -75,16 +77,16 @@ class RewardDataConfig:
                                      "cache, or synthetic")
     eval: str | None = setting(None, help="held-out pairs, in the same forms")
     image_root: str | None = setting(None, help="the folder image paths are relative to (None: the pairs file's)")
-    synthetic_pairs: int = setting(256, ge=1, help="synthetic: training pairs")
-    synthetic_eval_pairs: int = setting(64, ge=1, help="synthetic: held-out pairs")
+    synthetic_pairs: int = setting(256, ge=1, le=1_000_000, help="synthetic: training pairs")
+    synthetic_eval_pairs: int = setting(64, ge=1, le=1_000_000, help="synthetic: held-out pairs")
 
 
 @dataclass
 class RewardTrainConfig:
-    epochs: float = setting(10.0, gt=0, help="passes over the training pairs")
+    epochs: float = setting(10.0, gt=0, le=10_000, help="passes over the training pairs")
     lr: float = setting(2e-6, gt=0, le=1, help="learning rate")
-    batch_size: int = setting(4, ge=1, help="pairs per step per device (2 x batch_size sequences)")
-    grad_accum: int = setting(1, ge=1, help="gradient accumulation steps")
+    batch_size: int = setting(4, ge=1, le=MAX_SIZE, help="pairs per step per device (2 x batch_size sequences)")
+    grad_accum: int = setting(1, ge=1, le=MAX_SIZE, help="gradient accumulation steps")
     warmup_ratio: float = setting(0.03, **UNIT, help="share of the steps spent warming up")
     weight_decay: float = setting(0.0, ge=0, help="weight decay")
     logging_steps: int = setting(10, ge=1, help="log every N steps")
@@ -121,6 +123,10 @@ def check_reward_recipe(cfg, where: str, schema_cls: type = None) -> None:
     bins = values["head"]["bins"]
     if values["head"]["kind"] == "distribution" and list(bins) != sorted(set(bins)):
         problems.append("'head.bins' must list increasing scores")
+    backbone = values["backbone"]
+    if backbone["name"] == "tiny" and backbone["tiny_patch"] > backbone["image_size"]:
+        problems.append(f"'backbone.tiny_patch' ({backbone['tiny_patch']}) is larger than 'backbone.image_size' "
+                        f"({backbone['image_size']})")
     if problems:
         raise UserError(*(f"{where}: {p}" for p in problems))
 

@@ -92,6 +92,8 @@ def setting(default: Any = MISSING, *, factory=None, help: str = "", **limits) -
     return field(default=default, metadata=meta)
 
 
+# sizes that allocate memory in proportion (a rank, a batch, a group): beyond this a value is a typo
+MAX_SIZE = 4096
 SEED = dict(ge=0, lt=2**32)  # numpy's seed range; the loop derives generator seeds from it
 UNIT = dict(ge=0, le=1)
 

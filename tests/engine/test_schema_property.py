@@ -7,14 +7,11 @@ takes minutes, so their property stops where `rlkit run` would start preparing: 
 `rlkit validate` accepts (saying what the first run will prepare), whatever it refuses exits 2 the same way."""
 
 import contextlib
-import dataclasses
 import io
-import math
 import tempfile
-import typing
 
 import pytest
-from helpers import TINY_RECIPE
+from helpers import TINY_RECIPE, numeric_keys, value_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,36 +21,11 @@ from rlkit.core.errors import UserError
 from rlkit.recipe import Recipe
 from rlkit.trainer import Trainer
 
-
-def numeric_keys(cls=Recipe, prefix="") -> dict[str, type]:
-    keys = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-        if dataclasses.is_dataclass(inner[0]):
-            keys.update(numeric_keys(inner[0], f"{prefix}{f.name}."))
-        elif inner[0] in (int, float):
-            keys[prefix + f.name] = inner[0]
-    return keys
-
-
-KEYS = {**numeric_keys(), "optim.betas.0": float, "optim.betas.1": float, "rewards.0.weight": float}
-FLOATS = [math.nan, math.inf, -math.inf, -1.0, -1e-9, 0.0, 1e-9, 1e-3, 0.3, 0.999, 1.0, 1.5, 2.5, 1e6]
-INTS = [-(2**31), -1, 0, 1, 2, 3, 5, 16, 2**32]
-# about half the draws come from values that are often in range, so both sides of the property are exercised
-PLAUSIBLE_FLOATS, PLAUSIBLE_INTS = [1e-3, 0.05, 0.3, 0.9, 1.0], [1, 2, 3, 4]
+KEYS = {**numeric_keys(Recipe), "optim.betas.0": float, "optim.betas.1": float, "rewards.0.weight": float}
 # small enough that an accepted value still runs in a second or two (the tiny editor, 3 steps, 2 prompts)
 BASE = ["train.steps=2", "sampler.num_steps=3", "algorithm.group_size=3", "algorithm.micro_batch=6",
         "eval.every=1", "eval.max_prompts=1", "eval.samples_per_prompt=2", "train.report=false",
         "train.grid_every=1", "train.save_every=1"]
-
-
-def value_for(kind: type):
-    if kind is int:
-        return st.one_of(st.sampled_from(PLAUSIBLE_INTS), st.sampled_from(INTS), st.integers(-3, 6),
-                         st.sampled_from([0.5, 2.5]))
-    return st.one_of(st.sampled_from(PLAUSIBLE_FLOATS), st.sampled_from(FLOATS))
 
 
 overrides = st.lists(st.sampled_from(sorted(KEYS)), min_size=1, max_size=2, unique=True).flatmap(
