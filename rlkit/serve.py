@@ -233,6 +233,10 @@ class RewardServer:
         import uvicorn
 
         token = token or os.environ.get(TOKEN_ENV) or None
+        if not (isinstance(max_wait, (int, float)) and 0 <= max_wait <= 10):  # nan and inf: requests would wait forever
+            raise UserError(f"max_wait must be seconds from 0 to 10, got {max_wait!r}")
+        if not (isinstance(max_batch, int) and max_batch >= 1):
+            raise UserError(f"max_batch must be a whole number >= 1, got {max_batch!r}")
         if host not in LOOPBACK and not token:
             raise UserError(f"serving on {host} lets anyone who reaches the port use the reward model: give a "
                             f"token (--token, or {TOKEN_ENV}), which the remote reward then sends")
