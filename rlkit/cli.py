@@ -317,6 +317,25 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """`rlkit eval`: runs and base editors judged on GEdit-Bench or ImgEdit-Bench (rlkit/benchmarks/)."""
+    from rlkit.benchmarks.evaluate import run_eval
+    from rlkit.benchmarks.judging import JudgeSettings
+
+    judge = JudgeSettings(args.judge_url, args.judge_model, args.judge_api_key or os.environ.get("OPENAI_API_KEY"),
+                          args.temperature, args.max_tokens, args.concurrency)
+    out = run_eval(args.targets, args.benchmark, args.data, judge, args.output, args.max_items, args.prompts,
+                   args.image_root, args.seed, retry_missing=args.retry_missing)
+    scores = json.loads((out / "scores.json").read_text())
+    key = "O" if args.benchmark == "gedit" else "average"
+    for name, figures in scores["targets"].items():
+        overall = figures["overall"].get(key)
+        print(f"{name}: {args.benchmark} {key} {'n/a' if overall is None else f'{overall:.3f}'} "
+              f"({figures['overall']['n']} items, {figures['missing']} missing)")
+    print(f"wrote {out / 'scores.json'} and {out / 'page.html'}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from rlkit.report import write_report
 
@@ -367,14 +386,14 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _seconds(limit: float):
+def _seconds(limit: float, unit: str = "seconds"):
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = float("nan")
         if not 0 <= value <= limit:  # (nan and inf fail here too)
-            raise argparse.ArgumentTypeError(f"must be seconds from 0 to {limit:g}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {unit} from 0 to {limit:g}, got {text!r}")
         return value
     return parse
 
@@ -425,6 +444,30 @@ def make_parser() -> argparse.ArgumentParser:
              args=[(["--iterations"], dict(type=_positive_int, default=2)),
                    (["--warmup"], dict(type=_non_negative_int, default=1)),
                    (["--json"], dict(default=None, help="also write the figures to this file"))])
+    _command(sub, "eval", cmd_eval, "judge runs and base editors on GEdit-Bench or ImgEdit-Bench with any "
+             "OpenAI-compatible judge, side by side", "rlkit eval runs/kontext flux_edit --benchmark gedit --data "
+             "stepfun-ai/GEdit-Bench --judge-url http://127.0.0.1:8000/v1 --output evals/gedit",
+             [(["targets"], dict(nargs="+", metavar="TARGET", help="a run directory, an export (final/), a "
+                                 "checkpoint folder, or a recipe (its base editor)")),
+              (["--benchmark"], dict(required=True, choices=["gedit", "imgedit"])),
+              (["--data"], dict(required=True, help="GEdit: its parquet folder or stepfun-ai/GEdit-Bench in the "
+                                                    "hub cache; ImgEdit: basic_edit.json or its folder")),
+              (["--image-root"], dict(default=None, help="ImgEdit: the folder its image ids are under (default: "
+                                                         "basic_edit.json's)")),
+              (["--judge-url"], dict(required=True, help="the judge's OpenAI-compatible /v1 address")),
+              (["--judge-model"], dict(default=None, help="default: the server's first model")),
+              (["--judge-api-key"], dict(default=None, help="default: $OPENAI_API_KEY (never written)")),
+              (["--output"], dict(required=True, help="folder for scores.json, judgements.jsonl, images, "
+                                                      "page.html (a rerun goes on where it stopped)")),
+              (["--prompts"], dict(default=None, help="a rubric YAML of yours instead of rlkit's wording")),
+              (["--max-items"], dict(type=_positive_int, default=None, help="the first N items only")),
+              (["--seed"], dict(type=_non_negative_int, default=0, help="the edits' noise")),
+              (["--temperature"], dict(type=_seconds(2.0, "a temperature"), default=0.0,
+                                                 help="the judge's sampling temperature")),
+              (["--max-tokens"], dict(type=_positive_int, default=512)),
+              (["--concurrency"], dict(type=_positive_int, default=8)),
+              (["--retry-missing"], dict(action="store_true", help="ask again the questions whose answers gave "
+                                                                   "no scores"))])
     _command(sub, "report", cmd_report, "write a run's plots and offline HTML report (RUN_DIR/report.html)",
              "rlkit report runs/sandbox_edit", [(["run_dir"], {})])
     _command(sub, "push", cmd_push, "upload a run's final/ (LoRA, adapter_config.json, model card) to the Hugging "
