@@ -404,6 +404,14 @@ def _cross_key_problems(c: dict) -> list[str]:
     if policy["max_sequence_length"] > entry.editor.max_sequence_length:
         out.append(f"'policy.max_sequence_length' is {policy['max_sequence_length']}: {policy['name']}'s text "
                    f"encoder takes at most {entry.editor.max_sequence_length}")
+    bench = c["eval"]["benchmark"]
+    if bench["name"]:
+        out += [f"'eval.benchmark.{k}' must be set for eval.benchmark.name={bench['name']}"
+                for k in ("data", "judge_url") if not bench[k]]
+        if c["eval"]["every"] == 0:
+            out.append("'eval.benchmark.name' is set but 'eval.every' is 0: the benchmark runs at evaluations")
+        if bench["gold"] and c["eval"]["rewards"]:
+            out.append("'eval.benchmark.gold' and 'eval.rewards' both give a gold: choose one")
     names = [r.get("log_as") for r in c["eval"]["rewards"] if r.get("log_as")]
     for name in sorted(set(names)):
         if name in LOOP_METRICS:

@@ -27,6 +27,11 @@ class HeldoutEvaluator:
         self.gold = build_rewards(e.rewards, built_rewards) if len(e.rewards) else None
         self.log_as = {s.name: s.log_as for s in e.rewards if s.log_as}
         self.samples, self.seed, self.noise_level = e.samples_per_prompt, e.seed, e.noise_level
+        self.benchmark = None
+        if e.benchmark.name:
+            from rlkit.benchmarks.probe import BenchmarkProbe
+
+            self.benchmark = BenchmarkProbe(e.benchmark, cfg.policy.resolution, e.seed)
 
     @torch.no_grad()
     def __call__(self, policy) -> tuple[dict, object, dict]:
@@ -54,4 +59,6 @@ class HeldoutEvaluator:
                         figures[f"gold/{name}/{key}"] = float(values.float().mean())
                 if name in self.log_as:
                     figures[self.log_as[name]] = float(scores.mean())
+        if self.benchmark is not None:
+            figures.update(self.benchmark(policy))
         return figures, rollout, per_sample

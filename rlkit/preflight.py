@@ -40,6 +40,8 @@ def preflight(cfg: DictConfig, made_later=(), live: bool = False) -> list[str]:
         for i, spec in enumerate(specs):
             kwargs = OmegaConf.to_container(spec.kwargs, resolve=True)
             problems += reward_problems(spec.name, kwargs, f"{where}[{i}]", files_ready=not later, live=live)
+    if cfg.eval.every > 0 and cfg.eval.benchmark.name:
+        problems += benchmark_problems(cfg.eval.benchmark, live)
     if ready(cfg.policy.pretrained):
         problems += policy_problems(cfg.policy)
     from rlkit.trackers import tracker_problems
@@ -59,6 +61,24 @@ def data_problems(data_cfg, where: str) -> list[str]:
         check_images(read_items(data_cfg), data_cfg.path)
     except UserError as err:
         return [f"{where}: {p}" if not p.startswith("data") else p for p in err.problems]
+    return []
+
+
+def benchmark_problems(bench, live: bool) -> list[str]:
+    """eval.benchmark's data reads as the benchmark, and (live) its judge answers."""
+    from rlkit.benchmarks.evaluate import read_items
+    from rlkit.benchmarks.judging import BenchJudge, JudgeSettings
+    from rlkit.benchmarks.rubrics import Rubric
+
+    try:
+        items = read_items(bench.name, bench.data, bench.image_root, bench.max_items)
+        rubric = Rubric(bench.name, bench.prompts)
+        for it in items:
+            rubric.questions(it.task, it.instruction)
+        if live:
+            BenchJudge(JudgeSettings(bench.judge_url, bench.judge_model)).connect()
+    except UserError as err:
+        return [f"eval.benchmark: {p}" for p in err.problems]
     return []
 
 

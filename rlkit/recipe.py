@@ -153,6 +153,25 @@ class TrainConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    """A benchmark judged at every evaluation (rlkit/benchmarks/): its figures logged as bench/..., and
+    optionally the stability guard's gold. The judge's key, if it needs one, comes from $OPENAI_API_KEY."""
+
+    name: str | None = setting(None, choices=("gedit", "imgedit"), optional=True,
+                               help="gedit (logs bench/gedit_SC, _PQ, _O) or imgedit (bench/imgedit_average)")
+    data: str | None = setting(None, help="GEdit: its parquet folder or stepfun-ai/GEdit-Bench in the hub cache; "
+                                          "ImgEdit: basic_edit.json or its folder")
+    image_root: str | None = setting(None, help="ImgEdit: the folder its image ids are under (None: the JSON's)")
+    judge_url: str | None = setting(None, help="the judge's OpenAI-compatible /v1 address")
+    judge_model: str | None = setting(None, help="the judge's model (None: the server's first)")
+    max_items: int = setting(16, ge=1, le=1_000_000, help="the first N items, the same at every evaluation")
+    prompts: str | None = setting(None, help="a rubric YAML instead of rlkit's wording")
+    concurrency: int = setting(8, ge=1, le=256, help="judge requests at once")
+    gold: bool = setting(False, help="the guard's gold is the benchmark's overall figure (GEdit O, ImgEdit "
+                                     "average) instead of eval.rewards")
+
+
+@dataclass
 class EvalConfig:
     """Held-out evaluation with fixed noise: before training (step 0) and every `every` steps."""
 
@@ -165,6 +184,7 @@ class EvalConfig:
     noise_level: float | None = setting(None, ge=0, le=2, optional=True,
                                         help="the evaluation's sampler noise (None = training's; 0 = the ODE users "
                                              "deploy, one evaluation for objectives that sample differently)")
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
 
 @dataclass

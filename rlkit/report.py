@@ -28,6 +28,9 @@ PLOTS = [
      [("ratio_blowup.max_clipfrac", "ratio_blowup: max_clipfrac")]),
     ("uncertainty.png", "Reward uncertainty", [("reward_uncertainty", "mean uncertainty")], []),
     ("diversity.png", "Within-group diversity", [("group_diversity", "pixel std within groups")], []),
+    ("benchmark.png", "Benchmark (eval.benchmark, judged)",
+     [("bench/gedit_O", "GEdit O"), ("bench/gedit_SC", "GEdit SC"), ("bench/gedit_PQ", "GEdit PQ"),
+      ("bench/imgedit_average", "ImgEdit average")], []),
 ]
 
 
@@ -137,7 +140,9 @@ def write_report(run_dir: str | Path) -> Path:
     parts.append("<h2>Plots</h2>" + "".join(f"<div>{_img(p)}</div>" for p in plots))
     evals = [r for r in rows if "eval/reward" in r]
     if evals:
-        cols = ["step", "eval/reward", "gold/reward", *sorted(_log_as_keys(run_dir)), "probe/drift"]
+        bench = sorted({k for r in evals for k in r if k.startswith("bench/")})
+        # (a benchmark that is the gold comes first: gold/reward is then the repeated column left out)
+        cols = ["step", "eval/reward", *bench, "gold/reward", *sorted(_log_as_keys(run_dir)), "probe/drift"]
         cols = [c for c in dict.fromkeys(cols) if any(c in r for r in evals)]
         # one gold reward logged under its log_as name is gold/reward again: one column, not two
         cols = [c for i, c in enumerate(cols) if not any(all(r.get(c) == r.get(d) for r in evals) for d in cols[:i])]

@@ -10,7 +10,6 @@ Resumable: an edit whose PNG exists is not generated again, a question already a
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ import torch
 from rlkit.benchmarks import scoring
 from rlkit.benchmarks.items import read_gedit, read_imgedit
 from rlkit.benchmarks.judging import BenchJudge, JudgeSettings, Request
+from rlkit.benchmarks.page import slug, write_page
 from rlkit.benchmarks.rubrics import Rubric
 from rlkit.benchmarks.targets import edit, load_policy, resolve
 from rlkit.core.errors import OutputError, UserError, write_failure
@@ -42,10 +42,6 @@ def headline(benchmark: str, result: dict) -> dict[str, float | None]:
     if benchmark == "gedit":
         return {f"bench/gedit_{k}": result["overall"][k] for k in ("SC", "PQ", "O")}
     return {"bench/imgedit_average": result["overall"]["average"]}
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "target"
 
 
 def run_eval(targets: list[str], benchmark: str, data: str, judge: JudgeSettings, output: str,
@@ -96,8 +92,6 @@ def run_eval(targets: list[str], benchmark: str, data: str, judge: JudgeSettings
         scores = {(key, q): s for (t, key, q), s in done.items() if t == target.name and s is not None}
         result["targets"][target.name] = figures(benchmark, items, scores, rubric)
     _write(out / "scores.json", json.dumps(result, indent=1, ensure_ascii=False))
-    from rlkit.benchmarks.page import write_page
-
     write_page(out, benchmark, items, resolved, done, result)
     return out
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from pathlib import Path
+
+
+def slug(name: str) -> str:
+    """A target's or an item's name as a file name (images/TARGET/KEY.png)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "item"
 
 
 def _img(path: Path, width: int = 160) -> str:
@@ -42,7 +48,6 @@ def _item_scores(benchmark: str, target: str, item, done: dict) -> str:
 
 
 def write_page(out: Path, benchmark: str, items, targets, done: dict, result: dict) -> Path:
-    from rlkit.benchmarks.evaluate import slug
     from rlkit.core.images import image_to_tensor
 
     head = ["<h1>" + html.escape(f"rlkit eval: {benchmark} ({result['items']} items)") + "</h1>",

@@ -119,3 +119,36 @@ def test_data_that_is_not_the_benchmark_is_one_line(judge, tmp_path, capsys, dat
     assert _eval(judge, tmp_path / "ev", TINY_RECIPE, data=data) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_a_run_whose_guard_gold_is_the_benchmark(judge, tmp_path, capsys):
+    from rlkit.report import write_report
+
+    bench = ["eval.every=1", "eval.max_prompts=1", "eval.samples_per_prompt=1", "eval.benchmark.name=gedit",
+             f"eval.benchmark.data={GEDIT}", f"eval.benchmark.judge_url={judge.url}", "eval.benchmark.max_items=3",
+             "eval.benchmark.gold=true", "stability.gold_divergence.action=warn"]
+    cfg = tiny_config(tmp_path, "train.steps=2", *bench)
+    trainer = Trainer(cfg, progress=False)
+    trainer.fit()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r for r in rows if r.get("bench/gedit_O") is not None]
+    assert [r["step"] for r in evaluated] == [0, 1, 2]
+    # the first three items: a1 (SC 6), a2 (SC 9), b1 (missing): two tasks, PQ 7
+    want = fmean([fmean([math.sqrt(6 * 7), math.sqrt(9 * 7)])])
+    assert evaluated[0]["bench/gedit_O"] == pytest.approx(want) and evaluated[0]["bench/gedit_missing"] == 1
+    assert all(r["gold/reward"] == r["bench/gedit_O"] for r in evaluated)
+    assert trainer.guard.gold == [r["bench/gedit_O"] for r in evaluated]  # what the guard watched
+    report = write_report(tmp_path / "run").read_text()
+    assert "bench/gedit_O" in report  # the evaluations table's column
+    assert (tmp_path / "run" / "plots" / "benchmark.png").is_file()
+
+
+def test_validate_asks_the_benchmarks_judge(tmp_path, capsys):
+    bench = ["eval.every=1", "eval.benchmark.name=gedit", f"eval.benchmark.data={GEDIT}",
+             "eval.benchmark.judge_url=http://127.0.0.1:9/v1"]
+    assert main(["validate", str(TINY_RECIPE), *bench]) == 2
+    assert "eval.benchmark: judge: no OpenAI-compatible server at http://127.0.0.1:9/v1" in capsys.readouterr().err
+    assert main(["validate", str(TINY_RECIPE), *bench, "--offline"]) == 0
+    assert main(["validate", str(TINY_RECIPE), "eval.benchmark.name=gedit"]) == 2
+    err = capsys.readouterr().err
+    assert "'eval.benchmark.data' must be set" in err and "'eval.every' is 0" in err
