@@ -152,3 +152,16 @@ def test_validate_asks_the_benchmarks_judge(tmp_path, capsys):
     assert main(["validate", str(TINY_RECIPE), "eval.benchmark.name=gedit"]) == 2
     err = capsys.readouterr().err
     assert "'eval.benchmark.data' must be set" in err and "'eval.every' is 0" in err
+
+
+def test_eval_against_a_real_server(judge_server, tmp_path):
+    """A real `transformers serve` (tiny random VLM on 127.0.0.1): the requests go through and every raw answer
+    is recorded; a random model's answers give no scores, so the item is missing, never scored."""
+    url, model = judge_server
+    out = tmp_path / "ev"
+    assert main(["eval", str(TINY_RECIPE), "--benchmark", "imgedit", "--data", str(IMGEDIT), "--judge-url", url,
+                 "--output", str(out), "--max-items", "1", "--max-tokens", "4"]) == 0
+    rows = [json.loads(x) for x in (out / "judgements.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["judge"]["model"] == str(model) and isinstance(rows[0]["answer"], str)
+    figures = json.loads((out / "scores.json").read_text())["targets"]["tiny_edit (base)"]
+    assert figures["missing"] + figures["overall"]["n"] == 1
