@@ -323,7 +323,7 @@ def cmd_eval(args) -> int:
     from rlkit.benchmarks.judging import JudgeSettings
 
     judge = JudgeSettings(args.judge_url, args.judge_model, args.judge_api_key or os.environ.get("OPENAI_API_KEY"),
-                          args.temperature, args.max_tokens, args.concurrency)
+                          args.temperature, args.max_tokens, args.concurrency, score_mode=args.score_mode)
     out = run_eval(args.targets, args.benchmark, args.data, judge, args.output, args.max_items, args.prompts,
                    args.image_root, args.seed, retry_missing=args.retry_missing)
     scores = json.loads((out / "scores.json").read_text())
@@ -466,6 +466,9 @@ def make_parser() -> argparse.ArgumentParser:
                                                  help="the judge's sampling temperature")),
               (["--max-tokens"], dict(type=_positive_int, default=512)),
               (["--concurrency"], dict(type=_positive_int, default=8)),
+              (["--score-mode"], dict(choices=["parse", "logprobs"], default="parse",
+                                      help="logprobs: expected scores from the digits' logprobs (vLLM, SGLang; "
+                                           "ImgEdit's single-digit scale)")),
               (["--retry-missing"], dict(action="store_true", help="ask again the questions whose answers gave "
                                                                    "no scores"))])
     _command(sub, "report", cmd_report, "write a run's plots and offline HTML report (RUN_DIR/report.html)",

@@ -73,10 +73,10 @@ def benchmark_problems(bench, live: bool) -> list[str]:
     try:
         items = read_items(bench.name, bench.data, bench.image_root, bench.max_items)
         rubric = Rubric(bench.name, bench.prompts)
-        for it in items:
-            rubric.questions(it.task, it.instruction)
+        judge = BenchJudge(JudgeSettings(bench.judge_url, bench.judge_model, score_mode=bench.score_mode))
+        judge.check([q for it in items for q in rubric.questions(it.task, it.instruction)])
         if live:
-            BenchJudge(JudgeSettings(bench.judge_url, bench.judge_model)).connect()
+            judge.connect()
     except UserError as err:
         return [f"eval.benchmark: {p}" for p in err.problems]
     return []

@@ -167,6 +167,9 @@ class BenchmarkConfig:
     max_items: int = setting(16, ge=1, le=1_000_000, help="the first N items, the same at every evaluation")
     prompts: str | None = setting(None, help="a rubric YAML instead of rlkit's wording")
     concurrency: int = setting(8, ge=1, le=256, help="judge requests at once")
+    score_mode: str = setting("parse", choices=("parse", "logprobs"),
+                              help="parse: the scores written; logprobs: their expected values from the digits' "
+                                   "logprobs (vLLM, SGLang; single-digit scales: ImgEdit)")
     gold: bool = setting(False, help="the guard's gold is the benchmark's overall figure (GEdit O, ImgEdit "
                                      "average) instead of eval.rewards")
 

@@ -40,8 +40,14 @@ class ScriptedJudge:
                     judge.asked[text] = judge.asked.get(text, 0) + 1
                     times = judge.asked[text]
                 reply = judge.answer(text, images, times)
+                # a reply may come with its tokens' logprobs: (text, [(token, [(candidate, logprob), ...]), ...])
+                reply, tokens = reply if isinstance(reply, tuple) else (reply, None)
+                logprobs = None if tokens is None or not body.get("logprobs") else {"content": [
+                    {"token": t, "logprob": cands[0][1], "bytes": None,
+                     "top_logprobs": [{"token": c, "logprob": lp, "bytes": None} for c, lp in cands]}
+                    for t, cands in tokens]}
                 self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "scripted-judge",
-                            "choices": [{"index": 0, "finish_reason": "stop",
+                            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": logprobs,
                                          "message": {"role": "assistant", "content": reply}}],
                             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 

@@ -58,9 +58,9 @@ def run_eval(targets: list[str], benchmark: str, data: str, judge: JudgeSettings
     names = [t.name for t in resolved]
     if len(set(names)) != len(names):
         raise UserError(f"two targets are both '{sorted(n for n in names if names.count(n) > 1)[0]}'")
-    for it in items:  # every item's questions exist in the rubric (an unknown ImgEdit category is named now)
-        rubric.questions(it.task, it.instruction)
     asker = BenchJudge(judge)
+    # every item's questions exist in the rubric (an unknown ImgEdit category is named now) and can be read
+    asker.check([q for it in items for q in rubric.questions(it.task, it.instruction)])
     model = asker.connect()
     log = out / "judgements.jsonl"
     done = _done(log, rubric, model, retry_missing)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from rlkit.benchmarks.rubrics import Question, read_scores
+from rlkit.benchmarks.rubrics import Question, expected_scores, read_scores
 from rlkit.core.errors import UserError
 from rlkit.rewards import ChatEndpoint, describe, image_message, png_data_url
 
@@ -26,10 +26,12 @@ class JudgeSettings:
     retries: int = 3  # transport retries (the openai client's)
     parse_retries: int = 2  # asking again when an answer gives no usable scores
     timeout: float = 120.0
+    score_mode: str = "parse"  # or logprobs: expected scores from the digits' logprobs (single-digit scales)
+    top_logprobs: int = 20
 
     def record(self) -> dict:
         """What a figure must say about its judge (the key is left out)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("api_key", "url")} | {"score_mode": "parse"}
+        return {k: v for k, v in asdict(self).items() if k not in ("api_key", "url")}
 
 
 @dataclass
@@ -58,8 +60,29 @@ class BenchJudge:
     def body(self, request: Request) -> dict:
         captions = ("First image:", "Second image:") if len(request.question.images) > 1 else ("Image:",)
         pictures = [(c, png_data_url(request.images[name])) for c, name in zip(captions, request.question.images)]
-        return {"messages": image_message(pictures, request.question.text), "max_tokens": self.settings.max_tokens,
+        body = {"messages": image_message(pictures, request.question.text), "max_tokens": self.settings.max_tokens,
                 "temperature": self.settings.temperature}
+        if self.settings.score_mode == "logprobs":
+            body.update(logprobs=True, top_logprobs=self.settings.top_logprobs)
+        return body
+
+    def check(self, questions: list[Question]) -> None:
+        """logprobs read one token per score: a scale beyond one digit (GEdit's 0-10) cannot be read so."""
+        if self.settings.score_mode == "logprobs" and any(q.scale[1] > 9 or q.scale[0] < 0 for q in questions):
+            raise UserError("judge: score_mode logprobs reads single score digits; this rubric's scale goes beyond "
+                            "them (GEdit's 0-10): use score_mode parse")
+
+    def _scores(self, result, question: Question) -> list[float] | None:
+        choice = result.choices[0] if result.choices else None
+        if self.settings.score_mode == "parse" or choice is None:
+            return read_scores((choice.message.content or "") if choice else "", question)
+        content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
+        if not content:
+            self.no_logprobs = True
+            return None
+        return expected_scores([(t.token, [(t.token, t.logprob)] + [(c.token, c.logprob) for c in
+                                                                     (t.top_logprobs or []) if c.token != t.token])
+                                for t in content], question)
 
     def ask(self, requests: list[Request], settle: Callable[[Request, str | None, list[float] | None, int], None],
             progress: bool = True) -> None:
@@ -77,7 +100,7 @@ class BenchJudge:
                     request = batch[i]
                     answer = None if isinstance(result, Exception) else (
                         (result.choices[0].message.content or "") if result.choices else "")
-                    scores = read_scores(answer, request.question) if answer is not None else None
+                    scores = self._scores(result, request.question) if answer is not None else None
                     if scores is None and tries <= self.settings.parse_retries:
                         again.append(request)
                         return
@@ -85,5 +108,10 @@ class BenchJudge:
                            tries)
                     bar.advance(task)
 
+                self.no_logprobs = False
                 self.endpoint.complete([self.body(r) for r in pending], arrived)
+                if self.no_logprobs:
+                    raise UserError(f"judge: the server at {self.settings.url} returned no logprobs (it ignores the "
+                                    f"request for them, as `transformers serve` does): serve the judge with vLLM or "
+                                    f"SGLang, or use score_mode parse")
                 pending = again

@@ -16,7 +16,9 @@ class BenchmarkProbe:
         self.name, self.resolution, self.seed, self.gold = cfg.name, resolution, seed, cfg.gold
         self.items = read_items(cfg.name, cfg.data, cfg.image_root, cfg.max_items)
         self.rubric = Rubric(cfg.name, cfg.prompts)
-        self.judge = BenchJudge(JudgeSettings(cfg.judge_url, cfg.judge_model, concurrency=cfg.concurrency))
+        self.judge = BenchJudge(JudgeSettings(cfg.judge_url, cfg.judge_model, concurrency=cfg.concurrency,
+                                              score_mode=cfg.score_mode))
+        self.judge.check([q for it in self.items for q in self.rubric.questions(it.task, it.instruction)])
         self.judge.connect()  # at start-up, not at the first evaluation
 
     def __call__(self, policy) -> dict[str, float | None]:

@@ -120,3 +120,44 @@ def _named(answer: str, labels: list[str]) -> list[float] | None:
             return None
         out.append(float(found.group(1)))
     return out
+
+
+def expected_scores(positions: list[tuple[str, list[tuple[str, float]]]], question: Question) -> list[float] | None:
+    """`score_mode: logprobs`: each score asked for as its expected value under the judge's distribution over the
+    score digits where it wrote that score (sum_s p(s) s over the top logprobs that are scores, renormalised).
+    ``positions``: per generated token, (its text, its (token, logprob) candidates). None when a score is not
+    found. Only single-digit scales (ImgEdit's 1-5): a score of 10 is two tokens."""
+    import math
+
+    text, starts = "", []
+    for token, _ in positions:
+        starts.append(len(text))
+        text += token
+    chosen = _named_spans(text, question.labels) if question.labels != ["first", "second"] else None
+    if chosen is None:
+        return None
+    low, high = question.scale
+    out = []
+    for offset in chosen:
+        index = max(i for i, s in enumerate(starts) if s <= offset)
+        probs: dict[int, float] = {}
+        for token, logprob in positions[index][1]:
+            t = token.strip()
+            if t.isdigit() and low <= int(t) <= high and math.isfinite(logprob):
+                probs[int(t)] = probs.get(int(t), 0.0) + math.exp(logprob)
+        total = sum(probs.values())
+        if total <= 0:
+            return None
+        out.append(sum(s * p for s, p in probs.items()) / total)
+    return out
+
+
+def _named_spans(answer: str, labels: list[str]) -> list[int] | None:
+    """Where each 'NAME: SCORE' puts its score digit (character offsets)."""
+    out = []
+    for label in labels:
+        found = re.search(re.escape(label).replace(r"\ ", r"\s*") + r"\s*:\s*\**\s*(\d)", answer, flags=re.IGNORECASE)
+        if not found:
+            return None
+        out.append(found.start(1))
+    return out

@@ -165,3 +165,38 @@ def test_eval_against_a_real_server(judge_server, tmp_path):
     assert len(rows) == 1 and rows[0]["judge"]["model"] == str(model) and isinstance(rows[0]["answer"], str)
     figures = json.loads((out / "scores.json").read_text())["targets"]["tiny_edit (base)"]
     assert figures["missing"] + figures["overall"]["n"] == 1
+
+
+def test_imgedit_scores_from_logprobs_are_expected_values(tmp_path):
+    """score_mode logprobs: each score is sum_s p(s) s over the score digits the judge weighed where it wrote it."""
+    labels = ("Prompt Compliance", "Visual Naturalness", "Physical & Detail Coherence")
+    digits = {0: [("4", math.log(0.5)), ("5", math.log(0.3)), ("x", math.log(0.2))],  # -> (4*.5+5*.3)/.8
+              1: [("3", 0.0)], 2: [("2", math.log(0.25)), ("3", math.log(0.75))]}
+
+    def answer(text, images, times):
+        if "add a red hat" not in text:
+            return "no"
+        tokens = []
+        for i, label in enumerate(labels):
+            tokens += [(f"{label}:", [(f"{label}:", 0.0)]), (" ", [(" ", 0.0)]), (digits[i][0][0], digits[i]),
+                       ("\n", [("\n", 0.0)])]
+        return "".join(t for t, _ in tokens), tokens
+
+    judge = ScriptedJudge(answer)
+    try:
+        assert main(["eval", str(TINY_RECIPE), "--benchmark", "imgedit", "--data", str(IMGEDIT), "--judge-url",
+                     judge.url, "--output", str(tmp_path / "ev"), "--max-items", "1", "--score-mode",
+                     "logprobs"]) == 0
+    finally:
+        judge.stop()
+    add = json.loads((tmp_path / "ev" / "scores.json").read_text())["targets"]["tiny_edit (base)"]["categories"]
+    assert add["add"]["Prompt Compliance"] == pytest.approx((4 * 0.5 + 5 * 0.3) / 0.8)
+    assert add["add"]["Visual Naturalness"] == 3 and add["add"]["Physical & Detail Coherence"] == pytest.approx(2.75)
+
+
+def test_logprobs_on_gedits_two_digit_scale_and_from_a_server_without_them_are_one_line(judge, tmp_path, capsys):
+    assert _eval(judge, tmp_path / "a", TINY_RECIPE, extra=["--score-mode", "logprobs"]) == 2
+    assert "reads single score digits" in capsys.readouterr().err
+    assert _eval(judge, tmp_path / "b", TINY_RECIPE, benchmark="imgedit", data=IMGEDIT,
+                 extra=["--score-mode", "logprobs"]) == 2
+    assert "returned no logprobs" in capsys.readouterr().err
