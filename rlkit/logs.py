@@ -21,7 +21,7 @@ LOOP_METRICS = frozenset((
     "step", "reward_mean", "reward_std", "zero_std_frac", "ratio_mean", "ratio_max_dev", "clipfrac", "approx_kl",
     "kl_ref", "loss", "grad_norm", "lr", "time_rollout_s", "time_reward_s", "time_train_s", "adv_weight_mean",
     "dpo_pairs", "dpo_acc", "best_reward", "group_diversity", "probe_start", "reward_drift", "reward_ema",
-    "nft_r_mean", "ema_decay", "transformer_forwards"))
+    "nft_r_mean", "ema_decay", "transformer_forwards", "dgpo_weight_mean"))
 # every row has these (None in the row of the evaluation before the first update)
 REQUIRED_KEYS = ("step", "reward_mean", "reward_std", "zero_std_frac", "ratio_mean", "clipfrac", "approx_kl",
                  "kl_ref", "loss", "time_rollout_s", "time_reward_s", "time_train_s")

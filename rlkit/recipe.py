@@ -77,7 +77,8 @@ class SamplerConfig:
 @dataclass
 class AlgorithmShared:
     name: str = setting("grpo", choices=tuple(ALGORITHMS),
-                        help="grpo: clipped ratio of SDE log-probs; dpo: online Diffusion-DPO; nft: DiffusionNFT")
+                        help="grpo: clipped ratio of SDE log-probs; dpo: online Diffusion-DPO; nft: DiffusionNFT; awm: "
+                             "Advantage Weighted Matching; dgpo: Direct Group Preference Optimization")
     group_size: int = setting(12, ge=2, le=MAX_SIZE,
                               help="samples per prompt; advantages compare the samples of a group")
     std_scope: str = setting("group", choices=("group", "global"), help="the std that normalises advantages")

@@ -23,6 +23,7 @@ import torch
 
 from rlkit.algorithms.advantages import group_advantages
 from rlkit.algorithms.base import chunks, optimizer_step
+from rlkit.algorithms.ema import WeightEMA
 from rlkit.core.schema import setting
 
 
@@ -64,44 +65,20 @@ class NFT:
         self.cfg, self.max_grad_norm = cfg, max_grad_norm
         self.grad_sync = None  # set by a multi-process trainer: averages gradients over ranks before each step
         self.kl_scale = 1.0  # the guard tightens the KL anchor (algorithm.kl_coef, velocity space) after a rollback
-        self.ema: list[torch.Tensor] | None = None  # the old policy's weights, in trainable_parameters() order
-        self.ema_updates = 0
+        self.old = WeightEMA()  # the old policy: an EMA of the trained weights
         self.rollout_means = False
         self.per_reward = False
         self.export_weights = cfg.nft.export
 
     # ------------------------------------------------------------------ the old policy (EMA)
-    def _ensure_ema(self, policy) -> None:
-        if self.ema is None:
-            self.ema = [p.detach().float().clone() for p in policy.trainable_parameters()]
-
     def ema_decay(self) -> float:
         """Warm-up as diffusers' EMAModel: (1 + n) / (10 + n), at most nft.ema_decay."""
-        n = self.ema_updates
+        n = self.old.updates
         return min(self.cfg.nft.ema_decay, (1 + n) / (10 + n))
 
-    @torch.no_grad()
-    def _ema_step(self, policy) -> None:
-        decay = self.ema_decay()
-        for ema, p in zip(self.ema, policy.trainable_parameters()):
-            ema.mul_(decay).add_(p.detach().float(), alpha=1 - decay)
-        self.ema_updates += 1
-
-    @contextmanager
     def old_policy(self, policy):
         """The policy with the EMA weights in place of the trained ones (restored on exit)."""
-        self._ensure_ema(policy)
-        params = policy.trainable_parameters()
-        saved = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, e in zip(params, self.ema):
-                p.copy_(e.to(p.device, p.dtype))
-        try:
-            yield policy
-        finally:
-            with torch.no_grad():
-                for p, s in zip(params, saved):
-                    p.copy_(s)
+        return self.old.swapped_in(policy)
 
     def rollout_context(self, policy):
         """Rollouts come from the old policy (DiffusionNFT samples with it), unless nft.sample_with is current."""
@@ -112,24 +89,21 @@ class NFT:
         if self.export_weights != "ema":
             yield policy
             return
-        current = self.ema
+        current = self.old.weights
         if state:  # a checkpoint's EMA, swapped in for the moment
-            self.ema = [t.float() for t in state["ema"]]
+            self.old.weights = [t.float() for t in state["ema"]]
         try:
             with self.old_policy(policy):
                 yield policy
         finally:
-            self.ema = current
+            self.old.weights = current
 
     def state_dict(self) -> dict:
-        return {"ema": list(self.ema or []), "ema_updates": self.ema_updates, "kl_scale": self.kl_scale}
+        return {**self.old.state_dict(), "kl_scale": self.kl_scale}
 
     def load_state_dict(self, state: dict) -> None:
         self.kl_scale = float(state.get("kl_scale", 1.0))
-        if "ema" not in state:  # a checkpoint of another algorithm: the EMA starts from the loaded weights
-            return
-        self.ema = [t.float().clone() for t in state["ema"]] or None
-        self.ema_updates = int(state["ema_updates"])
+        self.old.load_state_dict(state)
 
     # ------------------------------------------------------------------ the loop's calls
     def advantages(self, rewards, group_ids, uncertainty=None, per_reward=None):
@@ -138,7 +112,7 @@ class NFT:
 
     def update(self, policy, rollout, advantages, optimizer, lr_scheduler, generator) -> dict:
         cfg, nft = self.cfg, self.cfg.nft
-        self._ensure_ema(policy)
+        self.old.ensure(policy)
         params = policy.trainable_parameters()
         x0 = rollout.latents[:, -1]
         r = (advantages.float().cpu() / (2 * cfg.adv_clip) + 0.5).clamp(0, 1)
@@ -168,7 +142,7 @@ class NFT:
                     loss = loss + kl_coef * kl
                 loss.backward()
                 grad_norm = optimizer_step(params, optimizer, lr_scheduler, self.max_grad_norm, self.grad_sync)
-                self._ema_step(policy)
+                self.old.step(policy, self.ema_decay())
                 stats["loss"].append(loss.item())
                 stats["kl_ref"].append(kl.item())
                 stats["grad_norm"].append(grad_norm)

@@ -59,7 +59,7 @@ def test_an_update_lowers_the_flow_matching_error_of_the_rewarded_sample():
     opt = torch.optim.AdamW(policy.trainable_parameters(), lr=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     stats = algo.update(policy, rollout, torch.tensor([5.0, -5.0]), opt, sched, torch.Generator().manual_seed(1))
-    assert stats["nft_r_mean"] == 0.5 and algo.ema_updates == 4
+    assert stats["nft_r_mean"] == 0.5 and algo.old.updates == 4
     assert error(0) < before[0] and error(1) > before[1]  # the rewarded sample is learnt, the other unlearnt
 
 
@@ -101,7 +101,7 @@ def test_export_ema_hands_over_the_old_policy(tmp_path):
     run = trainer.fit()
     final = load_file(run / "final" / "pytorch_lora_weights.safetensors")
     trained = _sums(trainer.policy.trainable_parameters())
-    assert _sums(final.values()) == _sums(trainer.algorithm.ema) != trained
+    assert _sums(final.values()) == _sums(trainer.algorithm.old.weights) != trained
     info = json.loads((run / "final" / "rlkit_final.json").read_text())
     assert info["export"] == "ema" and "EMA of the trained weights" in (run / "final" / "README.md").read_text()
     step1 = torch.load(run / "checkpoints" / "step_000001" / "optimizer.pt", weights_only=True)["algorithm"]
