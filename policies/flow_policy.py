@@ -24,7 +24,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from rlkit.core.devices import DTYPES
 from rlkit.core.errors import UserError
 from rlkit.policies.base import PromptBatch, Rollout
-from rlkit.policies.sde import KERNELS, StepOutput, ode_step, sde_window
+from rlkit.policies.sde import KERNELS, StepOutput, ode_step, sde_window, window_starts
 
 
 def select_attention_backend(name: str) -> None:
@@ -204,11 +204,15 @@ class FlowEditPolicy:
         x = self.pipe._pack_latents(initial_noise[rows].float(), N, C, h, w).to(self.device)
         sigmas, timesteps = self.schedule(x.shape[1])
         T = len(timesteps)
-        width = self.sampler_cfg.sde_window
-        if self.sampler_cfg.sde_window_placement == "random" and width and width < T:
+        s = self.sampler_cfg
+        width = s.sde_window
+        if s.sde_window_placement == "random" and width and width < T:
             # uniform over the window's positions, from the rollout's generator: the same on every rank
-            sde_window_start = int(torch.randint(0, T - width + 1, (1,), generator=generator))
-        window = sde_window(T, self.sampler_cfg.sde_window, sde_window_start)
+            starts = window_starts(T, width, s.sde_window_range)
+            sde_window_start = int(torch.randint(0, starts, (1,), generator=generator))
+        else:
+            sde_window_start //= s.sde_window_slide_every
+        window = sde_window(T, width, sde_window_start, s.sde_window_range)
         noise_level = self.noise_level if noise_level is None else noise_level
         meta = {"sigmas": sigmas, "timesteps": timesteps, "noise_level": noise_level,
                 "sde_mask": torch.tensor([m and self._noisy(sigmas, i, noise_level) for i, m in enumerate(window)])}

@@ -125,10 +125,18 @@ KERNELS: dict[str, Kernel] = {
 }
 
 
-def sde_window(num_steps: int, window: int | None, start: int) -> list[bool]:
+def window_starts(num_steps: int, window: int, where: str = "all") -> int:
+    """How many positions the window may start at: anywhere (``all``), within the schedule's first half
+    (``first_half``), or never covering the last two steps (``not_last_two``); at least one."""
+    last = {"all": num_steps - window, "first_half": num_steps // 2 - window,
+            "not_last_two": num_steps - 2 - window}[where]
+    return max(0, last) + 1
+
+
+def sde_window(num_steps: int, window: int | None, start: int, where: str = "all") -> list[bool]:
     """Which steps use the SDE (MixGRPO's ODE window): all when ``window`` is None, else ``window`` steps
-    from ``start``; the others run the deterministic ODE and are not trained."""
+    from ``start`` (taken modulo the allowed starts); the others run the deterministic ODE and are not trained."""
     if window is None or window >= num_steps:
         return [True] * num_steps
-    start = start % (num_steps - window + 1)
+    start = start % window_starts(num_steps, window, where)
     return [start <= i < start + window for i in range(num_steps)]

@@ -67,8 +67,12 @@ class SamplerConfig:
     sde_window: int | None = setting(None, ge=1, optional=True,
                                      help="MixGRPO: noise only this many steps (None = every step)")
     sde_window_placement: str = setting("slide", choices=("slide", "random"),
-                                        help="slide: the window moves one step per RL step; random: drawn afresh "
-                                             "per rollout (Flow-GRPO-Fast)")
+                                        help="slide: the window moves one step every sde_window_slide_every RL "
+                                             "steps; random: drawn afresh per rollout (Flow-GRPO-Fast)")
+    sde_window_range: str = setting("all", choices=("all", "first_half", "not_last_two"),
+                                    help="where the window may sit: anywhere; within the schedule's first half "
+                                         "(flow_grpo's Fast); never on the last two steps (MixGRPO)")
+    sde_window_slide_every: int = setting(1, ge=1, help="slide: RL steps per one-step move (MixGRPO's script: 25)")
     batch_size: int = setting(0, ge=0, le=MAX_SIZE,
                               help="transformer batch in the rollout; 0 = algorithm.micro_batch (the same shape in "
                                    "rollout and update keeps the bf16 ratio exactly 1)")

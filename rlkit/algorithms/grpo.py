@@ -31,6 +31,9 @@ class GRPOSettings:
                                        "(a random subset, at least one)")
     ratio_norm: bool = setting(False, help="GRPO-Guard's regulated clipping: each step's log-ratio rescaled by its "
                                "std and freed of the bias that pulls flow-SDE ratios below 1")
+    dt_weight: bool = setting(False, help="GRPO-Guard's authors' per-step weight: each step's policy loss divided "
+                              "by its |dt| (17.9 to 5.8 on a 10-step FLUX schedule); rlkit's default and "
+                              "Flow-Factory leave it out")
     reward_norm: str = setting("sum", choices=("sum", "per_reward"), help="several rewards: sum = normalise their "
                                "weighted sum per group; per_reward = each within its groups, then the sum (GDPO)")
     uncertainty_weighting: bool = setting(False, help="scale each advantage by 1 / (1 + (u / uncertainty_scale)^2), "
@@ -99,7 +102,11 @@ class GRPO(Stateless):
                     ratio = torch.exp(log_ratio)
                     adv = advantages[idx].to(ratio.device)
                     clipped = torch.clamp(ratio, 1 - cfg.grpo.clip_range_low, 1 + cfg.grpo.clip_range_high)
-                    pg_loss = torch.maximum(-adv * ratio, -adv * clipped).mean()
+                    per_sample = torch.maximum(-adv * ratio, -adv * clipped)
+                    if cfg.grpo.dt_weight:  # the authors' policy_loss / (sqrt dt)^2
+                        dt = (rollout.sigmas[t] - rollout.sigmas[t + 1]).to(per_sample.device, per_sample.dtype)
+                        per_sample = per_sample / dt
+                    pg_loss = per_sample.mean()
                     kl = torch.zeros((), device=ratio.device)
                     kl_coef = cfg.kl_coef * self.kl_scale
                     if kl_coef > 0:

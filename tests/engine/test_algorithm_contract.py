@@ -15,11 +15,19 @@ from rlkit.logs import LOOP_METRICS
 from rlkit.trainer import Trainer
 
 PREFIXED = ("reward/", "eval/", "gold/", "adv/", "time_")
+# the authors' conventions, selectable, keep the contract too
+VARIANTS = {"nft-authors": ("nft", "algorithm.nft.old_update=epoch_blend", "algorithm.nft.timesteps=schedule",
+                            "algorithm.std_scope=global"),
+            "grpo-guard-authors": ("grpo", "algorithm.grpo.ratio_norm=true", "algorithm.grpo.dt_weight=true",
+                                   "sampler.sde_window=2", "sampler.sde_window_range=not_last_two",
+                                   "sampler.sde_window_slide_every=2")}
+CASES = {**{name: (name,) for name in ALGORITHMS}, **VARIANTS}
 
 
-def _run(tmp_path, name, folder, *overrides):
+def _run(tmp_path, case, folder, *overrides):
+    name, *settings = CASES[case]
     cfg = tiny_config(tmp_path / folder, f"algorithm.name={name}", "train.steps=3", "train.grid_every=0",
-                      "train.keep_last=0", *overrides)
+                      "train.keep_last=0", *settings, *overrides)
     return Trainer(cfg, progress=False)
 
 
@@ -36,7 +44,7 @@ def _equal_states(a, b) -> bool:
     return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_a_tiny_run_trains_logs_loop_figures_and_resumes_bit_identically(tmp_path, name):
     straight = _run(tmp_path, name, "straight")
     straight.fit()
@@ -59,7 +67,7 @@ def test_a_tiny_run_trains_logs_loop_figures_and_resumes_bit_identically(tmp_pat
     assert not unknown, f"{name} logs figures the loop does not know (rlkit/logs.py LOOP_METRICS): {unknown}"
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_the_first_update_sees_a_ratio_of_exactly_one_where_it_trains_on_ratios(tmp_path, name):
     trainer = _run(tmp_path, name, "run", "train.steps=1", "algorithm.inner_epochs=1")
     trainer.fit()
