@@ -7,5 +7,6 @@ from rlkit.rewards.combine import CombinedReward, RewardSet
 from rlkit.rewards.openai_chat import ChatEndpoint, describe, image_message, png_data_url
 from rlkit.rewards.wire import WireError, decode_input, decode_output, encode_input, encode_output
 
-__all__ = ["ChatEndpoint", "CombinedReward", "FunctionReward", "Reward", "RewardInput", "RewardOutput", "RewardSet", "WireError",
-           "as_reward", "decode_input", "describe", "image_message", "png_data_url", "decode_output", "encode_input", "encode_output"]
+__all__ = ["ChatEndpoint", "CombinedReward", "FunctionReward", "Reward", "RewardInput", "RewardOutput", "RewardSet",
+           "WireError", "as_reward", "decode_input", "decode_output", "describe", "encode_input", "encode_output",
+           "image_message", "png_data_url"]
