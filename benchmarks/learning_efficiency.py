@@ -41,6 +41,12 @@ ARMS = {
     "nft_lr1e-3": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130", "optim.lr=1e-3"],
     "nft_lr4e-3": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130", "optim.lr=4e-3"],
     "nft_beta0.5": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130", "algorithm.nft.beta=0.5"],
+    # the authors' NFT (old policy blended once per update, 7 of the 8 timesteps per sample, global std): 6 s a step
+    "nft_authors": ["algorithm.name=nft", "sampler.noise_level=0", "algorithm.nft.old_update=epoch_blend",
+                    "algorithm.nft.timesteps=schedule", "algorithm.std_scope=global", "train.steps=27"],
+    # AWM (4.5 s a step) and DGPO (4.8 s a step) at their authors' defaults, ODE rollouts
+    "awm": ["algorithm.name=awm", "sampler.noise_level=0", "train.steps=35"],
+    "dgpo": ["algorithm.name=dgpo", "sampler.noise_level=0", "train.steps=33"],
     "dpo": [*ODE_EVAL, "algorithm.name=dpo", "train.steps=140"],
     "dpo_lr5e-4": [*ODE_EVAL, "algorithm.name=dpo", "train.steps=140", "optim.lr=5e-4"],
 }
