@@ -322,9 +322,13 @@ def _saved_recipe_file(saved: Path) -> tuple[DictConfig | None, str | None]:
         return None, f"not YAML ({str(err).splitlines()[0]})"
     if not isinstance(raw, DictConfig):
         return None, "not a recipe (empty or not a mapping)"
-    if not text.endswith(RECIPE_END):  # cut short, or written by an rlkit that did not end it so
-        absent = sorted(set(_all_keys(OmegaConf.structured(Recipe))) - set(_all_keys(moved_to_their_place(raw))))
-        return (None, f"cut short (no '{absent[0]}')") if absent else (raw, "not ended as rlkit ends it")
+    if not text.endswith(RECIPE_END):
+        # cut short, or written by an older rlkit (no end line, and perhaps without keys added since): a cut
+        # removes the end, so an older file is whole when it holds the key every rlkit writes last
+        last = _all_keys(OmegaConf.structured(Recipe))[-1]
+        if OmegaConf.select(moved_to_their_place(raw), last, default="<absent>") == "<absent>":
+            return None, f"cut short (no '{last}')"
+        return raw, "not ended as rlkit ends it"
     return raw, None
 
 

@@ -65,7 +65,7 @@ def test_resume_after_a_cut_keeps_every_checkpoint_and_the_recipe(finished, tmp_
     before = [c.step for c in ckpt.find_checkpoints(run)]
     assert len(before) == 2
     assert main(["resume", str(run), "train.steps=3"]) == 0
-    assert "cut short" in capsys.readouterr().out
+    assert "resuming with the recipe saved in" in capsys.readouterr().out
     assert [c.step for c in ckpt.find_checkpoints(run)] == [1, 2, 3]  # keep_last 0 kept, not the default 3
     saved = OmegaConf.load(run / "config.yaml")
     assert saved.optim.lr == 3e-3 and saved.train.keep_last == 0

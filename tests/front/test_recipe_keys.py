@@ -67,7 +67,8 @@ def test_a_run_saved_before_the_keys_moved_resumes(tmp_path):
     run.mkdir()
     cfg = load_recipe("tiny_edit", [f"output_dir={run}", "algorithm.grpo.clip_range_low=0.02"])
     saved = OmegaConf.to_container(cfg)
-    for name, value in saved["algorithm"].pop("grpo").items():  # every key where the older rlkit wrote it
-        saved["algorithm"][name] = value
+    for name, value in saved["algorithm"].pop("grpo").items():  # each key where the older rlkit wrote it,
+        if f"algorithm.{name}" in MOVED:  # and none it did not have yet (they load with their defaults)
+            saved["algorithm"][name] = value
     (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
     assert load_saved_recipe(run, []).algorithm.grpo.clip_range_low == 0.02
