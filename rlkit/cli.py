@@ -16,6 +16,10 @@ import sys
 from pathlib import Path
 
 from rlkit import __version__
+from rlkit.cli_types import non_negative_int as _non_negative_int
+from rlkit.cli_types import port as _port
+from rlkit.cli_types import positive_int as _positive_int
+from rlkit.cli_types import seconds as _seconds
 from rlkit.core.errors import CheckpointError, GuardStop, OutputError, RewardError, RolloutError, UserError
 
 
@@ -366,36 +370,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
         self.exit(2, f"error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return int(text)
-
-
-def _non_negative_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return int(text)
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number 0-65535 (0: any free port), got {text!r}")
-    return int(text)
-
-
-def _seconds(limit: float, unit: str = "seconds"):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not 0 <= value <= limit:  # (nan and inf fail here too)
-            raise argparse.ArgumentTypeError(f"must be {unit} from 0 to {limit:g}, got {text!r}")
-        return value
-    return parse
 
 
 def _command(sub, name: str, func, summary: str, example: str, args=(), recipe: bool = False, **defaults):

@@ -13,6 +13,7 @@ class ScriptedJudge:
     def __init__(self, answer):
         """``answer(prompt_text, n_images, times_asked) -> str``: the judge's reply."""
         self.answer, self.requests, self.asked = answer, 0, {}
+        lock = threading.Lock()  # the server answers on several threads
         judge = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,7 +36,7 @@ class ScriptedJudge:
                 content = body["messages"][-1]["content"]
                 text = "".join(c["text"] for c in content if c["type"] == "text")
                 images = sum(c["type"] == "image_url" for c in content)
-                with threading.Lock():
+                with lock:
                     judge.requests += 1
                     judge.asked[text] = judge.asked.get(text, 0) + 1
                     times = judge.asked[text]

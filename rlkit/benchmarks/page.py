@@ -53,7 +53,7 @@ def write_page(out: Path, benchmark: str, items, targets, done: dict, result: di
     head = ["<h1>" + html.escape(f"rlkit eval: {benchmark} ({result['items']} items)") + "</h1>",
             "<p>judge: " + html.escape(f"{result['judge']['model']}, temperature {result['judge']['temperature']}")
             + "; rubric: " + html.escape(str(result["prompts"])) + "</p>", "<table><tr><th>target</th>"]
-    summary = {name: (r["overall"] if benchmark == "gedit" else r["overall"]) for name, r in result["targets"].items()}
+    summary = {name: r["overall"] for name, r in result["targets"].items()}
     cols = ["SC", "PQ", "O", "n"] if benchmark == "gedit" else ["average", "n"]
     head[-1] += "".join(f"<th>{c}</th>" for c in cols) + "<th>missing</th></tr>"
     for name, overall in summary.items():
