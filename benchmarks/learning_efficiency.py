@@ -3,13 +3,15 @@
 Every arm is `rlkit run sandbox_edit` (the shipped judge as the only reward, `gt_heldout` as gold) with its own
 overrides and its own `train.steps`, sized so that it spends about a third of the reference's compute (the
 recipe's 150 GRPO steps). All arms evaluate with the same plain ODE (`eval.noise_level=0`), so the truth is read
-alike. Compute is the run's own rollout + reward + update seconds (`time_*_s`, evaluations excluded) and its
-transformer forwards (samples through the transformer). Runs go to OUT/ARM/seed_N, one after the other (two torch
+alike. Compute is the run's own rollout + reward + update seconds (`time_*_s`, evaluations excluded; a step
+slower than 1.5x the run's median counts as the median) and its transformer forwards (samples through the
+transformer). Runs go to OUT/ARM/seed_N, one after the other (two torch
 runs side by side on 2 cores are several times slower each, which would corrupt the seconds); a finished run is
 not run again. Prints per arm and seed: the gain over step 0 at the end and at the budget (a third of the same
 seed's reference compute), compute and forwards to +0.10, and whether the arm reached the reference's gain within
 the budget; writes OUT/learning_efficiency.png (truth against seconds and against forwards). "disturbed" is the
-time slow outlier steps added (other work on the machine): rerun a run where it is not close to 0.
+time slow outlier steps added (other work on the machine) and that the compute leaves out: rerun a run where it
+is a large share of its compute.
 
     python benchmarks/learning_efficiency.py /tmp/le --arms grpo_150 grpo_50 fast_grpo nft dpo --seeds 0 1 2
     python benchmarks/learning_efficiency.py /tmp/le --arms nft_beta0.5 --seeds 0 -- sandbox.path=/tmp/sbx
@@ -82,10 +84,16 @@ def keep(run: Path, dest: Path) -> None:
 
 
 def curve(run: Path) -> list[tuple[int, float, float, float | None]]:
-    """(step, compute seconds, transformer forwards, gt_heldout) at every step, the truth only where evaluated."""
+    """(step, compute seconds, transformer forwards, gt_heldout) at every step, the truth only where evaluated.
+    A disturbed step (over 1.5x the run's median: other work on the machine, or the run paused) counts as the
+    median: every step of an arm does the same work."""
+    rows = list(read_rows(metrics(run)))
+    times = step_times(run)
+    median = sorted(times)[len(times) // 2] if times else 0.0
     out, seconds, forwards = [], 0.0, 0.0
-    for r in read_rows(metrics(run)):
-        seconds += sum(r.get(k) or 0.0 for k in ("time_rollout_s", "time_reward_s", "time_train_s"))
+    for r in rows:
+        spent = sum(r.get(k) or 0.0 for k in ("time_rollout_s", "time_reward_s", "time_train_s"))
+        seconds += median if r["step"] > 0 and spent > 1.5 * median else spent
         if r["step"] > 0 and forwards is not None:  # None: a run logged before forwards were counted
             forwards = forwards + r["transformer_forwards"] if "transformer_forwards" in r else None
         out.append((r["step"], seconds, forwards, r.get("gt_heldout")))

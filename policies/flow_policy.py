@@ -1,10 +1,13 @@
 """A flow-matching image editor as an RL policy: what every diffusers editing pipeline shares.
 
-Subclasses wrap one pipeline (flux_kontext.py, qwen_image_edit.py) and supply four things: `encode` (text and
-source image, once per prompt), `predict_velocity` (one transformer call on packed latents), `decode`, and the
-modules to freeze. Everything else is here: the pipeline's shifted sigma schedule, the denoising loop unrolled
-with the Euler step swapped for a step kernel from `policies.sde` that also returns the transition's log-prob,
-the peft LoRA, the reference (adapter off), and LoRA saving in the diffusers format. Rollout and training call
+Subclasses wrap one pipeline (flux_kontext.py, qwen_image_edit.py, qwen_image_edit_plus.py, flux2.py) and supply
+four things: `encode` (text and reference images, once per prompt), `predict_velocity` (one transformer call on
+packed latents), `decode`, and the modules to freeze (and, where their pipeline differs, the noise's shape, its
+packing and the schedule). How many references an editor takes and which one sets the edit's aspect ratio are
+its registry entry's (registry.py). Everything else is here: the pipeline's shifted sigma schedule, the
+denoising loop unrolled with the Euler step swapped for a step kernel from `policies.sde` that also returns the
+transition's log-prob, the peft LoRA, the reference (adapter off), the edit's layout (rlkit.core.layout), and
+LoRA saving in the diffusers format. Rollout and training call
 the same `_transition`, so recomputed log-probs match the recorded ones.
 """
 
@@ -23,7 +26,9 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from rlkit.core.devices import DTYPES
 from rlkit.core.errors import UserError
+from rlkit.core.layout import EditLayout
 from rlkit.policies.base import PromptBatch, Rollout
+from rlkit.policies.registry import POLICIES
 from rlkit.policies.sde import KERNELS, StepOutput, ode_step, sde_window, window_starts
 
 
@@ -89,6 +94,10 @@ class FlowEditPolicy:
             self.transformer.enable_gradient_checkpointing()
         self.kernel = KERNELS[sampler_cfg.kernel]
         self.resolution = cfg.resolution
+        self.layout = EditLayout(cfg.resolution, multiple=pipe.vae_scale_factor * 2,
+                                 reference_resolution=getattr(cfg, "reference_resolution", None),
+                                 size_from=POLICIES[cfg.name].editor.size_from,
+                                 square=bool(getattr(cfg, "square", False)))
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -121,17 +130,32 @@ class FlowEditPolicy:
         return nullcontext()
 
     # ----------------------------------------------------------------- per-pipeline parts
-    def encode(self, sources: torch.Tensor, instructions: list[str]):
-        """Conditioning for P prompts (one row per prompt, shared by its group); has `.latent_hw`."""
+    def encode(self, batch: PromptBatch):
+        """Conditioning for the batch's P prompts (one row per prompt, shared by its group); has `.latent_hw`
+        (the edit's unpacked latent size)."""
         raise NotImplementedError
 
     def predict_velocity(self, x: torch.Tensor, timestep: torch.Tensor, cond, prompt_index: torch.Tensor):
         """Velocity for packed target latents ``x`` [N, L, C] (fp32 out). ``timestep`` is t/1000 = sigma."""
         raise NotImplementedError
 
-    def decode(self, packed: torch.Tensor) -> torch.Tensor:
-        """Packed latents -> images [N, 3, H, W] in [0, 1] on the CPU."""
+    def decode(self, packed: torch.Tensor, cond) -> torch.Tensor:
+        """Packed latents -> images [N, 3, H, W] in [0, 1] on the CPU (H, W: the edit's size in ``cond``)."""
         raise NotImplementedError
+
+    def noise_shape(self, cond) -> tuple[int, ...]:
+        """One sample's initial noise, as its pipeline's `prepare_latents` draws it (before packing)."""
+        h, w = cond.latent_hw
+        return self.transformer.config.in_channels // 4, h, w
+
+    def pack(self, noise: torch.Tensor) -> torch.Tensor:
+        """Initial noise [N, *noise_shape] -> the transformer's token layout [N, L, C] (2x2 patches)."""
+        N, C, h, w = noise.shape
+        return self.pipe._pack_latents(noise, N, C, h, w)
+
+    def pixel_hw(self, cond) -> tuple[int, int]:
+        h, w = cond.latent_hw
+        return h * self.pipe.vae_scale_factor, w * self.pipe.vae_scale_factor
 
     def schedule(self, image_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The pipeline's shifted sigma schedule: sigmas [T + 1] (ending at 0) and timesteps [T]."""
@@ -194,14 +218,12 @@ class FlowEditPolicy:
         rows = slice(rank * P * G // world, (rank + 1) * P * G // world)
         global_prompt = torch.arange(P).repeat_interleave(G)[rows]
         mine = slice(int(global_prompt[0]), int(global_prompt[-1]) + 1)  # the prompts this rank touches
-        cond = self.encode(batch.sources[mine], batch.instructions[mine])
+        cond = self.encode(batch.select(mine))
         N = rows.stop - rows.start
         prompt_index = global_prompt - mine.start
-        h, w = cond.latent_hw
-        C = self.transformer.config.in_channels // 4
         if initial_noise is None:
-            initial_noise = torch.randn((P * G, C, h, w), generator=generator, dtype=torch.float32)
-        x = self.pipe._pack_latents(initial_noise[rows].float(), N, C, h, w).to(self.device)
+            initial_noise = torch.randn((P * G, *self.noise_shape(cond)), generator=generator, dtype=torch.float32)
+        x = self.pack(initial_noise[rows].float()).to(self.device)
         sigmas, timesteps = self.schedule(x.shape[1])
         T = len(timesteps)
         s = self.sampler_cfg
@@ -234,7 +256,7 @@ class FlowEditPolicy:
             if keep_means:
                 means.append(torch.cat([o.mean for o in outs]).float().cpu())
             traj.append(x.cpu())
-        images = self.decode(x)
+        images = self.decode(x, cond)
         group_of_key = {k: i for i, k in enumerate(dict.fromkeys(batch.keys))}
         group_ids = torch.tensor([group_of_key[batch.keys[p]] for p in global_prompt.tolist()])
         return Rollout(
@@ -245,6 +267,7 @@ class FlowEditPolicy:
             group_ids=group_ids, prompt_index=prompt_index, cond=cond,
             metadata=[dict(batch.metadata[p]) if batch.metadata else {} for p in global_prompt.tolist()],
             means=torch.stack(means, dim=1) if keep_means else None,
+            references=None if batch.references is None else [batch.references[p] for p in global_prompt.tolist()],
         )
 
     # ----------------------------------------------------------------- training-side calls

@@ -34,9 +34,9 @@ class FluxKontextPolicy(FlowEditPolicy):
 
     # ----------------------------------------------------------------- conditioning
     @torch.no_grad()
-    def encode(self, sources: torch.Tensor, instructions: list[str]) -> KontextCondition:
+    def encode(self, batch) -> KontextCondition:
         """Text and source-image encodings for P prompts (one row per prompt, shared by its group)."""
-        pipe = self.pipe
+        pipe, sources, instructions = self.pipe, batch.sources, batch.instructions
         prompt_embeds, pooled, text_ids = pipe.encode_prompt(
             prompt=instructions, prompt_2=None, device=self.device,
             max_sequence_length=self.cfg.max_sequence_length,
@@ -79,9 +79,9 @@ class FluxKontextPolicy(FlowEditPolicy):
         return out[:, :length].float()  # drop the source tokens' predictions
 
     @torch.no_grad()
-    def decode(self, packed: torch.Tensor) -> torch.Tensor:
+    def decode(self, packed: torch.Tensor, cond: KontextCondition) -> torch.Tensor:
         vae = self.pipe.vae
-        lat = self.pipe._unpack_latents(packed, self.resolution, self.resolution, self.pipe.vae_scale_factor)
+        lat = self.pipe._unpack_latents(packed, *self.pixel_hw(cond), self.pipe.vae_scale_factor)
         lat = lat / vae.config.scaling_factor + vae.config.shift_factor
         image = vae.decode(lat.to(self.device, vae.dtype), return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0, 1).cpu()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import QwenImageEditPipeline
 
+from rlkit.core.images import tensor_to_pil
 from rlkit.policies.flow_policy import FlowEditPolicy
 
 
@@ -67,12 +68,9 @@ class QwenImageEditPolicy(FlowEditPolicy):
         return embeds.to(self.dtype), valid
 
     @torch.no_grad()
-    def encode(self, sources: torch.Tensor, instructions: list[str]) -> QwenEditCondition:
-        from PIL import Image
-
-        pipe = self.pipe
-        pil = [Image.fromarray((s.permute(1, 2, 0).float().clamp(0, 1).numpy() * 255).round().astype("uint8"))
-               for s in sources.cpu()]
+    def encode(self, batch) -> QwenEditCondition:
+        pipe, sources, instructions = self.pipe, batch.sources, batch.instructions
+        pil = [tensor_to_pil(s) for s in sources]
         embeds, mask = self._text(pil, instructions)
         neg_embeds = neg_mask = None
         if self.true_cfg_scale > 1:
@@ -109,9 +107,9 @@ class QwenImageEditPolicy(FlowEditPolicy):
         return combined * (v.norm(dim=-1, keepdim=True) / combined.norm(dim=-1, keepdim=True))
 
     @torch.no_grad()
-    def decode(self, packed: torch.Tensor) -> torch.Tensor:
+    def decode(self, packed: torch.Tensor, cond) -> torch.Tensor:
         pipe, vae = self.pipe, self.pipe.vae
-        lat = pipe._unpack_latents(packed, self.resolution, self.resolution, pipe.vae_scale_factor)
+        lat = pipe._unpack_latents(packed, *self.pixel_hw(cond), pipe.vae_scale_factor)
         z = vae.config.z_dim
         mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1)

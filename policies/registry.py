@@ -18,6 +18,8 @@ class Editor:
     # distilled: guidance is an embedding (policy.guidance_scale); true_cfg: classifier-free guidance with a
     # negative prompt (policy.true_cfg_scale)
     guidance: str
+    max_references: int | None = 1  # reference images per prompt (None: any number)
+    size_from: str = "first"  # the reference whose aspect ratio the pipeline gives the edit
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,30 @@ FLUX_KONTEXT = Editor("rlkit.policies.flux_kontext:FluxKontextPolicy", "FluxKont
 QWEN_IMAGE_EDIT = Editor("rlkit.policies.qwen_image_edit:QwenImageEditPolicy", "QwenImageEditPipeline",
                          "QwenImageTransformer2DModel", "rlkit.policies.tiny:tiny_qwen_edit_pipeline", 1024, "true_cfg")
 
+# Qwen-Image-Edit-2509/2511: any number of references; the edit takes the LAST one's aspect ratio
+QWEN_IMAGE_EDIT_PLUS = Editor("rlkit.policies.qwen_image_edit_plus:QwenImageEditPlusPolicy",
+                              "QwenImageEditPlusPipeline", "QwenImageTransformer2DModel",
+                              "rlkit.policies.tiny:tiny_qwen_edit_plus_pipeline", 1024, "true_cfg",
+                              max_references=None, size_from="last")
+QWEN_IMAGE_EDIT_2511 = Editor(QWEN_IMAGE_EDIT_PLUS.policy_class, QWEN_IMAGE_EDIT_PLUS.pipeline,
+                              QWEN_IMAGE_EDIT_PLUS.transformer, "rlkit.policies.tiny:tiny_qwen_edit_2511_pipeline",
+                              1024, "true_cfg", max_references=None, size_from="last")
+FLUX2_KLEIN = Editor("rlkit.policies.flux2:Flux2Policy", "Flux2KleinPipeline", "Flux2Transformer2DModel",
+                     "rlkit.policies.tiny:tiny_flux2_klein_pipeline", 512, "true_cfg", max_references=None)
+
 POLICIES = {
     "flux_kontext": PolicyEntry(FLUX_KONTEXT, "pretrained"),
     "flux_kontext_tiny": PolicyEntry(FLUX_KONTEXT, "tiny"),
     "flux_kontext_random": PolicyEntry(FLUX_KONTEXT, "random"),  # for rlkit bench: the cost at the real size
     "qwen_image_edit": PolicyEntry(QWEN_IMAGE_EDIT, "pretrained"),
     "qwen_image_edit_tiny": PolicyEntry(QWEN_IMAGE_EDIT, "tiny"),
+    # 2509 and 2511 share the pipeline; 2511's transformer config sets zero_cond_t
+    "qwen_image_edit_plus": PolicyEntry(QWEN_IMAGE_EDIT_PLUS, "pretrained"),
+    "qwen_image_edit_plus_tiny": PolicyEntry(QWEN_IMAGE_EDIT_PLUS, "tiny"),
+    "qwen_image_edit_2511_tiny": PolicyEntry(QWEN_IMAGE_EDIT_2511, "tiny"),
+    # FLUX.2 [klein] 4B / 9B, base or step-distilled (the pipeline's is_distilled)
+    "flux2": PolicyEntry(FLUX2_KLEIN, "pretrained"),
+    "flux2_tiny": PolicyEntry(FLUX2_KLEIN, "tiny"),
 }
 
 

@@ -1,5 +1,6 @@
-"""Editors with random weights and no downloads: tiny FLUX.1 Kontext and Qwen-Image-Edit for tests (the real
-diffusers/transformers classes at toy sizes), and FLUX.1 Kontext at its real size for benchmarks.
+"""Editors with random weights and no downloads: tiny FLUX.1 Kontext, Qwen-Image-Edit, Qwen-Image-Edit-2509/2511
+and FLUX.2 for tests (the real diffusers/transformers classes at toy sizes), and FLUX.1 Kontext at its real size
+for benchmarks.
 
 Like diffusers' `get_dummy_components()`: every part is the production architecture, just small, so the whole
 loop (encode, sample, decode, LoRA, save, load_lora_weights) runs on a CPU in seconds. The tokenizers are
@@ -92,6 +93,87 @@ def tiny_qwen_edit_pipeline(seed: int = 0):
     )
     return QwenImageEditPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok,
                                  processor=None, transformer=transformer)
+
+
+class ImageOnlyQwen2VLProcessor:
+    """transformers' Qwen2VLProcessor for images only: its constructor also builds a video processor, which needs
+    torchvision; its `__call__` (placeholder expansion, image processing, tokenizing) is used as it is."""
+
+    def __new__(cls, tokenizer):
+        from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+
+        class _Processor(Qwen2VLProcessor):
+            def __init__(self, image_processor, tokenizer):  # noqa: D401 - ProcessorMixin's checks need torchvision
+                self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+                self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+                self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+                self.image_processor, self.tokenizer = image_processor, tokenizer
+                self.video_processor = self.chat_template = None
+
+        import logging
+
+        quiet = logging.getLogger("transformers")  # "falls back to the PIL backend": as meant, without torchvision
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            return _Processor(Qwen2VLImageProcessor(), tokenizer)
+        finally:
+            quiet.setLevel(level)
+
+
+def tiny_qwen_edit_plus_pipeline(seed: int = 0, zero_cond_t: bool = False):
+    """A QwenImageEditPlusPipeline at toy size (Qwen-Image-Edit-2509; 2511 with ``zero_cond_t``): the parts of
+    tiny_qwen_edit_pipeline, with the image processor the pipeline's `encode_prompt` calls."""
+    from diffusers import QwenImageEditPlusPipeline
+
+    base = tiny_qwen_edit_pipeline(seed)
+    if zero_cond_t:
+        from diffusers import QwenImageTransformer2DModel
+
+        torch.manual_seed(seed)
+        base.transformer = QwenImageTransformer2DModel.from_config({**base.transformer.config, "zero_cond_t": True})
+    return QwenImageEditPlusPipeline(scheduler=base.scheduler, vae=base.vae, text_encoder=base.text_encoder,
+                                     tokenizer=base.tokenizer, processor=ImageOnlyQwen2VLProcessor(base.tokenizer),
+                                     transformer=base.transformer)
+
+
+def tiny_qwen_edit_2511_pipeline(seed: int = 0):
+    return tiny_qwen_edit_plus_pipeline(seed, zero_cond_t=True)
+
+
+QWEN3_CHAT_TEMPLATE = (  # Qwen3's user turn and generation prompt, thinking switched off as FLUX.2 asks
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def tiny_flux2_klein_pipeline(seed: int = 0, distilled: bool = False):
+    """A Flux2KleinPipeline (FLUX.2 [klein] base; ``distilled``: the step-distilled model) at toy size: a Qwen3
+    text encoder of 28 layers at width 16 (the pipeline stacks layers 9, 18 and 27), a VAE downsampling 4x, a
+    transformer of one double and one single block."""
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    tok = qwen_byte_tokenizer()
+    tok.chat_template = QWEN3_CHAT_TEMPLATE
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=16, num_hidden_layers=28, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
+    ))
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(4, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=4,
+        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+        use_quant_conv=False, use_post_quant_conv=False, sample_size=64,
+    )
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0, time_shift_type="exponential")
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok,
+                              transformer=transformer, is_distilled=distilled)
 
 
 # FLUX.1 [dev] / Kontext [dev] transformer (11.9B) and VAE configs (public model_index / config.json values).

@@ -96,3 +96,24 @@ class RewardSet:
             raise RewardError(name, f"returned {int(far.sum())} score(s) far outside its range [{low:g}, {high:g}] "
                                     f"(e.g. {worst:.3g}); nothing trains on them")
         return scores
+
+
+def concat(parts: list[CombinedReward]) -> CombinedReward:
+    """Several batches' rewards as one (an evaluation samples each edit size as its own batch)."""
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda values: torch.cat(values) if all(v is not None for v in values) else None  # noqa: E731
+    out = CombinedReward(torch.cat([p.total for p in parts]),
+                         uncertainty=cat([p.uncertainty for p in parts]))
+    for name in parts[0].per_reward:
+        out.per_reward[name] = torch.cat([p.per_reward[name] for p in parts])
+        outputs = [p.outputs[name] for p in parts]
+        details = {k: torch.cat([o.details[k] for o in outputs]) for k, v in (outputs[0].details or {}).items()
+                   if torch.is_tensor(v) and v.dim() == 1 and all(torch.is_tensor((o.details or {}).get(k))
+                                                                  for o in outputs)}
+        rationales = None
+        if all(o.rationales for o in outputs):
+            rationales = [r for o in outputs for r in o.rationales]
+        out.outputs[name] = RewardOutput(out.per_reward[name], cat([o.uncertainty for o in outputs]), details,
+                                         rationales)
+    return out

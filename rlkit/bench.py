@@ -32,7 +32,7 @@ def bench(cfg, iterations: int = 2, warmup: int = 1) -> dict:
     optimizer, scheduler = roles.optimizer, roles.lr_scheduler
     for p in policy.trainable_parameters():  # a trained-looking adapter: LoRA and reference differ
         torch.nn.init.normal_(p, std=0.01)
-    prompts = PromptStream(read_items(cfg.data), cfg.policy.resolution, cfg.seed, cfg.data.shuffle)
+    prompts = PromptStream(read_items(cfg.data), policy.layout, cfg.seed, cfg.data.shuffle)
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def iteration(clock: StageTimer):

@@ -14,15 +14,18 @@ import torch
 
 from rlkit.data import PromptStream, check_images, read_items
 from rlkit.plugins import build_rewards
+from rlkit.rewards.combine import concat
 
 
 class HeldoutEvaluator:
-    def __init__(self, cfg, train_rewards, built_rewards: dict | None = None):
+    def __init__(self, cfg, train_rewards, built_rewards: dict | None = None, layout=None):
         e = cfg.eval
         data_cfg = e.data if e.data is not None else cfg.data
         items = read_items(data_cfg)[: e.max_prompts]
         check_images(items, data_cfg.path)
-        self.batch = PromptStream(items, cfg.policy.resolution, seed=0, shuffle=False).next_batch(len(items))
+        # one batch per edit size (a transformer batch has one shape), the same every evaluation
+        stream = PromptStream(items, layout or cfg.policy.resolution, seed=0, shuffle=False)
+        self.batches = stream.buckets(len(items))
         self.proxy = train_rewards
         self.gold = build_rewards(e.rewards, built_rewards) if len(e.rewards) else None
         self.log_as = {s.name: s.log_as for s in e.rewards if s.log_as}
@@ -34,20 +37,22 @@ class HeldoutEvaluator:
             self.benchmark = BenchmarkProbe(e.benchmark, cfg.policy.resolution, e.seed)
 
     @torch.no_grad()
-    def __call__(self, policy) -> tuple[dict, object, dict]:
-        """(figures to log, the rollout, each sample's scores: the report shows them beside the images)."""
-        rollout = policy.sample(self.batch, self.samples, torch.Generator().manual_seed(self.seed),
-                                noise_level=self.noise_level)
-        batch = rollout.as_reward_input()
-        proxy = self.proxy(batch)
+    def __call__(self, policy) -> tuple[dict, list, dict]:
+        """(figures to log, the rollouts (one per edit size), each sample's scores: the report shows them beside
+        the images)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        rollouts = [policy.sample(b, self.samples, generator, noise_level=self.noise_level) for b in self.batches]
+        inputs = [r.as_reward_input() for r in rollouts]
+        proxy = concat([self.proxy(b) for b in inputs])
         figures = {"eval/reward": float(proxy.total.mean())}
-        per_sample = {"instructions": list(self.batch.instructions), "proxy": proxy.total.tolist(), "gold": None}
+        per_sample = {"instructions": [t for b in self.batches for t in b.instructions],
+                      "proxy": proxy.total.tolist(), "gold": None}
         figures.update({f"eval/{name}": float(s.mean()) for name, s in proxy.per_reward.items()})
         # what each reward said about each sample, beside its scores (the report shows it under the image)
         per_sample["rationales"] = {name: list(out.rationales) for name, out in proxy.outputs.items()
                                     if out.rationales}
         if self.gold is not None:
-            gold = self.gold(batch)
+            gold = concat([self.gold(b) for b in inputs])
             figures["gold/reward"] = float(gold.total.mean())
             per_sample["gold"] = gold.total.tolist()
             per_sample["rationales"].update({f"gold/{name}": list(out.rationales)
@@ -61,4 +66,4 @@ class HeldoutEvaluator:
                     figures[self.log_as[name]] = float(scores.mean())
         if self.benchmark is not None:
             figures.update(self.benchmark(policy))
-        return figures, rollout, per_sample
+        return figures, rollouts, per_sample

@@ -40,36 +40,50 @@ def _title(cfg: DictConfig) -> str:
     return base_model_id(cfg) or (Path(cfg.policy.pretrained).name if cfg.policy.pretrained else cfg.policy.name)
 
 
-def example_edit(cfg: DictConfig) -> tuple[str, str]:
-    """(source image path, instruction) of the run's first prompt, for a snippet that runs as printed."""
+def example_edit(cfg: DictConfig) -> tuple[list[str], str]:
+    """(reference image paths, instruction) of the run's first prompt, for a snippet that runs as printed."""
     try:
         from rlkit.data import read_items
 
         item = read_items(cfg.data)[0]
-        if isinstance(item.image, Path):
-            return str(item.image), item.instruction
-        return "source.png", item.instruction
+        return [str(im) if isinstance(im, Path) else f"reference_{i + 1}.png" for i, im in enumerate(item.images)], \
+            item.instruction
     except Exception:  # data not on this machine (a card read elsewhere): a placeholder
-        return "source.png", "your instruction"
+        return ["source.png"], "your instruction"
 
 
-def loading_snippet(cfg: DictConfig, weights: Path | str, example: tuple[str, str] | None = None) -> str:
+FIT = """
+def fit(size, side, multiple=pipe.vae_scale_factor * 2):  # about side^2 pixels at the image's aspect ratio
+    w, h = size
+    return (max(multiple, round((side * side * w / h) ** 0.5 / multiple) * multiple),
+            max(multiple, round((side * side * h / w) ** 0.5 / multiple) * multiple))
+
+"""
+
+
+def loading_snippet(cfg: DictConfig, weights: Path | str, example: tuple | None = None) -> str:
     """Python that loads the base model with these weights and makes one edit at the trained settings: the
-    source centre-cropped to a square as the run saw it, the same size, steps and guidance, the pipeline's own
-    resizing off. Runs as printed (its own imports, the run's first prompt)."""
+    edit's size (its pixel budget at the source's aspect ratio, or the trained square), the reference images as
+    the run saw them, the same steps and guidance, the pipeline's own resizing matched to training. Runs as
+    printed (its own imports, the run's first prompt)."""
     editor = POLICIES[cfg.policy.name].editor
     pipeline, transformer = editor.pipeline, editor.transformer
     base = base_model_id(cfg) or cfg.policy.pretrained or "BASE_MODEL"
     if cfg.policy.pretrained and not is_hub_id(cfg.policy.pretrained) and Path(cfg.policy.pretrained).exists():
         base = cfg.policy.pretrained  # the folder the run trained from, when this machine has it
     dtype = "torch.bfloat16" if cfg.policy.dtype != "float32" else "torch.float32"
-    source, instruction = example or example_edit(cfg)
+    images, instruction = example or example_edit(cfg)
+    images = [images] if isinstance(images, str | Path) else [str(i) for i in images]
     p, r = cfg.policy, cfg.policy.resolution
+    square, ref = bool(p.get("square", False)), p.get("reference_resolution") or r
+    several = editor.max_references is None
     if editor.guidance == "distilled":
         settings = (f"guidance_scale={p.guidance_scale:g}, max_sequence_length={p.max_sequence_length}, "
-                    f"max_area={r} * {r}, _auto_resize=False")
+                    f"max_area=width * height, _auto_resize=False")
+    elif editor.pipeline.startswith("Flux2"):
+        settings = f"guidance_scale={p.true_cfg_scale:g}, max_sequence_length={p.max_sequence_length}"
     else:
-        settings = f"true_cfg_scale={p.true_cfg_scale:g}" + (', negative_prompt=""' if p.true_cfg_scale > 1 else "")
+        settings = f"true_cfg_scale={p.true_cfg_scale:g}" + (', negative_prompt=" "' if p.true_cfg_scale > 1 else "")
     if p.finetune == "full":
         load = (f"transformer = {transformer}.from_pretrained(\"{weights}/transformer\", dtype={dtype})\n"
                 f"pipe = {pipeline}.from_pretrained(\"{base}\", transformer=transformer, dtype={dtype})\n")
@@ -77,24 +91,42 @@ def loading_snippet(cfg: DictConfig, weights: Path | str, example: tuple[str, st
         load = (f"pipe = {pipeline}.from_pretrained(\"{base}\", dtype={dtype})\n"
                 f"pipe.load_lora_weights(\"{weights}\")\n")
     classes = f"{pipeline}, {transformer}" if p.finetune == "full" else pipeline
-    return (f"import torch\nfrom diffusers import {classes}\nfrom diffusers.utils import load_image\n"
-            "from PIL import Image\n\n" + load +
-            "pipe.to(\"cuda\" if torch.cuda.is_available() else \"cpu\")\n"
-            f"image = load_image({json.dumps(source)})  # as trained: centre-cropped to a square, {r} x {r}\n"
-            "side = min(image.size)\n"
-            "left, top = (image.width - side) // 2, (image.height - side) // 2\n"
-            f"image = image.crop((left, top, left + side, top + side)).resize(({r}, {r}), Image.BICUBIC)\n"
-            f"edited = pipe(image=image, prompt={json.dumps(instruction)}, height={r}, width={r},\n"
-            f"              num_inference_steps={cfg.sampler.num_steps},\n"
-            f"              {settings},\n"
-            "              generator=torch.Generator().manual_seed(0)).images[0]\n"
-            "edited.save(\"edited.png\")")
+    lines = [f"import torch\nfrom diffusers import {classes}\nfrom diffusers.utils import load_image\n"
+             "from PIL import Image\n", load + "pipe.to(\"cuda\" if torch.cuda.is_available() else \"cpu\")"]
+    if square:
+        lines += ["", "", "def square(image, side):  # as trained: centre-cropped to a square",
+                  "    s = min(image.size)",
+                  "    left, top = (image.width - s) // 2, (image.height - s) // 2",
+                  "    return image.crop((left, top, left + s, top + s)).resize((side, side), Image.BICUBIC)", "", ""]
+        lines.append(f"images = [square(load_image(path), {ref}) for path in {json.dumps(images)}]")
+        lines.append(f"width = height = {r}")
+        source = f"square(load_image({json.dumps(images[0])}), {r})"
+    else:
+        lines.append(FIT)
+        lines.append(f"images = [load_image(path) for path in {json.dumps(images)}]")
+        which = "last" if editor.size_from == "last" else "first"
+        lines.append(f"width, height = fit(images[{-1 if which == 'last' else 0}].size, {r})  # the edit: about "
+                     f"{r}^2 pixels at the {which} image's aspect ratio")
+        source = "images[0].resize((width, height), Image.BICUBIC)"
+        if several:
+            lines.append(f"images = [im.resize(fit(im.size, {ref}), Image.BICUBIC) for im in images]  # references "
+                         f"as trained: about {ref}^2 pixels each")
+    if editor.pipeline == "QwenImageEditPlusPipeline" and ref != 1024:
+        lines += ["import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as edit_plus",
+                  f"edit_plus.VAE_IMAGE_SIZE = {ref} * {ref}  # references reach the VAE at the trained size (the "
+                  f"pipeline's own: 1024 * 1024)"]
+    image = "images" if several else source
+    lines += [f"edited = pipe(image={image}, prompt={json.dumps(instruction)}, height=height, width=width,",
+              f"              num_inference_steps={cfg.sampler.num_steps}, {settings},",
+              "              generator=torch.Generator().manual_seed(0)).images[0]",
+              "edited.save(\"edited.png\")"]
+    return "\n".join(lines)
 
 
-def _shared_example(cfg: DictConfig) -> tuple[str, str]:
-    """The example edit of a card that leaves this machine: the image by its file name, not a local path."""
-    source, instruction = example_edit(cfg)
-    return Path(source).name, instruction
+def _shared_example(cfg: DictConfig) -> tuple[list[str], str]:
+    """The example edit of a card that leaves this machine: the images by their file names, not local paths."""
+    images, instruction = example_edit(cfg)
+    return [Path(i).name for i in images], instruction
 
 
 def model_card(cfg: DictConfig, info: dict, summary: RunSummary, weights: str = "final",
@@ -150,12 +182,21 @@ def model_card(cfg: DictConfig, info: dict, summary: RunSummary, weights: str = 
                      f"{r.best:.4f} ({r.best_step}) |")
     alarms = ", ".join(f"{k} x{n}" for k, n in sorted(summary.alarms.items())) or "none"
     lines += ["", f"Stability alarms: {alarms}.", "", "## How to use", "",
-              "One edit at the settings it was trained at (a square source of "
-              f"{cfg.policy.resolution} px, {cfg.sampler.num_steps} steps):", "", "```python",
+              f"One edit at the settings it was trained at ({_trained_at(cfg)}, {cfg.sampler.num_steps} steps):",
+              "", "```python",
               loading_snippet(cfg, repo_id or weights, _shared_example(cfg) if repo_id else None), "```", "",
               "## Recipe", "", "`config.yaml` beside the weights is the resolved recipe (secrets left out): "
               "`rlkit run config.yaml` trains it again where its data and model paths exist.", ""]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+def _trained_at(cfg: DictConfig) -> str:
+    p = cfg.policy
+    size = (f"sources centre-cropped to {p.resolution} x {p.resolution}" if p.get("square") else
+            f"about {p.resolution}^2 pixels at the source's aspect ratio")
+    several = POLICIES[p.name].editor.max_references is None
+    refs = f", references at about {p.get('reference_resolution') or p.resolution}^2 pixels each" if several else ""
+    return size + refs
 
 
 def write_model_card(folder: Path, cfg: DictConfig, info: dict, run_dir: Path, name: str = "final") -> None:

@@ -204,16 +204,17 @@ def _row(raw: bytes) -> dict | None:
     return row if type(step) is int and 0 <= step < 1 << 62 else None
 
 
-def save_grid(path: Path, sources: torch.Tensor, samples: torch.Tensor, group_size: int, max_rows: int = 32) -> None:
-    """One row per prompt (the first `max_rows`): the source, then its group's samples. Tensors in [0, 1],
-    [N, 3, H, W]."""
-    n_prompts = min(samples.shape[0] // group_size, max_rows)
+def save_grid(path: Path, sources, samples, group_size: int, max_rows: int = 32) -> None:
+    """One row per prompt (the first `max_rows`): the source, then its group's samples. Images in [0, 1], [N, 3,
+    H, W] or N images [3, H, W] of a size per prompt (rows of other sizes are padded with white)."""
+    n_prompts = min(len(samples) // group_size, max_rows)
     rows = []
     for p in range(n_prompts):
-        group = samples[p * group_size : (p + 1) * group_size]
+        group = [samples[i] for i in range(p * group_size, (p + 1) * group_size)]
         src = sources[p * group_size]
-        row = torch.cat([src, torch.ones_like(src[:, :, :2]), *group.unbind(0)], dim=2)
-        rows.append(row)
+        rows.append(torch.cat([src, torch.ones_like(src[:, :, :2]), *group], dim=2))
+    width = max(r.shape[2] for r in rows)
+    rows = [torch.cat([r, torch.ones(3, r.shape[1], width - r.shape[2])], dim=2) for r in rows]
     grid = torch.cat(rows, dim=1)
     array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,9 +33,9 @@ def preflight(cfg: DictConfig, made_later=(), live: bool = False) -> list[str]:
     problems = [f"'{key}' is a secret the recipe gave as a literal, which rlkit never saves: give it again, e.g. "
                 f"'{key}=${{oc.env:NAME}}' with NAME set in the environment" for key in unsaved_secrets(cfg)]
     if ready(cfg.data.path):
-        problems += data_problems(cfg.data, "data")
+        problems += data_problems(cfg.data, "data", cfg.policy.name)
     if cfg.eval.every > 0 and cfg.eval.data is not None and ready(cfg.eval.data.path):
-        problems += data_problems(cfg.eval.data, "eval.data")
+        problems += data_problems(cfg.eval.data, "eval.data", cfg.policy.name)
     for where, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
         for i, spec in enumerate(specs):
             kwargs = OmegaConf.to_container(spec.kwargs, resolve=True)
@@ -54,11 +54,15 @@ def raise_problems(problems: list[str]) -> None:
         raise UserError(*problems)
 
 
-def data_problems(data_cfg, where: str) -> list[str]:
-    from rlkit.data import check_images, read_items
+def data_problems(data_cfg, where: str, policy: str) -> list[str]:
+    """The data reads, its images decode, and the editor takes as many reference images as a prompt has."""
+    from rlkit.data import check_images, check_references, read_items
+    from rlkit.policies import POLICIES
 
     try:
-        check_images(read_items(data_cfg), data_cfg.path)
+        items = read_items(data_cfg)
+        check_references(items, POLICIES[policy].editor.max_references, policy)
+        check_images(items, data_cfg.path)
     except UserError as err:
         return [f"{where}: {p}" if not p.startswith("data") else p for p in err.problems]
     return []

@@ -40,7 +40,11 @@ class PolicyConfig:
     device: str = setting("auto", pattern=r"auto|cpu|cuda|cuda:\d+", hint="auto, cpu, cuda or cuda:N",
                           help="auto: CUDA when there is one")
     resolution: int = setting(512, ge=16, le=4096, multiple_of=16,
-                              help="sources and edits are centre-cropped and resized to this square")
+                              help="the pixel budget: each edit has about resolution^2 pixels at its source's "
+                                   "aspect ratio (prompts of one size are batched together)")
+    square: bool = setting(False, help="centre-crop every image to a resolution x resolution square instead")
+    reference_resolution: int | None = setting(None, ge=16, le=4096, multiple_of=16, optional=True,
+                                               help="each reference image's pixel budget (None: resolution)")
     guidance_scale: float = setting(2.5, ge=0, le=100,
                                     help="FLUX.1 Kontext's distilled guidance (an embedding, not CFG)")
     true_cfg_scale: float = setting(1.0, ge=1, le=100, help="qwen_image_edit: classifier-free guidance with the "

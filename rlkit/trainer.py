@@ -71,13 +71,13 @@ class Trainer:
         self.policy, self.algorithm, self.rewards = self.roles.policy, self.roles.algorithm, self.roles.rewards
         self.optimizer, self.lr_scheduler = self.roles.optimizer, self.roles.lr_scheduler
         self.algorithm.grad_sync = None if sharded else self.dist.average_gradients
-        self.prompts = PromptStream(items, cfg.policy.resolution, cfg.seed, cfg.data.shuffle)
+        self.prompts = PromptStream(items, self.policy.layout, cfg.seed, cfg.data.shuffle)
         self.generators = {"rollout": torch.Generator().manual_seed(cfg.seed),
                            "train": torch.Generator().manual_seed(cfg.seed + 1)}
         self.stability = StabilityTracker()
         self.guard = StabilityGuard(cfg.stability)
-        self.evaluator = (HeldoutEvaluator(cfg, self.rewards, self._reward_models) if cfg.eval.every > 0
-                          else None)
+        self.evaluator = (HeldoutEvaluator(cfg, self.rewards, self._reward_models, self.policy.layout)
+                          if cfg.eval.every > 0 else None)
         self.checkpointer = Checkpointer(cfg, self.dist, self.roles, self.generators,
                                          {"data": self.prompts, "stability": self.stability, "guard": self.guard},
                                          sharded)
@@ -252,11 +252,12 @@ class Trainer:
         # every rank evaluates the same prompts with the same noise: identical figures, so the guard takes
         # the same decision everywhere without any messages
         with self.algorithm.export_context(self.policy):  # the weights a user would get
-            figures, rollout, per_sample = self.evaluator(self.policy)
+            figures, rollouts, per_sample = self.evaluator(self.policy)
         figures.update(self.stability.observe_probe(figures["eval/reward"]))
         if self.dist.is_main:
             grid = self.run_dir / "samples" / f"eval_step_{self.step:06d}.png"
-            self._keep_going(save_grid, grid, rollout.sources, rollout.images, self.cfg.eval.samples_per_prompt)
+            self._keep_going(save_grid, grid, [s for r in rollouts for s in r.sources],
+                             [im for r in rollouts for im in r.images], self.cfg.eval.samples_per_prompt)
             # each sample's scores beside the grid, for the report's side-by-side rows
             scores = json.dumps(json_safe({**per_sample, "samples_per_prompt": self.cfg.eval.samples_per_prompt}))
             self._keep_going(Path.write_text, grid.with_suffix(".json"), scores)

@@ -19,9 +19,9 @@ from rlkit.benchmarks.items import read_gedit, read_imgedit
 from rlkit.benchmarks.judging import BenchJudge, JudgeSettings, Request
 from rlkit.benchmarks.page import slug, write_page
 from rlkit.benchmarks.rubrics import Rubric
-from rlkit.benchmarks.targets import edit, load_policy, resolve
+from rlkit.benchmarks.targets import edit, load_policy, resolve, shown_at
 from rlkit.core.errors import OutputError, UserError, write_failure
-from rlkit.core.images import image_to_tensor, open_rgb
+from rlkit.core.images import open_rgb
 
 BENCHMARKS = ("gedit", "imgedit")
 
@@ -70,8 +70,8 @@ def run_eval(targets: list[str], benchmark: str, data: str, judge: JudgeSettings
         folder = out / "images" / slug(target.name)
         _generate(target, items, folder, seed, device, progress)
         for it in items:
-            source = image_to_tensor(it.shown, target.cfg.policy.resolution)
             edited = _pixels(folder / f"{slug(it.key)}.png")
+            source = shown_at(it, edited)
             for q in rubric.questions(it.task, it.instruction):
                 if (target.name, it.key, q.name) not in done:
                     requests.append(Request((target.name, it.key, q.name), q, {"source": source, "edited": edited}))
@@ -107,7 +107,7 @@ def _generate(target, items, folder: Path, seed: int, device, progress: bool) ->
     with Progress(disable=not progress) as bar:
         task = bar.add_task(f"editing ({target.name})", total=len(todo))
         for it in todo:
-            _, image = edit(policy, it, target.cfg.policy.resolution, seed)
+            _, image = edit(policy, it, seed)
             pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
             from PIL import Image
 

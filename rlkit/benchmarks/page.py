@@ -48,7 +48,7 @@ def _item_scores(benchmark: str, target: str, item, done: dict) -> str:
 
 
 def write_page(out: Path, benchmark: str, items, targets, done: dict, result: dict) -> Path:
-    from rlkit.core.images import image_to_tensor
+    from rlkit.core.images import fit_area, resize_to
 
     head = ["<h1>" + html.escape(f"rlkit eval: {benchmark} ({result['items']} items)") + "</h1>",
             "<p>judge: " + html.escape(f"{result['judge']['model']}, temperature {result['judge']['temperature']}")
@@ -64,7 +64,8 @@ def write_page(out: Path, benchmark: str, items, targets, done: dict, result: di
             + "".join(f"<th>{html.escape(t.name)}</th>" for t in targets) + "</tr>"]
     resolution = targets[0].cfg.policy.resolution
     for it in items:
-        source = base64.b64encode(_png(image_to_tensor(it.shown, resolution))).decode()
+        shown = resize_to(it.shown, fit_area(it.shown.size, resolution, 1))  # its own aspect ratio
+        source = base64.b64encode(_png(shown)).decode()
         cells = [f'<td><img src="data:image/png;base64,{source}" style="width:160px;image-rendering:pixelated">'
                  f"</td><td>{html.escape(it.instruction)}<br><small>{html.escape(it.key)}</small></td>"]
         for t in targets:

@@ -24,7 +24,7 @@ class BenchmarkProbe:
     def __call__(self, policy) -> dict[str, float | None]:
         requests = []
         for it in self.items:
-            source, edited = edit(policy, it, self.resolution, self.seed)
+            source, edited = edit(policy, it, self.seed)
             requests += [Request((it.key, q.name), q, {"source": source, "edited": edited})
                          for q in self.rubric.questions(it.task, it.instruction)]
         scores = {}

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlkit.core.errors import UserError
-from rlkit.core.images import image_to_tensor
+from rlkit.core.images import resize_to
 from rlkit.core.types import PromptBatch
 
 PEFT_PREFIX = "base_model.model."  # adapter_model.safetensors, peft's layout of the export
@@ -79,9 +79,16 @@ def item_seed(seed: int, key: str) -> int:
 
 
 @torch.no_grad()
-def edit(policy, item, resolution: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the source as the judge sees it, the edit): [3, R, R] in [0, 1], sampled with the deterministic ODE."""
-    source = image_to_tensor(item.image, resolution)
-    batch = PromptBatch(source[None], [item.instruction], [item.key], [{}])
+def edit(policy, item, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the source as the judge sees it, the edit): [3, H, W] in [0, 1] at the size the policy edits this source
+    (its aspect ratio within `policy.resolution`^2 pixels), sampled with the deterministic ODE."""
+    source, refs = policy.layout.load([item.image])
+    batch = PromptBatch(source[None], [item.instruction], [item.key], [{}],
+                        None if refs[0] is source else [refs])
     rollout = policy.sample(batch, 1, torch.Generator().manual_seed(item_seed(seed, item.key)), noise_level=0.0)
-    return image_to_tensor(item.shown, resolution), rollout.images[0].float().clamp(0, 1)
+    return shown_at(item, rollout.images[0]), rollout.images[0].float().clamp(0, 1)
+
+
+def shown_at(item, edited: torch.Tensor) -> torch.Tensor:
+    """The item's displayed source at the edit's size."""
+    return resize_to(item.shown, (edited.shape[-1], edited.shape[-2]))

@@ -1,4 +1,5 @@
-"""Image files as RGB the way a person sees them, and as the [3, R, R] tensors the policies take."""
+"""Image files as RGB the way a person sees them, the sizes an editor works at (an area budget at the image's
+own aspect ratio, sides on the pipeline's multiple), and the [3, H, W] tensors the policies take."""
 
 from __future__ import annotations
 
@@ -49,7 +50,61 @@ def image_to_tensor(img: Image.Image, resolution: int) -> torch.Tensor:
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
     img = img.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BICUBIC)
+    return pil_to_tensor(img)
+
+
+def fit_area(size: tuple[int, int], side: int, multiple: int) -> tuple[int, int]:
+    """(width, height) of about side x side pixels at the aspect ratio of ``size`` = (width, height), each side
+    rounded to ``multiple`` (at least one multiple): how the editors size an image for a pixel budget."""
+    w, h = size
+    aspect = w / h
+    width = max(multiple, round((side * side * aspect) ** 0.5 / multiple) * multiple)
+    height = max(multiple, round((side * side / aspect) ** 0.5 / multiple) * multiple)
+    return width, height
+
+
+def resize_to(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """Resized to exactly ``size`` = (width, height) (the aspect ratio moves by at most the rounding)."""
+    img = to_rgb(img)
+    if img.size != tuple(size):
+        img = img.resize(tuple(size), Image.BICUBIC)
+    return pil_to_tensor(img)
+
+
+def cover(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """Resized to cover ``size`` = (width, height), then centre-cropped to it: no distortion."""
+    img = to_rgb(img)
+    w, h = img.size
+    scale = max(size[0] / w, size[1] / h)
+    big = (max(size[0], round(w * scale)), max(size[1], round(h * scale)))
+    img = img.resize(big, Image.BICUBIC)
+    left, top = (big[0] - size[0]) // 2, (big[1] - size[1]) // 2
+    return pil_to_tensor(img.crop((left, top, left + size[0], top + size[1])))
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """[3, H, W] in [0, 1] -> an 8-bit RGB image (exact for tensors made from 8-bit images)."""
+    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def image_size(image) -> tuple[int, int]:
+    """(width, height) as a person sees it (EXIF orientation applied), reading only the header of a file."""
+    if isinstance(image, Image.Image):
+        w, h = image.size
+        orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
+    else:
+        try:
+            with Image.open(image) as img:
+                w, h = img.size
+                orientation = img.getexif().get(0x0112, 1)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise UserError(f"cannot read image {image}: {err}") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def open_rgb(path: str | Path) -> Image.Image:

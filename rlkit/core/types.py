@@ -12,13 +12,20 @@ import torch
 @dataclass
 class RewardInput:
     edited: torch.Tensor  # [B, 3, H, W] float in [0, 1]
-    source: torch.Tensor  # [B, 3, H, W] float in [0, 1]
+    source: torch.Tensor  # [B, 3, H, W] float in [0, 1]: the first reference image, at the edit's size
     instructions: list[str]
     group_ids: torch.Tensor  # [B] long; samples of one (source, instruction) share an id
     metadata: list[dict] = field(default_factory=list)
+    # every reference image of each sample's prompt, in order, each [3, h, w] at its own aspect ratio; None: one
+    # reference per prompt, the source (a reward written for one source never needs to look here)
+    references: list[list[torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return self.edited.shape[0]
+
+    @property
+    def all_references(self) -> list[list[torch.Tensor]]:
+        return self.references if self.references is not None else [[s] for s in self.source]
 
 
 @dataclass
@@ -31,15 +38,30 @@ class RewardOutput:
 
 @dataclass
 class PromptBatch:
-    """P editing prompts: a source image and an instruction each."""
+    """P editing prompts of one edit size: reference images and an instruction each."""
 
-    sources: torch.Tensor  # [P, 3, H, W] in [0, 1]
+    sources: torch.Tensor  # [P, 3, H, W] in [0, 1]: the first reference at the edit's size (H, W)
     instructions: list[str]
-    keys: list[str]  # identity of (image, instruction): samples of one key form one group
+    keys: list[str]  # identity of (images, instruction): samples of one key form one group
     metadata: list[dict] = field(default_factory=list)
+    # each prompt's reference images in order, [3, h, w] each at its own aspect ratio; None: the source alone
+    references: list[list[torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.instructions)
+
+    @property
+    def all_references(self) -> list[list[torch.Tensor]]:
+        return self.references if self.references is not None else [[s] for s in self.sources]
+
+    @property
+    def edit_hw(self) -> tuple[int, int]:
+        return int(self.sources.shape[-2]), int(self.sources.shape[-1])
+
+    def select(self, rows: slice) -> PromptBatch:
+        return PromptBatch(self.sources[rows], self.instructions[rows], self.keys[rows],
+                           self.metadata[rows] if self.metadata else [],
+                           None if self.references is None else self.references[rows])
 
 
 @dataclass
@@ -62,6 +84,7 @@ class Rollout:
     cond: Any  # policy-specific conditioning, one row per prompt (computed once per group)
     metadata: list[dict] = field(default_factory=list)
     means: torch.Tensor | None = None  # [N, T, ...] transition means at sampling, kept when asked (GRPO-Guard)
+    references: list[list[torch.Tensor]] | None = None  # [N] each sample's prompt's references (None: the source)
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -71,4 +94,5 @@ class Rollout:
         return self.log_probs.shape[1]
 
     def as_reward_input(self) -> RewardInput:
-        return RewardInput(self.images, self.sources, self.instructions, self.group_ids, self.metadata)
+        return RewardInput(self.images, self.sources, self.instructions, self.group_ids, self.metadata,
+                           self.references)

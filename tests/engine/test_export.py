@@ -9,11 +9,20 @@ import torch
 from helpers import make_policy, prompt_batch
 from safetensors import safe_open
 
+from rlkit.core.images import tensor_to_pil
+
 EDITORS = {
     # name: (policy name, latent channels, latent side at 32 px)
     "flux_kontext": ("flux_kontext_tiny", 4, 16),
     "qwen_image_edit": ("qwen_image_edit_tiny", 4, 8),
+    "qwen_image_edit_plus": ("qwen_image_edit_plus_tiny", 4, 8),
+    "flux2": ("flux2_tiny", 16, 4),  # patchified: 16 channels at 4 x 4
 }
+# the multi-reference editors: two references per prompt, of other aspect ratios than the edit
+REFERENCES = {"qwen_image_edit_plus": [(32, 48), (40, 24)], "flux2": [(64, 96), (80, 64)]}
+# FLUX.2: its LoRA as its own training scripts place it, the fused single-block projections and their plain to_out too
+EXTRA = {"flux2": ("policy.reference_resolution=96", "policy.lora.target_modules=[to_q,to_k,to_v,to_out.0,"
+                   "to_qkv_mlp_proj,single_transformer_blocks.0.attn.to_out]")}
 # alpha != rank, as in every packaged recipe: a loader that assumed alpha = rank would be 4x off
 LORA = ("policy.lora.rank=4", "policy.lora.alpha=16")
 
@@ -21,7 +30,7 @@ LORA = ("policy.lora.rank=4", "policy.lora.alpha=16")
 def _trained_policy(editor: str, finetune: str):
     name = EDITORS[editor][0]
     policy, cfg = make_policy(f"policy.name={name}", "sampler.noise_level=0.0", "algorithm.name=dpo",
-                              "sampler.num_steps=3", f"policy.finetune={finetune}", *LORA)
+                              "sampler.num_steps=3", f"policy.finetune={finetune}", *LORA, *EXTRA.get(editor, ()))
     torch.manual_seed(1)
     with torch.no_grad():  # a "trained" state far from the start, so strength errors show
         for p in policy.trainable_parameters():
@@ -30,9 +39,11 @@ def _trained_policy(editor: str, finetune: str):
 
 
 def _stock_pipeline(editor: str):
-    from rlkit.policies.tiny import tiny_kontext_pipeline, tiny_qwen_edit_pipeline
+    from rlkit.policies import tiny
 
-    pipe = (tiny_kontext_pipeline if editor == "flux_kontext" else tiny_qwen_edit_pipeline)(seed=0)
+    pipe = {"flux_kontext": tiny.tiny_kontext_pipeline, "qwen_image_edit": tiny.tiny_qwen_edit_pipeline,
+            "qwen_image_edit_plus": tiny.tiny_qwen_edit_plus_pipeline,
+            "flux2": tiny.tiny_flux2_klein_pipeline}[editor](seed=0)
     for module in pipe.components.values():  # as from_pretrained leaves them (built from configs: train mode)
         if isinstance(module, torch.nn.Module):
             module.eval()
@@ -40,10 +51,26 @@ def _stock_pipeline(editor: str):
 
 
 def _stock_output(editor: str, pipe, cfg, batch, noise) -> torch.Tensor:
-    """The final latents of the stock pipeline. Kontext: the pipeline's own __call__. Qwen-Image-Edit: the
-    tiny pipeline has no processor (its __call__ needs one), so the loaded transformer runs inside a policy
-    built on the stock pipeline without an adapter of its own (its ODE equals the pipeline's: test_policy)."""
+    """The final latents of the stock pipeline, in the policy's token layout. Kontext, Qwen-Image-Edit-2509 and
+    FLUX.2: the pipeline's own __call__. Qwen-Image-Edit: the tiny pipeline has no processor (its __call__ needs
+    one), so the loaded transformer runs inside a policy built on the stock pipeline without an adapter of its
+    own (its ODE equals the pipeline's: test_policy)."""
     C, side = EDITORS[editor][1:]
+    refs = [tensor_to_pil(r) for r in batch.all_references[0]]
+    if editor == "qwen_image_edit_plus":
+        from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as stock
+
+        stock.VAE_IMAGE_SIZE = cfg.policy.resolution**2  # (restored by the caller's monkeypatch)
+        return pipe(image=refs, prompt=batch.instructions[0], height=32, width=32,
+                    num_inference_steps=cfg.sampler.num_steps, true_cfg_scale=cfg.policy.true_cfg_scale,
+                    latents=pipe._pack_latents(noise, 1, C, side, side), output_type="latent").images
+    if editor == "flux2":
+        out = pipe(image=refs, prompt=batch.instructions[0], height=32, width=32,
+                   num_inference_steps=cfg.sampler.num_steps, guidance_scale=cfg.policy.true_cfg_scale,
+                   max_sequence_length=cfg.policy.max_sequence_length, latents=noise, output_type="latent").images
+        mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1)
+        std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps)
+        return pipe._pack_latents((pipe._patchify_latents(out) - mean) / std)
     if editor == "flux_kontext":
         return pipe(image=batch.sources, prompt=batch.instructions[0], height=32, width=32, max_area=32 * 32,
                     num_inference_steps=cfg.sampler.num_steps, guidance_scale=cfg.policy.guidance_scale,
@@ -61,7 +88,19 @@ def _ode_output(policy, batch, noise) -> torch.Tensor:
 
 def _inputs(editor: str):
     C, side = EDITORS[editor][1:]
-    return prompt_batch(1), torch.randn(1, C, side, side, generator=torch.Generator().manual_seed(3))
+    batch = prompt_batch(1)
+    if editor in REFERENCES:
+        g = torch.Generator().manual_seed(7)
+        batch.references = [[(torch.rand(3, *size, generator=g) * 255).round() / 255 for size in REFERENCES[editor]]]
+    return batch, torch.randn(1, C, side, side, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(autouse=True)
+def _restore_reference_area(monkeypatch):
+    """Qwen-Image-Edit-2509's VAE reference area is a module constant the stock calls here set."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as stock
+
+    monkeypatch.setattr(stock, "VAE_IMAGE_SIZE", stock.VAE_IMAGE_SIZE)
 
 
 @pytest.mark.parametrize("editor", sorted(EDITORS))
@@ -101,36 +140,51 @@ def test_fully_finetuned_transformer_loads_with_from_pretrained(editor, tmp_path
     torch.testing.assert_close(loaded, trained, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("finetune", ["lora", "full"])
-def test_the_printed_snippet_alone_makes_the_trained_edit(finetune, tmp_path, monkeypatch):
-    """The snippet the run prints (and the model card shows), run as it is against a saved base model: from a
-    non-square source file it makes the trained policy's own edit (crop, size, steps, guidance, noise)."""
+SNIPPET_CASES = [("flux_kontext", "lora"), ("flux_kontext", "full"), ("qwen_image_edit_plus", "lora"),
+                 ("flux2", "lora")]
+
+
+@pytest.mark.parametrize("editor,finetune", SNIPPET_CASES)
+def test_the_printed_snippet_alone_makes_the_trained_edit(editor, finetune, tmp_path, monkeypatch):
+    """The snippet the run prints (and the model card shows), run as it is against a saved base model: from
+    non-square source files (two references for the editors that take several) it makes the trained policy's own
+    edit, as rlkit's data path feeds it (size, references, steps, guidance, noise)."""
     import numpy as np
     from PIL import Image
 
-    from rlkit.data import load_image
+    from rlkit.data import PromptStream, read_items
     from rlkit.export import loading_snippet
-    from rlkit.policies.base import PromptBatch
 
-    policy, cfg = _trained_policy("flux_kontext", finetune)
-    source, instruction = tmp_path / "photo.png", "make the square red"
-    pixels = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)  # landscape, not square
-    Image.fromarray(pixels).save(source)
+    policy, cfg = _trained_policy(editor, finetune)
+    rng = np.random.default_rng(0)
+    sizes = [(56, 40)] if editor not in REFERENCES else [(100, 70), (66, 90)]  # (width, height): not square
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        paths.append(tmp_path / f"photo_{i}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    instruction = "make the square red"
+    (tmp_path / "m.jsonl").write_text(json.dumps({"images": [p.name for p in paths], "instruction": instruction}))
     policy.save_lora(str(tmp_path / "final"))
-    _stock_pipeline("flux_kontext").save_pretrained(tmp_path / "base")
+    stock = _stock_pipeline(editor)
+    if editor == "qwen_image_edit_plus":  # its tiny processor is built in memory: the base model is handed over
+        monkeypatch.setattr(type(stock), "from_pretrained", classmethod(lambda cls, *a, **k: stock))
+    else:
+        stock.save_pretrained(tmp_path / "base")
     cfg.policy.pretrained, cfg.policy.dtype = str(tmp_path / "base"), "float32"
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(loading_snippet(cfg, tmp_path / "final", example=(str(source), instruction)), scope)  # as printed
+    exec(loading_snippet(cfg, tmp_path / "final", example=([str(p) for p in paths], instruction)), scope)  # as printed
     edited = np.asarray(Image.open(tmp_path / "edited.png").convert("RGB"), dtype=np.float32)
 
-    C, side = EDITORS["flux_kontext"][1:]
-    batch = PromptBatch(load_image(source, cfg.policy.resolution)[None], [instruction], ["photo"])
-    noise = torch.randn(1, C, side, side, generator=torch.Generator().manual_seed(0))  # the pipeline's own draw
+    cfg.data.path = str(tmp_path / "m.jsonl")
+    batch = PromptStream(read_items(cfg.data), policy.layout, 0).next_batch(1)  # as a run loads it
+    cond = policy.encode(batch)
+    noise = torch.randn(1, *policy.noise_shape(cond), generator=torch.Generator().manual_seed(0))  # the pipeline's
     trained = policy.sample(batch, 1, torch.Generator(), initial_noise=noise).images[0]
     with policy.reference():
         untrained = policy.sample(batch, 1, torch.Generator(), initial_noise=noise).images[0]
     ours = trained.permute(1, 2, 0).numpy() * 255
+    assert edited.shape == ours.shape and edited.shape[0] != edited.shape[1]  # the trained, non-square size
     assert np.abs(edited - ours).max() <= 1.0  # uint8 rounding
     assert (trained - untrained).abs().max() * 255 > 5  # the weights matter in this comparison
 

@@ -1,8 +1,10 @@
-"""One test suite over every editor policy (FLUX.1 Kontext, Qwen-Image-Edit), on tiny random weights.
+"""One test suite over every editor policy (FLUX.1 Kontext, Qwen-Image-Edit, Qwen-Image-Edit-2509/2511, FLUX.2
+[klein]), on tiny random weights.
 
-Each editor is a case that says how its stock diffusers pipeline samples (the ODE reference); every contract
-test runs on every case, so a new editor is covered by adding its case. Editor-specific behaviour (Qwen's true
-CFG) is tested at the end.
+Each editor is a case that says how its stock diffusers pipeline samples (the ODE reference) and what prompts it
+takes (the multi-reference editors get two reference images of other aspect ratios per prompt); every contract
+test runs on every case, so a new editor is covered by adding its case. Editor-specific behaviour (true CFG)
+is tested at the end.
 """
 
 import json
@@ -12,8 +14,28 @@ import pytest
 import torch
 from helpers import make_policy, prompt_batch, tiny_config
 
+from rlkit.core.images import tensor_to_pil
 
-class FluxKontextCase:
+
+def two_references(batch, sizes, seed=0):
+    """The batch with two 8-bit reference images per prompt, of these (height, width) sizes."""
+    g = torch.Generator().manual_seed(100 + seed)
+    batch.references = [[(torch.rand(3, *size, generator=g) * 255).round() / 255 for size in sizes]
+                        for _ in range(len(batch))]
+    return batch
+
+
+class Case:
+    overrides: tuple[str, ...] = ()
+
+    def batch(self, n=2, seed=0, keys=None):
+        return prompt_batch(n, seed, keys)
+
+    def make(self, *extra):
+        return make_policy(f"policy.name={self.name}", *self.overrides, *extra)
+
+
+class FluxKontextCase(Case):
     name = "flux_kontext_tiny"
     noise_shape = (1, 4, 16, 16)  # unpacked latents of one 32 px sample
 
@@ -28,7 +50,7 @@ class FluxKontextCase:
         ).images
 
 
-class QwenImageEditCase:
+class QwenImageEditCase(Case):
     name = "qwen_image_edit_tiny"
     noise_shape = (1, 4, 8, 8)
 
@@ -50,7 +72,55 @@ class QwenImageEditCase:
         return x
 
 
-CASES = [FluxKontextCase(), QwenImageEditCase()]
+class QwenImageEditPlusCase(Case):
+    """Qwen-Image-Edit-2509: two references (the VAE sees each at the reference budget, the VLM at 384^2)."""
+
+    name = "qwen_image_edit_plus_tiny"
+    noise_shape = (1, 4, 8, 8)
+
+    def batch(self, n=2, seed=0, keys=None):
+        return two_references(prompt_batch(n, seed, keys), [(32, 48), (40, 24)], seed)
+
+    def ode_reference(self, policy, cfg, batch, noise, monkeypatch=None):
+        """QwenImageEditPlusPipeline's own __call__, its VAE reference area set to the policy's budget."""
+        from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as stock
+
+        monkeypatch.setattr(stock, "VAE_IMAGE_SIZE", policy.layout.reference_side**2)
+        pipe = policy.pipe
+        return pipe(image=[tensor_to_pil(r) for r in batch.references[0]], prompt=batch.instructions[0], height=32,
+                    width=32, num_inference_steps=cfg.sampler.num_steps, true_cfg_scale=cfg.policy.true_cfg_scale,
+                    latents=pipe._pack_latents(noise, 1, 4, 8, 8), output_type="latent").images
+
+
+class QwenImageEdit2511Case(QwenImageEditPlusCase):
+    """Qwen-Image-Edit-2511: the same pipeline, reference tokens modulated at t = 0 (zero_cond_t)."""
+
+    name = "qwen_image_edit_2511_tiny"
+
+
+class Flux2Case(Case):
+    """FLUX.2 [klein] base: two references (the pipeline takes none under 64 px a side)."""
+
+    name = "flux2_tiny"
+    overrides = ("policy.reference_resolution=64",)
+    noise_shape = (1, 16, 4, 4)  # patchified latents of one 32 px sample
+
+    def batch(self, n=2, seed=0, keys=None):
+        return two_references(prompt_batch(n, seed, keys), [(64, 96), (80, 64)], seed)
+
+    def ode_reference(self, policy, cfg, batch, noise, monkeypatch=None):
+        """Flux2KleinPipeline's own __call__; its latent output brought back to the policy's token layout."""
+        pipe = policy.pipe
+        out = pipe(image=[tensor_to_pil(r) for r in batch.references[0]], prompt=batch.instructions[0], height=32,
+                   width=32, num_inference_steps=cfg.sampler.num_steps, guidance_scale=cfg.policy.true_cfg_scale,
+                   max_sequence_length=cfg.policy.max_sequence_length, latents=noise, output_type="latent").images
+        vae = pipe.vae
+        mean = vae.bn.running_mean.view(1, -1, 1, 1)
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps)
+        return pipe._pack_latents((pipe._patchify_latents(out) - mean) / std)
+
+
+CASES = [FluxKontextCase(), QwenImageEditCase(), QwenImageEditPlusCase(), QwenImageEdit2511Case(), Flux2Case()]
 
 
 def test_every_registered_editor_has_a_case():
@@ -67,13 +137,13 @@ def case(request):
 
 @pytest.fixture
 def policy(case):
-    return make_policy(f"policy.name={case.name}")[0]
+    return case.make()[0]
 
 
-def test_first_update_ratio_is_exactly_one(policy):
+def test_first_update_ratio_is_exactly_one(case, policy):
     """Recomputing the rollout's log-probs in the training pass gives ratio 1 (within 1e-6), for the whole
     batch, for sub-batches, and with a different timestep per sample."""
-    rollout = policy.sample(prompt_batch(2), 3, torch.Generator().manual_seed(0))
+    rollout = policy.sample(case.batch(2), 3, torch.Generator().manual_seed(0))
     with torch.no_grad():
         for step in range(rollout.num_steps):
             out = policy.step_logprob(rollout, torch.arange(len(rollout)), step)
@@ -84,21 +154,24 @@ def test_first_update_ratio_is_exactly_one(policy):
     assert rollout.log_probs.abs().sum() > 0  # the test is not comparing zeros
 
 
-def test_noise_zero_is_the_stock_pipelines_ode(case):
+def test_noise_zero_is_the_stock_pipelines_ode(case, monkeypatch):
     """With noise_level 0 the unrolled sampler is the editor's own diffusers sampler, to 1e-5."""
-    policy, cfg = make_policy(f"policy.name={case.name}", "sampler.noise_level=0.0", "algorithm.name=dpo")
-    batch = prompt_batch(1)
+    policy, cfg = case.make("sampler.noise_level=0.0", "algorithm.name=dpo")
+    batch = case.batch(1)
     noise = torch.randn(*case.noise_shape, generator=torch.Generator().manual_seed(3))
     rollout = policy.sample(batch, 1, torch.Generator().manual_seed(0), initial_noise=noise)
     assert torch.all(rollout.log_probs == 0) and not rollout.sde_mask.any()
     with torch.no_grad():
-        expected = case.ode_reference(policy, cfg, batch, noise)
+        if isinstance(case, (FluxKontextCase, QwenImageEditCase)):
+            expected = case.ode_reference(policy, cfg, batch, noise)
+        else:
+            expected = case.ode_reference(policy, cfg, batch, noise, monkeypatch)
     torch.testing.assert_close(rollout.latents[:, -1], expected, rtol=0, atol=1e-5)
     assert expected.abs().mean() > 0.1
 
 
-def test_reference_is_the_model_without_the_adapter(policy):
-    rollout = policy.sample(prompt_batch(1), 1, torch.Generator().manual_seed(0))
+def test_reference_is_the_model_without_the_adapter(case, policy):
+    rollout = policy.sample(case.batch(1), 1, torch.Generator().manual_seed(0))
     for p in policy.trainable_parameters():  # make the adapter do something
         torch.nn.init.normal_(p, std=0.5)
     x, t, idx = rollout.latents[:, 0], torch.tensor([0.6]), torch.tensor([0])
@@ -115,40 +188,40 @@ def test_reference_is_the_model_without_the_adapter(policy):
     assert torch.equal(after, with_lora)  # the context restores the adapter
 
 
-def test_conditioning_is_computed_once_per_group(policy):
-    rollout = policy.sample(prompt_batch(2), 3, torch.Generator().manual_seed(0))
+def test_conditioning_is_computed_once_per_group(case, policy):
+    rollout = policy.sample(case.batch(2), 3, torch.Generator().manual_seed(0))
     assert rollout.cond.prompt_embeds.shape[0] == 2  # one row per prompt, not per sample
-    assert rollout.cond.image_latents.shape[0] == 2
+    assert len(rollout.cond.image_latents) == 2
     assert rollout.prompt_index.tolist() == [0, 0, 0, 1, 1, 1]
     assert rollout.images.shape == (6, 3, 32, 32) and 0 <= rollout.images.min() <= rollout.images.max() <= 1
 
 
-def test_group_key_includes_the_image(policy):
+def test_group_key_includes_the_image(case, policy):
     """Same instruction on two images -> two groups; the same (image, instruction) twice -> one group."""
-    batch = prompt_batch(3, keys=["a.png\nmake it red", "b.png\nmake it red", "a.png\nmake it red"])
+    batch = case.batch(3, keys=["a.png\nmake it red", "b.png\nmake it red", "a.png\nmake it red"])
     rollout = policy.sample(batch, 2, torch.Generator().manual_seed(0))
     assert rollout.group_ids.tolist() == [0, 0, 1, 1, 0, 0]
 
 
-def test_sampling_is_reproducible_from_the_generator(policy):
-    a = policy.sample(prompt_batch(1), 2, torch.Generator().manual_seed(5))
-    b = policy.sample(prompt_batch(1), 2, torch.Generator().manual_seed(5))
-    c = policy.sample(prompt_batch(1), 2, torch.Generator().manual_seed(6))
+def test_sampling_is_reproducible_from_the_generator(case, policy):
+    a = policy.sample(case.batch(1), 2, torch.Generator().manual_seed(5))
+    b = policy.sample(case.batch(1), 2, torch.Generator().manual_seed(5))
+    c = policy.sample(case.batch(1), 2, torch.Generator().manual_seed(6))
     assert torch.equal(a.latents, b.latents) and not torch.equal(a.latents, c.latents)
 
 
 def test_rollout_chunking_gives_the_same_samples(case):
-    whole, _ = make_policy(f"policy.name={case.name}")
-    chunked, _ = make_policy(f"policy.name={case.name}", "sampler.batch_size=2")
-    a = whole.sample(prompt_batch(2), 3, torch.Generator().manual_seed(0))
-    b = chunked.sample(prompt_batch(2), 3, torch.Generator().manual_seed(0))
+    whole, _ = case.make()
+    chunked, _ = case.make("sampler.batch_size=2")
+    a = whole.sample(case.batch(2), 3, torch.Generator().manual_seed(0))
+    b = chunked.sample(case.batch(2), 3, torch.Generator().manual_seed(0))
     torch.testing.assert_close(a.latents, b.latents, rtol=0, atol=1e-5)
 
 
 def test_a_grpo_run_trains_and_exports(case, tmp_path):
     from rlkit.trainer import Trainer
 
-    cfg = tiny_config(tmp_path, f"policy.name={case.name}", "sampler.num_steps=3", "optim.lr=0.01")
+    cfg = tiny_config(tmp_path, f"policy.name={case.name}", *case.overrides, "sampler.num_steps=3", "optim.lr=0.01")
     run = Trainer(cfg, progress=False).fit()
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and abs(rows[0]["ratio_mean"] - 1) < 1e-4
@@ -158,7 +231,7 @@ def test_a_grpo_run_trains_and_exports(case, tmp_path):
 def test_qwen_true_cfg_combines_and_rescales():
     policy, _ = make_policy("policy.name=qwen_image_edit_tiny", "policy.true_cfg_scale=4.0")
     batch = prompt_batch(1)
-    cond = policy.encode(batch.sources, batch.instructions)
+    cond = policy.encode(batch)
     assert cond.negative_embeds is not None
     x, t, idx = torch.randn(1, 16, 16), torch.tensor(0.6), torch.tensor([0])
     with torch.no_grad():
