@@ -82,10 +82,8 @@ def run(args) -> None:
         "trainable_params": sum(p.numel() for p in policy.trainable_parameters()),
     }
     batch = PromptBatch(torch.rand(1, 3, res, res), ["make the sky purple and keep the house"], ["k"])
-    cond = policy.encode(batch.sources, batch.instructions)
-    h, w = cond.latent_hw
-    C = policy.transformer.config.in_channels // 4
-    x = policy.pipe._pack_latents(torch.randn(G, C, h, w), G, C, h, w).to(device)
+    cond = policy.encode(batch)
+    x = policy.pack(torch.randn(G, *policy.noise_shape(cond))).to(device)
     idx = torch.zeros(G, dtype=torch.long)
     t = torch.full((G,), 0.7)
     figures["tokens"] = {"target": x.shape[1], "source": cond.image_latents.shape[1], "text": seq}

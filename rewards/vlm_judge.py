@@ -7,7 +7,8 @@
                  template: overall_0_5, score_mode: logprobs}
 
 Each edit is one chat request: the source and the edited image as PNG data URLs, then the template's rubric with
-the instruction in it. `template` is a shipped name (rewards/judge_templates: `overall_0_5`, `editscore`) or a
+the instruction in it. A prompt with several reference images sends each of them in order ("Reference image 1:",
+"Reference image 2:", ...) before the edit. `template` is a shipped name (rewards/judge_templates: `overall_0_5`, `editscore`) or a
 YAML file of your own with the same keys (`prompt` with `{instruction}`, `scale: [lo, hi]`, optional
 `json_keys`, optional `system`).
 
@@ -190,19 +191,25 @@ class VLMJudge:
         """What `rlkit validate` asks beyond the kwargs: the server answers and serves the model."""
         cls(**{**kwargs, "check_server": True})
 
-    def body(self, source_url: str, edited: torch.Tensor, instruction: str) -> dict:
+    def body(self, references: str | list[str], edited: torch.Tensor, instruction: str) -> dict:
+        """One chat request: the reference image(s) as data URLs in order (one: "Source image"), the edit, the
+        rubric."""
+        references = [references] if isinstance(references, str) else references
+        shown = [("Source image:", references[0])] if len(references) == 1 else \
+            [(f"Reference image {k + 1}:", url) for k, url in enumerate(references)]
         prompt = self.template["prompt"].replace("{instruction}", instruction)
-        messages = image_message([("Source image:", source_url), ("Edited image:", png_data_url(edited))],
-                                 prompt, self.template["system"])
+        messages = image_message([*shown, ("Edited image:", png_data_url(edited))], prompt, self.template["system"])
         body = {"messages": messages, "max_tokens": self.max_tokens, "temperature": 0.0}
         if self.score_mode == "logprobs":
             body.update(logprobs=True, top_logprobs=self.top_logprobs)
         return {**body, **self.request}
 
     def __call__(self, batch: RewardInput) -> RewardOutput:
-        sources: dict[int, str] = {}  # a group shares its source: encoded once
+        sources: dict[int, list[str]] = {}  # a group shares its references: encoded once
+        references = batch.all_references
         for i, g in enumerate(batch.group_ids.tolist()):
-            sources.setdefault(g, png_data_url(batch.source[i]))
+            if g not in sources:
+                sources[g] = [png_data_url(r) for r in references[i]]
         bodies = [self.body(sources[g], batch.edited[i], batch.instructions[i])
                   for i, g in enumerate(batch.group_ids.tolist())]
         answers = self.endpoint.complete(bodies)

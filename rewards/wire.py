@@ -1,7 +1,9 @@
 """The reward server's wire format: safetensors bytes, never pickle.
 
-Request  = safetensors {edited, source: [B, 3, H, W] uint8 or float32, group_ids: [B] int64}, and in its
-           string metadata `rlkit` = JSON {"instructions": [...], "metadata": [...]}.
+Request  = safetensors {edited, source: [B, 3, H, W] uint8 or float32, group_ids: [B] int64, and for prompts
+           with several reference images `reference/G/K`: [3, h, w], group G's K-th reference}, and in its
+           string metadata `rlkit` = JSON {"instructions": [...], "metadata": [...], "references": {G: count}
+           (only with reference images)}.
 Response = safetensors {scores: [B] float32, uncertainty?: [B], details/NAME?: [B]}, metadata `rlkit` =
            JSON {"rationales": [...] | null}.
 Both sides validate shapes and types and raise `WireError` with a message that says what was wrong.
@@ -27,10 +29,17 @@ def encode_input(batch: RewardInput, dtype: str = "uint8") -> bytes:
         x = x.detach().float().clamp(0, 1).cpu().contiguous()
         return (x * 255).round().to(torch.uint8) if dtype == "uint8" else x
 
-    meta = json.dumps({"instructions": list(batch.instructions), "metadata": list(batch.metadata) or None})
+    meta = {"instructions": list(batch.instructions), "metadata": list(batch.metadata) or None}
     tensors = {"edited": images(batch.edited), "source": images(batch.source),
                "group_ids": batch.group_ids.detach().long().cpu().contiguous()}
-    return save(tensors, metadata={"rlkit": meta})
+    if batch.references is not None:  # once per group: its samples share them
+        counts = {}
+        for g, refs in zip(batch.group_ids.tolist(), batch.references):
+            if str(g) not in counts:
+                counts[str(g)] = len(refs)
+                tensors.update({f"reference/{g}/{k}": images(r[None])[0] for k, r in enumerate(refs)})
+        meta["references"] = counts
+    return save(tensors, metadata={"rlkit": json.dumps(meta)})
 
 
 def decode_input(data: bytes) -> RewardInput:
@@ -58,7 +67,28 @@ def decode_input(data: bytes) -> RewardInput:
         metadata = [{} for _ in range(n)]
     if not isinstance(metadata, list) or len(metadata) != n or not all(isinstance(m, dict) for m in metadata):
         raise WireError(f"metadata 'metadata' must be a list of {n} JSON objects (or absent)")
-    return RewardInput(edited, source, instructions, group_ids.long(), metadata)
+    return RewardInput(edited, source, instructions, group_ids.long(), metadata,
+                       _references(tensors, meta.get("references"), group_ids.tolist()))
+
+
+def _references(tensors: dict, counts, group_ids: list[int]) -> list[list[torch.Tensor]] | None:
+    """Each sample's reference images from `reference/G/K` (None: the request has none beyond the source)."""
+    if counts is None:
+        return None
+    if not isinstance(counts, dict) or not all(isinstance(c, int) and 1 <= c <= 64 for c in counts.values()):
+        raise WireError("metadata 'references' must map each group id to its number of reference images (1-64)")
+    by_group = {}
+    for g in dict.fromkeys(group_ids):
+        if str(g) not in counts:
+            raise WireError(f"metadata 'references' has no count for group {g}")
+        refs = []
+        for k in range(counts[str(g)]):
+            key = f"reference/{g}/{k}"
+            if key not in tensors:
+                raise WireError(f"request has no '{key}' tensor")
+            refs.append(_as_unit_float(tensors[key][None], key)[0])
+        by_group[g] = refs
+    return [by_group[g] for g in group_ids]
 
 
 def encode_output(out: RewardOutput) -> bytes:

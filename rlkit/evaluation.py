@@ -14,7 +14,7 @@ import torch
 
 from rlkit.data import PromptStream, check_images, read_items
 from rlkit.plugins import build_rewards
-from rlkit.rewards.combine import concat
+from rlkit.rewards import concat
 
 
 class HeldoutEvaluator:

@@ -48,9 +48,11 @@ def merge(batches: list[RewardInput]) -> RewardInput:
         _, local = torch.unique(b.group_ids, return_inverse=True)
         group_ids.append(local + offset)
         offset += int(local.max()) + 1 if len(local) else 0
+    several = any(b.references is not None for b in batches)
     return RewardInput(torch.cat([b.edited for b in batches]), torch.cat([b.source for b in batches]),
                        [t for b in batches for t in b.instructions], torch.cat(group_ids),
-                       [m for b in batches for m in (b.metadata or [{} for _ in range(len(b))])])
+                       [m for b in batches for m in (b.metadata or [{} for _ in range(len(b))])],
+                       [r for b in batches for r in b.all_references] if several else None)
 
 
 def split(out: RewardOutput, sizes: list[int]) -> list[RewardOutput]:

@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontex
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
 from rlkit.core.tiny_tokenizers import tiny_clip_tokenizer
+from rlkit.core.types import PromptBatch
 from rlkit.sandbox.data import sample_prompts
 from rlkit.sandbox.schema import SandboxConfig
 from rlkit.sandbox.seeds import stream_seed
@@ -190,7 +191,7 @@ def _encode_examples(policy, prompts, fades: tuple[float, ...], chunk: int = 512
         part = prompts[start : start + chunk]
         src = torch.stack([to_tensor(render(p[0], SIZE)) for p in part])
         tgt = torch.stack([to_tensor(render(p[2], SIZE)) for p in part])
-        conds.append(policy.encode(src, [p[1] for p in part]))
+        conds.append(policy.encode(PromptBatch(src, [p[1] for p in part], [str(i) for i in range(len(part))])))
         for fade, out in zip(fades, targets):
             lat = pipe._encode_vae_image((washout(tgt, fade) if fade else tgt).to(pipe.vae.device) * 2 - 1,
                                          generator=None)

@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw
 
 OUT = Path(__file__).parent / "tiny"
 MULTI = Path(__file__).parent / "tiny_multi"
-# (scene shape, scene size (w, h), object shape, object colour, instruction): FLUX.2 takes no side under 64 px
+# (scene shape, scene size (w, h), object shape, object colour, instruction); each object in the other orientation
+# (Qwen-Image-Edit-2509 edits at the last image's aspect ratio); FLUX.2 takes no side under 64 px
 SCENES = [
     ("square", (96, 64), "circle", (220, 40, 40), "put the red circle from picture 2 beside the square"),
     ("bar", (96, 64), "triangle", (230, 30, 30), "add the red triangle of picture 2 above the bar"),
@@ -54,7 +55,7 @@ def main() -> None:
     rows = []
     for i, (scene, wh, obj, colour, instruction) in enumerate(SCENES):
         draw(scene, (40, 90, 200), (235, 235, 235), wh=wh).save(MULTI / f"scene_{i}.png")
-        draw(obj, colour, (255, 255, 255), size=64).save(MULTI / f"object_{i}.png")
+        draw(obj, colour, (255, 255, 255), wh=wh[::-1]).save(MULTI / f"object_{i}.png")  # the other orientation
         rows.append({"images": [f"scene_{i}.png", f"object_{i}.png"], "instruction": instruction})
     (MULTI / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 

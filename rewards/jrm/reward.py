@@ -25,6 +25,9 @@ class JRMReward:
     exploits one judge's blind spots is caught by the others. ``combine``: ``mean`` of their scores, or ``min``
     (the most pessimistic judge). The uncertainty is then the mixture's spread: each judge's own sigma and their
     disagreement (sqrt(mean sigma^2 + var mu)).
+
+    A prompt with several reference images is judged against its source (the first reference) and the
+    instruction: a JRM is trained on (source, edit, instruction) pairs and reads one source image.
     """
 
     def __init__(self, path: str | list[str] | None = None, batch_size: int = 16, device: str = "auto",

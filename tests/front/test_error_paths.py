@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import REPO, TINY_RECIPE, tiny_config
@@ -155,7 +156,7 @@ def test_validate_samples_a_huge_dataset_evenly_and_says_so(monkeypatch):
     from rlkit import data
 
     monkeypatch.setattr(data, "DECODE_LIMIT", 3)
-    items = [data.EditItem(f"/x/{i}.png", "x", str(i)) for i in range(10)]
+    items = [data.EditItem([Path(f"/x/{i}.png")], "x", str(i)) for i in range(10)]
     assert data.decoded_share(items) == "an even sample of 3 of 10 images decodes"
 
 
