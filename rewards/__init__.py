@@ -8,5 +8,5 @@ from rlkit.rewards.openai_chat import ChatEndpoint, describe, image_message, png
 from rlkit.rewards.wire import WireError, decode_input, decode_output, encode_input, encode_output
 
 __all__ = ["ChatEndpoint", "CombinedReward", "FunctionReward", "Reward", "RewardInput", "RewardOutput", "RewardSet",
-           "WireError", "as_reward", "concat", "decode_input", "decode_output", "describe", "encode_input", "encode_output",
-           "image_message", "png_data_url"]
+           "WireError", "as_reward", "concat", "decode_input", "decode_output", "describe", "encode_input",
+           "encode_output", "image_message", "png_data_url"]

@@ -8,9 +8,9 @@
 
 Each edit is one chat request: the source and the edited image as PNG data URLs, then the template's rubric with
 the instruction in it. A prompt with several reference images sends each of them in order ("Reference image 1:",
-"Reference image 2:", ...) before the edit. `template` is a shipped name (rewards/judge_templates: `overall_0_5`, `editscore`) or a
-YAML file of your own with the same keys (`prompt` with `{instruction}`, `scale: [lo, hi]`, optional
-`json_keys`, optional `system`).
+"Reference image 2:", ...) before the edit. `template` is a shipped name (rewards/judge_templates: `overall_0_5`,
+`editscore`) or a YAML file of your own with the same keys (`prompt` with `{instruction}`, `scale: [lo, hi]`,
+optional `json_keys`, optional `system`).
 
 score_mode:
 - `logprobs`: the expected score under the judge's distribution over the score digits at the position where it
