@@ -1,12 +1,14 @@
 """Editing policies: the protocol (base), the registry of editors (registry), fp32 step kernels with log-probs
-(sde), the shared flow-matching policy (flow_policy) and one module per editor (flux_kontext, qwen_image_edit).
+(sde), the shared flow-matching policy (flow_policy), where a LoRA goes (lora) and one module per editor
+(flux_kontext, qwen_image_edit, qwen_image_edit_plus, flux2).
 The rest of rlkit imports policies through this package only."""
 
 from rlkit.policies.base import EditPolicy, PromptBatch, Rollout
+from rlkit.policies.lora import lora_targets
 from rlkit.policies.registry import POLICIES, Editor, PolicyEntry, load
 
 __all__ = ["POLICIES", "EditPolicy", "Editor", "PolicyEntry", "PromptBatch", "Rollout", "build_policy",
-           "transformer_skeleton"]
+           "lora_targets", "transformer_skeleton"]
 
 
 def build_policy(cfg, sampler_cfg, device, train_micro_batch: int = 0):

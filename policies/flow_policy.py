@@ -28,6 +28,7 @@ from rlkit.core.devices import DTYPES
 from rlkit.core.errors import UserError
 from rlkit.core.layout import EditLayout
 from rlkit.policies.base import PromptBatch, Rollout
+from rlkit.policies.lora import lora_targets
 from rlkit.policies.registry import POLICIES
 from rlkit.policies.sde import KERNELS, StepOutput, ode_step, sde_window, window_starts
 
@@ -60,11 +61,14 @@ class FlowEditPolicy:
             select_attention_backend(cfg.attention_backend)
         self.pipe = pipe
         pipe.set_progress_bar_config(disable=True)
+        # policy.offload: the text encoders and the VAE wait on the CPU and visit the device only to encode a
+        # group's conditioning (cached for its updates) and to decode its edits, leaving the transformer the memory
+        self.offloaded = tuple(n for n in self.modules if n != "transformer") if getattr(cfg, "offload", False) else ()
         for name in self.modules:
             module = getattr(pipe, name)
             module.requires_grad_(False)
             module.eval()  # no dropout: rollout and training forwards must be the same function
-            module.to(self.device)
+            module.to("cpu" if name in self.offloaded else self.device)
         self.full = getattr(cfg, "finetune", "lora") == "full"
         # Full fine-tuning in bf16/fp16 keeps fp32 master weights and runs the forward under autocast: an Adam
         # step of lr 1e-5 on a bf16 weight of size 0.02 is below half its rounding step and would be lost.
@@ -79,9 +83,13 @@ class FlowEditPolicy:
             self.reference_transformer = copy.deepcopy(self.transformer)
             self.transformer.requires_grad_(True)
         elif with_adapter:  # without: the base weights alone (the sandbox pre-trains them)
+            targets, unmatched = lora_targets(self.transformer, list(lora.target_modules))
+            if unmatched:
+                raise UserError(f"policy.lora.target_modules {unmatched} match no layer of "
+                                f"{type(self.transformer).__name__}")
             try:
                 self.transformer.add_adapter(LoraConfig(
-                    r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.target_modules),
+                    r=lora.rank, lora_alpha=lora.alpha, target_modules=targets,
                     init_lora_weights=True if str(lora.init).lower() == "true" else lora.init,
                 ))
             except ValueError as err:  # peft: none of the target modules is in this transformer
@@ -121,6 +129,19 @@ class FlowEditPolicy:
             if bars:
                 diffusers_logging.enable_progress_bar()
         return cls(pipe, cfg, sampler_cfg, device, train_micro_batch)
+
+    @contextmanager
+    def visiting(self):
+        """The offloaded modules on the device for the duration (nothing moves without policy.offload)."""
+        for name in self.offloaded:
+            getattr(self.pipe, name).to(self.device)
+        try:
+            yield
+        finally:
+            for name in self.offloaded:
+                getattr(self.pipe, name).to("cpu")
+            if self.offloaded and self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def compute_precision(self):
         """The context of every transformer call: autocast to `policy.dtype` over fp32 master weights (full
@@ -218,7 +239,8 @@ class FlowEditPolicy:
         rows = slice(rank * P * G // world, (rank + 1) * P * G // world)
         global_prompt = torch.arange(P).repeat_interleave(G)[rows]
         mine = slice(int(global_prompt[0]), int(global_prompt[-1]) + 1)  # the prompts this rank touches
-        cond = self.encode(batch.select(mine))
+        with self.visiting():
+            cond = self.encode(batch.select(mine))
         N = rows.stop - rows.start
         prompt_index = global_prompt - mine.start
         if initial_noise is None:
@@ -256,7 +278,8 @@ class FlowEditPolicy:
             if keep_means:
                 means.append(torch.cat([o.mean for o in outs]).float().cpu())
             traj.append(x.cpu())
-        images = self.decode(x, cond)
+        with self.visiting():
+            images = self.decode(x, cond)
         group_of_key = {k: i for i, k in enumerate(dict.fromkeys(batch.keys))}
         group_ids = torch.tensor([group_of_key[batch.keys[p]] for p in global_prompt.tolist()])
         return Rollout(

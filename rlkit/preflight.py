@@ -115,7 +115,7 @@ def reward_problems(name: str, kwargs: dict, where: str, files_ready: bool = Tru
 
 def policy_problems(policy_cfg) -> list[str]:
     """The weights are where the run will look, and every LoRA target module names a layer."""
-    from rlkit.policies import transformer_skeleton
+    from rlkit.policies import lora_targets, transformer_skeleton
 
     try:
         transformer = transformer_skeleton(policy_cfg)
@@ -123,8 +123,7 @@ def policy_problems(policy_cfg) -> list[str]:
         return err.problems
     if policy_cfg.finetune != "lora":
         return []
-    names = [n for n, _ in transformer.named_modules()]
-    unmatched = [t for t in policy_cfg.lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    unmatched = lora_targets(transformer, list(policy_cfg.lora.target_modules))[1]
     if unmatched:
         return [f"policy.lora.target_modules: {', '.join(repr(t) for t in unmatched)} match(es) no layer of "
                 f"{type(transformer).__name__} (e.g. {', '.join(_linear_leaves(transformer)[:6])})"]

@@ -51,6 +51,8 @@ class PolicyConfig:
                                                            "empty negative prompt (1 = off; the pipeline's is 4)")
     max_sequence_length: int = setting(512, ge=1, le=1024, help="text tokens (FLUX's T5 takes at most 512)")
     gradient_checkpointing: bool = setting(False, help="recompute activations in backward: less memory, slower")
+    offload: bool = setting(False, help="keep the text encoders and the VAE on the CPU except while they encode a "
+                                        "group's conditioning or decode its edits: the transformer gets the memory")
     finetune: str = setting("lora", choices=("lora", "full"),
                             help="lora: train a LoRA (reference = adapter off); full: every transformer weight "
                                  "(reference = a frozen copy; sharded with FSDP2 over several processes)")

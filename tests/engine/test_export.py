@@ -22,7 +22,7 @@ EDITORS = {
 REFERENCES = {"qwen_image_edit_plus": [(32, 48), (40, 24)], "flux2": [(64, 96), (80, 64)]}
 # FLUX.2: its LoRA as its own training scripts place it, the fused single-block projections and their plain to_out too
 EXTRA = {"flux2": ("policy.reference_resolution=96", "policy.lora.target_modules=[to_q,to_k,to_v,to_out.0,"
-                   "to_qkv_mlp_proj,single_transformer_blocks.0.attn.to_out]")}
+                   "to_qkv_mlp_proj,'single_transformer_blocks.*.attn.to_out']")}
 # alpha != rank, as in every packaged recipe: a loader that assumed alpha = rank would be 4x off
 LORA = ("policy.lora.rank=4", "policy.lora.alpha=16")
 
@@ -118,7 +118,10 @@ def test_exported_lora_loads_at_its_trained_strength(editor, tmp_path):
 
     config = LoraConfig.from_pretrained(str(tmp_path))  # adapter_config.json, as peft reads it
     assert (config.r, config.lora_alpha) == (4, 16)
-    assert set(config.target_modules) == set(cfg.policy.lora.target_modules)
+    from rlkit.policies import lora_targets
+
+    given = lora_targets(_stock_pipeline(editor).transformer, list(cfg.policy.lora.target_modules))[0]
+    assert set(config.target_modules) == set(given)  # a glob is saved as the layers it matched
 
     pipe = _stock_pipeline(editor)
     pipe.load_lora_weights(str(tmp_path))

@@ -12,6 +12,8 @@ from rlkit.config import packaged_recipes
 # recipes whose weights a user downloads or trains first: validate names exactly what is missing
 NEEDS_FILES = {"flux_edit": ("FLUX.1-Kontext-dev", "runs/jrm_reward/final"),
                "qwen_edit": ("Qwen-Image-Edit", "runs/jrm_reward/final"),
+               "qwen_edit_plus": ("Qwen-Image-Edit-2509", "runs/jrm_reward/final"),
+               "flux2_klein_edit": ("FLUX.2-klein-base-4B", "runs/jrm_reward/final"),
                "jrm_reward": ("Qwen3-VL-8B-Instruct",)}
 
 

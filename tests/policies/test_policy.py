@@ -240,3 +240,32 @@ def test_qwen_true_cfg_combines_and_rescales():
         v_cond = policy.predict_velocity(x, t, cond, idx)
     assert not torch.allclose(v, v_cond)
     torch.testing.assert_close(v.norm(dim=-1), v_cond.norm(dim=-1))  # rescaled to the conditional norm
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(case):
+    """policy.gradient_checkpointing recomputes activations in backward: the LoRA's gradients equal the plain
+    backward's to fp32 rounding."""
+    grads = []
+    for checkpointing in (False, True):
+        policy, _ = case.make(f"policy.gradient_checkpointing={str(checkpointing).lower()}")
+        policy.transformer.train()  # diffusers checkpoints only while training
+        rollout = policy.sample(case.batch(2), 2, torch.Generator().manual_seed(0))
+        out = policy.step_logprob(rollout, torch.arange(len(rollout)), 1)
+        out.log_prob.sum().backward()
+        # (a layer whose output nothing reads, such as the last block's text stream, gets no gradient either way)
+        grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in policy.trainable_parameters()])
+    assert any(g.abs().max() > 0 for g in grads[0])
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-4, atol=1e-6)
+
+
+def test_offload_keeps_the_encoders_on_the_cpu_and_changes_nothing(case):
+    """policy.offload: the text encoders and the VAE stay on the CPU between rollouts (on a CUDA machine they
+    visit the GPU only to encode and decode: tests/test_gpu.py), and the samples are the same."""
+    plain, _ = case.make()
+    offloaded, _ = case.make("policy.offload=true")
+    assert set(offloaded.offloaded) == set(offloaded.modules) - {"transformer"} and not plain.offloaded
+    a = plain.sample(case.batch(2), 2, torch.Generator().manual_seed(0))
+    b = offloaded.sample(case.batch(2), 2, torch.Generator().manual_seed(0))
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.images, b.images)
+    assert all(next(getattr(offloaded.pipe, n).parameters()).device.type == "cpu" for n in offloaded.offloaded)
