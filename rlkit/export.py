@@ -148,7 +148,7 @@ def model_card(cfg: DictConfig, info: dict, summary: RunSummary, weights: str = 
     what = "LoRA" if cfg.policy.finetune == "lora" else "fully fine-tuned transformer"
     lines = [f"# {what} for {_title(cfg)}, trained with rlkit", "",
              f"Online RL ({cfg.algorithm.name}) on an instruction-following image editor "
-             f"(`{cfg.policy.name}`, {cfg.policy.resolution} px) with the reward {rewards}.", ""]
+             f"(`{cfg.policy.name}`, {_trained_at(cfg)}) with the reward {rewards}." + _references_said(cfg), ""]
     if not base:
         lines += ["Base model: a local folder (`" + _title(cfg) + "`), not a Hub id: set `export.base_model` in the "
                   "recipe to name it in this card's metadata.", ""]
@@ -188,6 +188,20 @@ def model_card(cfg: DictConfig, info: dict, summary: RunSummary, weights: str = 
               "## Recipe", "", "`config.yaml` beside the weights is the resolved recipe (secrets left out): "
               "`rlkit run config.yaml` trains it again where its data and model paths exist.", ""]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+def _references_said(cfg: DictConfig) -> str:
+    """How many reference images the training prompts had (where the data is on this machine)."""
+    try:
+        from rlkit.data import read_items
+
+        counts = sorted({len(it.images) for it in read_items(cfg.data)})
+    except Exception:
+        return ""
+    if counts == [1]:
+        return " Each prompt had one source image."
+    many = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return f" Each prompt had {many} reference images, in order (the first is the source)."
 
 
 def _trained_at(cfg: DictConfig) -> str:

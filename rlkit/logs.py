@@ -204,18 +204,41 @@ def _row(raw: bytes) -> dict | None:
     return row if type(step) is int and 0 <= step < 1 << 62 else None
 
 
-def save_grid(path: Path, sources, samples, group_size: int, max_rows: int = 32) -> None:
-    """One row per prompt (the first `max_rows`): the source, then its group's samples. Images in [0, 1], [N, 3,
-    H, W] or N images [3, H, W] of a size per prompt (rows of other sizes are padded with white)."""
+def save_grid(path: Path, sources, samples, group_size: int, max_rows: int = 32, references=None) -> list[dict]:
+    """One row per prompt (the first `max_rows`): the source, its other reference images (scaled to the row's
+    height), a 2 px gap, then its group's samples. Images in [0, 1], [N, 3, H, W] or N images [3, H, W] of a
+    size per prompt (rows of other sizes are padded with white). ``references``: each sample's reference images
+    (None: the source alone). Returns each row's tiles, {"source", "references", "samples"} as [x, y, w, h]
+    boxes, for whoever cuts the grid up again (the report)."""
+    import torch.nn.functional as F
+
     n_prompts = min(len(samples) // group_size, max_rows)
-    rows = []
+    rows, boxes, top = [], [], 0
     for p in range(n_prompts):
-        group = [samples[i] for i in range(p * group_size, (p + 1) * group_size)]
-        src = sources[p * group_size]
-        rows.append(torch.cat([src, torch.ones_like(src[:, :, :2]), *group], dim=2))
+        first = p * group_size
+        group = [samples[i] for i in range(first, first + group_size)]
+        src = sources[first]
+        h = src.shape[1]
+        extra = [F.interpolate(r[None].float(), size=(h, max(1, round(r.shape[2] * h / r.shape[1]))),
+                           mode="bilinear", align_corners=False)[0].clamp(0, 1)
+                 for r in (references[first][1:] if references is not None else [])]
+        gap = torch.ones_like(src[:, :, :2])
+        parts, x, box = [], 0, {"references": [], "samples": []}
+        for kind, image in [("source", src), *[("references", r) for r in extra], ("gap", gap),
+                            *[("samples", g) for g in group]]:
+            if kind == "source":
+                box["source"] = [x, top, image.shape[2], h]
+            elif kind != "gap":
+                box[kind].append([x, top, image.shape[2], h])
+            parts.append(image)
+            x += image.shape[2]
+        rows.append(torch.cat(parts, dim=2))
+        boxes.append(box)
+        top += h
     width = max(r.shape[2] for r in rows)
     rows = [torch.cat([r, torch.ones(3, r.shape[1], width - r.shape[2])], dim=2) for r in rows]
     grid = torch.cat(rows, dim=1)
     array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
+    return boxes

@@ -201,13 +201,14 @@ def _side_by_side(run_dir: Path, max_prompts: int = 16, width: int = 128) -> lis
         scores = read_json(grid.with_suffix(".json"))
         k = scores["samples_per_prompt"]
         said = scores.get("rationales") or {}
-        with Image.open(grid) as im:  # a row per prompt: source, a 2 px gap, its k samples (logs.save_grid)
-            side = (im.size[0] - 2) // (k + 1)
-            n = min(len(scores["instructions"]), im.size[1] // side, max_prompts)
+        with Image.open(grid) as im:  # a row per prompt: source, references, a 2 px gap, samples (logs.save_grid)
+            tiles = scores.get("tiles") or _square_tiles(im.size, k, len(scores["instructions"]))
+            n = min(len(scores["instructions"]), len(tiles), max_prompts)
             rows = []
             for p in range(n):
-                xs = [0] + [side + 2 + j * side for j in range(k)]
-                crop = [im.crop((x, p * side, x + side, (p + 1) * side)) for x in xs]
+                boxes = [tiles[p]["source"], *tiles[p]["samples"]]
+                crop = [im.crop((x, y, x + w, y + h)) for x, y, w, h in boxes]
+                crop[0] = [crop[0], *(im.crop((x, y, x + w, y + h)) for x, y, w, h in tiles[p]["references"])]
                 idx = range(p * k, (p + 1) * k)
                 rows.append((crop, [scores["proxy"][i] for i in idx],
                              [(scores["gold"] or [None] * len(scores["proxy"]))[i] for i in idx],
@@ -227,11 +228,26 @@ def _side_by_side(run_dir: Path, max_prompts: int = 16, width: int = 128) -> lis
     instructions = columns[0][0]
     head = "<tr><th>source</th><th>instruction</th>" + "".join(
         f"<th>step {s} ({names.get(s, '')})</th>" for s in steps) + "</tr>"
-    body = "".join(f"<tr><td>{_img(_png(columns[0][1][i][0][0]), width)}</td><td>{html.escape(instructions[i])}</td>"
+    body = "".join(f"<tr><td>{_references(columns[0][1][i][0][0], width)}</td><td>{html.escape(instructions[i])}</td>"
                    + "".join(f"<td>{samples(*col[1][i])}</td>" for col in columns) + "</tr>"
                    for i in range(min(len(col[1]) for col in columns)))
     return [f"<h2>Samples side by side (first {len(columns[0][1])} probe prompts, fixed noise)</h2>"
             f"<table>{head}{body}</table>"]
+
+
+def _square_tiles(size: tuple[int, int], k: int, prompts: int) -> list[dict]:
+    """The tiles of a grid written before grids recorded them: square rows of the source, a 2 px gap, k samples."""
+    side = (size[0] - 2) // (k + 1)
+    return [{"source": [0, p * side, side, side], "references": [],
+             "samples": [[side + 2 + j * side, p * side, side, side] for j in range(k)]}
+            for p in range(min(prompts, size[1] // side))]
+
+
+def _references(images: list, width: int) -> str:
+    """The source and, smaller beside it, a prompt's other reference images."""
+    first, *others = images
+    return _img(_png(first), width) + "".join(f"<br><small>reference {i + 2}</small><br>{_img(_png(r), width // 2)}"
+                                              for i, r in enumerate(others))
 
 
 def _rationale_html(rationales: dict) -> str:

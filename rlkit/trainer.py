@@ -235,13 +235,13 @@ class Trainer:
         every = self.cfg.train.grid_every
         if every and (self.step % every == 0 or self.step == 1) and self.dist.is_main:
             self._keep_going(save_grid, self.run_dir / "samples" / f"step_{self.step:06d}.png", rollout.sources,
-                             rollout.images, self.cfg.algorithm.group_size)
+                             rollout.images, self.cfg.algorithm.group_size, 32, rollout.references)
 
-    def _keep_going(self, write, path: Path, *args) -> None:
+    def _keep_going(self, write, path: Path, *args):
         """A sample grid is for looking at: a full disk costs it (said), not the run; the next checkpoint
-        write then stops the run with the last checkpoint intact."""
+        write then stops the run with the last checkpoint intact. What ``write`` returns, or None."""
         try:
-            write(path, *args)
+            return write(path, *args)
         except Exception as err:
             failure = write_failure(err)
             if failure is None:
@@ -256,10 +256,14 @@ class Trainer:
         figures.update(self.stability.observe_probe(figures["eval/reward"]))
         if self.dist.is_main:
             grid = self.run_dir / "samples" / f"eval_step_{self.step:06d}.png"
-            self._keep_going(save_grid, grid, [s for r in rollouts for s in r.sources],
-                             [im for r in rollouts for im in r.images], self.cfg.eval.samples_per_prompt)
-            # each sample's scores beside the grid, for the report's side-by-side rows
-            scores = json.dumps(json_safe({**per_sample, "samples_per_prompt": self.cfg.eval.samples_per_prompt}))
+            several = any(r.references is not None for r in rollouts)
+            tiles = self._keep_going(save_grid, grid, [s for r in rollouts for s in r.sources],
+                                     [im for r in rollouts for im in r.images], self.cfg.eval.samples_per_prompt, 32,
+                                     [x for r in rollouts for x in r.as_reward_input().all_references]
+                                     if several else None)
+            # each sample's scores beside the grid, and where each image is in it, for the report's rows
+            scores = json.dumps(json_safe({**per_sample, "samples_per_prompt": self.cfg.eval.samples_per_prompt,
+                                           "tiles": tiles}))
             self._keep_going(Path.write_text, grid.with_suffix(".json"), scores)
         return figures
 

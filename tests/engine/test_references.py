@@ -190,3 +190,21 @@ def test_a_multi_reference_run_resumes_bit_identically(tmp_path):
     a = load_file(straight / "checkpoints" / "step_000003" / "adapter.safetensors")
     b = load_file(tmp_path / "b" / "run" / "checkpoints" / "step_000003" / "adapter.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_report_and_the_card_show_every_reference(tmp_path):
+    """Evaluation grids hold each prompt's references beside its source (their tiles recorded beside the grid);
+    the report shows them next to the samples, whatever their sizes; the model card says how many a prompt
+    had."""
+    run = Trainer(tiny_config(tmp_path, f"data.path={MULTI}", "policy.name=qwen_image_edit_plus_tiny",
+                              "sampler.num_steps=2", "eval.every=2", "eval.samples_per_prompt=2",
+                              "train.report=true"), progress=False).fit()
+    scores = json.loads((run / "samples" / "eval_step_000002.json").read_text())
+    assert len(scores["tiles"]) == 4 and all(len(t["references"]) == 1 and len(t["samples"]) == 2
+                                             for t in scores["tiles"])
+    sizes = {tuple(t["source"][2:]) for t in scores["tiles"]}
+    assert len(sizes) == 2  # wide and tall prompts in one grid
+    page = (run / "report.html").read_text()
+    assert page.count("<small>reference 2</small>") == 4
+    assert "Each prompt had 2 reference images, in order (the first is the source)." in \
+        (run / "final" / "README.md").read_text()
