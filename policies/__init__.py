@@ -21,10 +21,8 @@ def build_policy(cfg, sampler_cfg, device, train_micro_batch: int = 0):
     if entry.weights == "tiny":
         return policy_class(load(entry.editor.tiny)(seed=cfg.seed), cfg, sampler_cfg, device, train_micro_batch)
     if entry.weights == "random":
-        from rlkit.policies.tiny import kontext_size_pipeline
-
         torch.manual_seed(cfg.seed)
-        return policy_class(kontext_size_pipeline(device), cfg, sampler_cfg, device, train_micro_batch)
+        return policy_class(load(entry.editor.real_size)(device), cfg, sampler_cfg, device, train_micro_batch)
     return policy_class.from_pretrained(cfg, sampler_cfg, device, train_micro_batch)
 
 
@@ -35,14 +33,13 @@ def transformer_skeleton(cfg):
     import torch
 
     from rlkit.core.hub import local_pretrained
-    from rlkit.policies.tiny import KONTEXT_TRANSFORMER
 
     entry = POLICIES[cfg.name]
     if entry.weights == "tiny":
         return load(entry.editor.tiny)(seed=cfg.seed).transformer
     transformer_class = getattr(diffusers, entry.editor.transformer)
     if entry.weights == "random":
-        config = KONTEXT_TRANSFORMER
+        config = load(entry.editor.real_transformer)
     else:
         config = transformer_class.load_config(str(local_pretrained(cfg.pretrained)), subfolder="transformer")
     with torch.device("meta"):

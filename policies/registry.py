@@ -20,6 +20,10 @@ class Editor:
     guidance: str
     max_references: int | None = 1  # reference images per prompt (None: any number)
     size_from: str = "first"  # the reference whose aspect ratio the pipeline gives the edit
+    # module:function(device) building the pipeline at its real size with random weights (rlkit bench), and
+    # module:NAME of that transformer's config
+    real_size: str | None = None
+    real_transformer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,9 @@ class PolicyEntry:
 
 
 FLUX_KONTEXT = Editor("rlkit.policies.flux_kontext:FluxKontextPolicy", "FluxKontextPipeline", "FluxTransformer2DModel",
-                      "rlkit.policies.tiny:tiny_kontext_pipeline", 512, "distilled")
+                      "rlkit.policies.tiny:tiny_kontext_pipeline", 512, "distilled",
+                      real_size="rlkit.policies.tiny:kontext_size_pipeline",
+                      real_transformer="rlkit.policies.tiny:KONTEXT_TRANSFORMER")
 QWEN_IMAGE_EDIT = Editor("rlkit.policies.qwen_image_edit:QwenImageEditPolicy", "QwenImageEditPipeline",
                          "QwenImageTransformer2DModel", "rlkit.policies.tiny:tiny_qwen_edit_pipeline", 1024, "true_cfg")
 
@@ -37,12 +43,16 @@ QWEN_IMAGE_EDIT = Editor("rlkit.policies.qwen_image_edit:QwenImageEditPolicy", "
 QWEN_IMAGE_EDIT_PLUS = Editor("rlkit.policies.qwen_image_edit_plus:QwenImageEditPlusPolicy",
                               "QwenImageEditPlusPipeline", "QwenImageTransformer2DModel",
                               "rlkit.policies.tiny:tiny_qwen_edit_plus_pipeline", 1024, "true_cfg",
-                              max_references=None, size_from="last")
+                              max_references=None, size_from="last",
+                              real_size="rlkit.policies.tiny:qwen_edit_plus_size_pipeline",
+                              real_transformer="rlkit.policies.tiny:QWEN_IMAGE_TRANSFORMER")
 QWEN_IMAGE_EDIT_2511 = Editor(QWEN_IMAGE_EDIT_PLUS.policy_class, QWEN_IMAGE_EDIT_PLUS.pipeline,
                               QWEN_IMAGE_EDIT_PLUS.transformer, "rlkit.policies.tiny:tiny_qwen_edit_2511_pipeline",
                               1024, "true_cfg", max_references=None, size_from="last")
 FLUX2_KLEIN = Editor("rlkit.policies.flux2:Flux2Policy", "Flux2KleinPipeline", "Flux2Transformer2DModel",
-                     "rlkit.policies.tiny:tiny_flux2_klein_pipeline", 512, "true_cfg", max_references=None)
+                     "rlkit.policies.tiny:tiny_flux2_klein_pipeline", 512, "true_cfg", max_references=None,
+                     real_size="rlkit.policies.tiny:flux2_klein_size_pipeline",
+                     real_transformer="rlkit.policies.tiny:FLUX2_KLEIN_4B_TRANSFORMER")
 
 POLICIES = {
     "flux_kontext": PolicyEntry(FLUX_KONTEXT, "pretrained"),
@@ -54,9 +64,11 @@ POLICIES = {
     "qwen_image_edit_plus": PolicyEntry(QWEN_IMAGE_EDIT_PLUS, "pretrained"),
     "qwen_image_edit_plus_tiny": PolicyEntry(QWEN_IMAGE_EDIT_PLUS, "tiny"),
     "qwen_image_edit_2511_tiny": PolicyEntry(QWEN_IMAGE_EDIT_2511, "tiny"),
+    "qwen_image_edit_plus_random": PolicyEntry(QWEN_IMAGE_EDIT_PLUS, "random"),  # rlkit bench at the real size
     # FLUX.2 [klein] 4B / 9B, base or step-distilled (the pipeline's is_distilled)
     "flux2": PolicyEntry(FLUX2_KLEIN, "pretrained"),
     "flux2_tiny": PolicyEntry(FLUX2_KLEIN, "tiny"),
+    "flux2_random": PolicyEntry(FLUX2_KLEIN, "random"),  # rlkit bench: FLUX.2 [klein] 4B's size
 }
 
 

@@ -208,3 +208,76 @@ def kontext_size_pipeline(device: torch.device):
                                                 base_image_seq_len=256, max_image_seq_len=4096, shift=3.0)
     return FluxKontextPipeline(scheduler=scheduler, vae=vae, text_encoder=te, tokenizer=clip_tok, text_encoder_2=te2,
                                tokenizer_2=t5_tok, transformer=transformer)
+
+
+# Qwen-Image(-Edit, -2509, -2511) transformer (20B) and FLUX.2 [klein] 4B transformer: the public configs
+QWEN_IMAGE_TRANSFORMER = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                              num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
+                              axes_dims_rope=(16, 56, 56))
+FLUX2_KLEIN_4B_TRANSFORMER = dict(patch_size=1, in_channels=128, num_layers=5, num_single_layers=20,
+                                  attention_head_dim=128, num_attention_heads=24, joint_attention_dim=7680,
+                                  timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32),
+                                  rope_theta=2000, guidance_embeds=False)
+
+
+def _bf16_on(device: torch.device, build):
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with device:
+            return build()
+    finally:
+        torch.set_default_dtype(default)
+
+
+def qwen_edit_plus_size_pipeline(device: torch.device):
+    """Qwen-Image-Edit-2509 at its real size with random weights: the 20B transformer and the real VAE; the
+    Qwen2.5-VL text encoder at its real output width (3584) but one layer and a one-block vision tower, since it
+    runs once per group, not per step."""
+    from diffusers import AutoencoderKLQwenImage, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tok = qwen_byte_tokenizer()
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+
+    def build():
+        text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+            text_config=dict(vocab_size=len(tok), hidden_size=3584, intermediate_size=18944, num_hidden_layers=1,
+                             num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                              "mrope_section": [16, 24, 24]},
+                             pad_token_id=tok.pad_token_id),
+            vision_config=dict(depth=1, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                               out_hidden_size=3584), **ids))
+        return (QwenImageTransformer2DModel(**QWEN_IMAGE_TRANSFORMER), AutoencoderKLQwenImage(), text_encoder)
+
+    transformer, vae, text_encoder = _bf16_on(device, build)
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                                base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02)
+    return QwenImageEditPlusPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok,
+                                     processor=ImageOnlyQwen2VLProcessor(tok), transformer=transformer)
+
+
+def flux2_klein_size_pipeline(device: torch.device):
+    """FLUX.2 [klein] 4B (base) at its real size with random weights: the 4B transformer and the real VAE; the
+    Qwen3 text encoder at its real width (2560) and depth (the pipeline stacks layers 9, 18, 27) but a narrow MLP,
+    since it runs once per group."""
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = qwen_byte_tokenizer()
+    tok.chat_template = QWEN3_CHAT_TEMPLATE
+
+    def build():
+        text_encoder = Qwen3ForCausalLM(Qwen3Config(
+            vocab_size=len(tok), hidden_size=2560, intermediate_size=512, num_hidden_layers=28,
+            num_attention_heads=20, num_key_value_heads=1, head_dim=128, max_position_embeddings=1024,
+            pad_token_id=tok.pad_token_id))
+        return Flux2Transformer2DModel(**FLUX2_KLEIN_4B_TRANSFORMER), AutoencoderKLFlux2(), text_encoder
+
+    transformer, vae, text_encoder = _bf16_on(device, build)
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0, time_shift_type="exponential")
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok,
+                              transformer=transformer, is_distilled=False)

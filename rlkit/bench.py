@@ -15,7 +15,8 @@ import torch
 
 from rlkit.core.devices import resolve_device
 from rlkit.core.errors import UserError
-from rlkit.data import PromptStream, read_items
+from rlkit.data import PromptStream, check_references, read_items
+from rlkit.policies import POLICIES
 from rlkit.preparation import prepare_recipe
 from rlkit.roles import build_roles
 from rlkit.timing import StageTimer
@@ -32,7 +33,9 @@ def bench(cfg, iterations: int = 2, warmup: int = 1) -> dict:
     optimizer, scheduler = roles.optimizer, roles.lr_scheduler
     for p in policy.trainable_parameters():  # a trained-looking adapter: LoRA and reference differ
         torch.nn.init.normal_(p, std=0.01)
-    prompts = PromptStream(read_items(cfg.data), policy.layout, cfg.seed, cfg.data.shuffle)
+    items = read_items(cfg.data)
+    check_references(items, POLICIES[cfg.policy.name].editor.max_references, cfg.policy.name)
+    prompts = PromptStream(items, policy.layout, cfg.seed, cfg.data.shuffle)
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def iteration(clock: StageTimer):
