@@ -1,8 +1,9 @@
-"""FLUX.2 [klein] (base and distilled) as an RL policy, several reference images per prompt (the loop, kernels and
-LoRA are in flow_policy.py).
+"""FLUX.2 [klein] (base and distilled) and FLUX.2 [dev] as RL policies, several reference images per prompt (the
+loop, kernels and LoRA are in flow_policy.py).
 
-Conditioning as `Flux2KleinPipeline.__call__` does it, through the pipeline's own methods: the Qwen3 text encoder
-reads the chat template (padded to `max_sequence_length`), its hidden states of three layers stacked; each
+Conditioning as `Flux2KleinPipeline.__call__` (and `Flux2Pipeline.__call__` for [dev]) does it, through the
+pipeline's own methods: the text encoder (Qwen3 for [klein], Mistral Small 3.1 with the pipeline's system message
+for [dev]) reads the chat template (padded to `max_sequence_length`), its hidden states of three layers stacked; each
 reference is checked (sides >= 64, aspect <= 8), brought to at most 1024^2 pixels, cropped to the 16-pixel
 multiple, VAE-encoded (argmax, 2x2 patchified, batch-norm normalised) and flattened; reference tokens follow
 the noisy target tokens with position ids (T = 10 + 10 i, h, w, 0). The schedule's `mu` is FLUX.2's empirical
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline
 from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
 
 from rlkit.core.errors import UserError
@@ -161,3 +162,14 @@ class Flux2Policy(FlowEditPolicy):
         lat = pipe._unpatchify_latents(lat * std + mean)
         image = vae.decode(lat.to(self.device, vae.dtype), return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0, 1).cpu()
+
+
+class Flux2DevPolicy(Flux2Policy):
+    """FLUX.2 [dev]: the same conditioning through `Flux2Pipeline`; guidance is an embedding
+    (`policy.guidance_scale`), with no CFG pass."""
+
+    pipeline_class = Flux2Pipeline
+
+    def __init__(self, pipe, cfg, sampler_cfg, device="cpu", train_micro_batch: int = 0, with_adapter: bool = True):
+        super().__init__(pipe, cfg, sampler_cfg, device, train_micro_batch, with_adapter)
+        self.cfg_active = False  # the pipeline runs the conditional prediction only

@@ -53,6 +53,8 @@ FLUX2_KLEIN = Editor("rlkit.policies.flux2:Flux2Policy", "Flux2KleinPipeline", "
                      "rlkit.policies.tiny:tiny_flux2_klein_pipeline", 512, "true_cfg", max_references=None,
                      real_size="rlkit.policies.tiny:flux2_klein_size_pipeline",
                      real_transformer="rlkit.policies.tiny:FLUX2_KLEIN_4B_TRANSFORMER")
+FLUX2_DEV = Editor("rlkit.policies.flux2:Flux2DevPolicy", "Flux2Pipeline", "Flux2Transformer2DModel",
+                   "rlkit.policies.tiny:tiny_flux2_dev_pipeline", 512, "distilled", max_references=None)
 
 POLICIES = {
     "flux_kontext": PolicyEntry(FLUX_KONTEXT, "pretrained"),
@@ -69,6 +71,8 @@ POLICIES = {
     "flux2": PolicyEntry(FLUX2_KLEIN, "pretrained"),
     "flux2_tiny": PolicyEntry(FLUX2_KLEIN, "tiny"),
     "flux2_random": PolicyEntry(FLUX2_KLEIN, "random"),  # rlkit bench: FLUX.2 [klein] 4B's size
+    "flux2_dev": PolicyEntry(FLUX2_DEV, "pretrained"),  # FLUX.2 [dev]: Mistral text encoder, embedded guidance
+    "flux2_dev_tiny": PolicyEntry(FLUX2_DEV, "tiny"),
 }
 
 

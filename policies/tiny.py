@@ -176,6 +176,40 @@ def tiny_flux2_klein_pipeline(seed: int = 0, distilled: bool = False):
                               transformer=transformer, is_distilled=distilled)
 
 
+MISTRAL_CHAT_TEMPLATE = (  # system and user turns whose content is a list of text parts, as FLUX.2 [dev] sends them
+    "{% for m in messages %}{% for part in m['content'] %}"
+    "{% if m['role'] == 'system' %}[SYSTEM_PROMPT]{{ part['text'] }}[/SYSTEM_PROMPT]"
+    "{% else %}[INST]{{ part['text'] }}[/INST]{% endif %}{% endfor %}{% endfor %}")
+
+
+def tiny_flux2_dev_pipeline(seed: int = 0):
+    """A Flux2Pipeline (FLUX.2 [dev]) at toy size: a Mistral3 text encoder of 31 layers at width 16 (the pipeline
+    stacks layers 10, 20 and 30) with a tiny Pixtral vision tower, the VAE of tiny_flux2_klein_pipeline, a
+    transformer with a guidance embedding."""
+    from diffusers import Flux2Pipeline, Flux2Transformer2DModel
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    klein = tiny_flux2_klein_pipeline(seed)
+    torch.manual_seed(seed)
+    tok = qwen_byte_tokenizer(("[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[INST]", "[/INST]", "[IMG]"))
+    tok.chat_template = MISTRAL_CHAT_TEMPLATE
+    text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
+        text_config=dict(model_type="mistral", vocab_size=len(tok), hidden_size=16, intermediate_size=16,
+                         num_hidden_layers=31, num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                         max_position_embeddings=1024, pad_token_id=tok.pad_token_id),
+        vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, head_dim=8, image_size=32, patch_size=8),
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=1, multimodal_projector_bias=False,
+    ))
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=True,
+    )
+    return Flux2Pipeline(scheduler=klein.scheduler, vae=klein.vae, text_encoder=text_encoder, tokenizer=tok,
+                         transformer=transformer)
+
+
 # FLUX.1 [dev] / Kontext [dev] transformer (11.9B) and VAE configs (public model_index / config.json values).
 KONTEXT_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,

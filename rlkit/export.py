@@ -77,11 +77,12 @@ def loading_snippet(cfg: DictConfig, weights: Path | str, example: tuple | None 
     p, r = cfg.policy, cfg.policy.resolution
     square, ref = bool(p.get("square", False)), p.get("reference_resolution") or r
     several = editor.max_references is None
-    if editor.guidance == "distilled":
+    if editor.pipeline == "FluxKontextPipeline":
         settings = (f"guidance_scale={p.guidance_scale:g}, max_sequence_length={p.max_sequence_length}, "
                     f"max_area=width * height, _auto_resize=False")
-    elif editor.pipeline.startswith("Flux2"):
-        settings = f"guidance_scale={p.true_cfg_scale:g}, max_sequence_length={p.max_sequence_length}"
+    elif editor.pipeline.startswith("Flux2"):  # [dev]: the guidance embedding; [klein]: its CFG scale
+        scale = p.guidance_scale if editor.guidance == "distilled" else p.true_cfg_scale
+        settings = f"guidance_scale={scale:g}, max_sequence_length={p.max_sequence_length}"
     else:
         settings = f"true_cfg_scale={p.true_cfg_scale:g}" + (', negative_prompt=" "' if p.true_cfg_scale > 1 else "")
     if p.finetune == "full":

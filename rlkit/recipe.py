@@ -32,8 +32,8 @@ class LoraConfig:
 class PolicyConfig:
     name: str = setting("flux_kontext", choices=tuple(POLICIES),
                         help="the editor: flux_kontext, qwen_image_edit, qwen_image_edit_plus (2509/2511), flux2 "
-                             "(FLUX.2 [klein]) (+ _tiny: random toy weights; _random: the real size with random "
-                             "weights, for rlkit bench)")
+                             "(FLUX.2 [klein]), flux2_dev (+ _tiny: random toy weights; _random: the real size "
+                             "with random weights, for rlkit bench)")
     pretrained: str | None = setting(None, help="local diffusers folder or hub id (read from the local hub cache; "
                                                "rlkit never downloads)")
     dtype: str = setting("bfloat16", choices=tuple(DTYPES),

@@ -17,12 +17,15 @@ EDITORS = {
     "qwen_image_edit": ("qwen_image_edit_tiny", 4, 8),
     "qwen_image_edit_plus": ("qwen_image_edit_plus_tiny", 4, 8),
     "flux2": ("flux2_tiny", 16, 4),  # patchified: 16 channels at 4 x 4
+    "flux2_dev": ("flux2_dev_tiny", 16, 4),
 }
 # the multi-reference editors: two references per prompt, of other aspect ratios than the edit
-REFERENCES = {"qwen_image_edit_plus": [(32, 48), (40, 24)], "flux2": [(64, 96), (80, 64)]}
+REFERENCES = {"qwen_image_edit_plus": [(32, 48), (40, 24)], "flux2": [(64, 96), (80, 64)],
+              "flux2_dev": [(64, 96), (80, 64)]}
 # FLUX.2: its LoRA as its own training scripts place it, the fused single-block projections and their plain to_out too
-EXTRA = {"flux2": ("policy.reference_resolution=96", "policy.lora.target_modules=[to_q,to_k,to_v,to_out.0,"
-                   "to_qkv_mlp_proj,'single_transformer_blocks.*.attn.to_out']")}
+FLUX2_LORA = ("policy.reference_resolution=96", "policy.lora.target_modules=[to_q,to_k,to_v,to_out.0,"
+              "to_qkv_mlp_proj,'single_transformer_blocks.*.attn.to_out']")
+EXTRA = {"flux2": FLUX2_LORA, "flux2_dev": FLUX2_LORA}
 # alpha != rank, as in every packaged recipe: a loader that assumed alpha = rank would be 4x off
 LORA = ("policy.lora.rank=4", "policy.lora.alpha=16")
 
@@ -43,7 +46,7 @@ def _stock_pipeline(editor: str):
 
     pipe = {"flux_kontext": tiny.tiny_kontext_pipeline, "qwen_image_edit": tiny.tiny_qwen_edit_pipeline,
             "qwen_image_edit_plus": tiny.tiny_qwen_edit_plus_pipeline,
-            "flux2": tiny.tiny_flux2_klein_pipeline}[editor](seed=0)
+            "flux2": tiny.tiny_flux2_klein_pipeline, "flux2_dev": tiny.tiny_flux2_dev_pipeline}[editor](seed=0)
     for module in pipe.components.values():  # as from_pretrained leaves them (built from configs: train mode)
         if isinstance(module, torch.nn.Module):
             module.eval()
@@ -64,6 +67,10 @@ def _stock_output(editor: str, pipe, cfg, batch, noise) -> torch.Tensor:
         return pipe(image=refs, prompt=batch.instructions[0], height=32, width=32,
                     num_inference_steps=cfg.sampler.num_steps, true_cfg_scale=cfg.policy.true_cfg_scale,
                     latents=pipe._pack_latents(noise, 1, C, side, side), output_type="latent").images
+    if editor == "flux2_dev":  # its latent output is the token layout already
+        return pipe(image=refs, prompt=batch.instructions[0], height=32, width=32,
+                    num_inference_steps=cfg.sampler.num_steps, guidance_scale=cfg.policy.guidance_scale,
+                    max_sequence_length=cfg.policy.max_sequence_length, latents=noise, output_type="latent").images
     if editor == "flux2":
         out = pipe(image=refs, prompt=batch.instructions[0], height=32, width=32,
                    num_inference_steps=cfg.sampler.num_steps, guidance_scale=cfg.policy.true_cfg_scale,
@@ -144,7 +151,7 @@ def test_fully_finetuned_transformer_loads_with_from_pretrained(editor, tmp_path
 
 
 SNIPPET_CASES = [("flux_kontext", "lora"), ("flux_kontext", "full"), ("qwen_image_edit_plus", "lora"),
-                 ("flux2", "lora")]
+                 ("flux2", "lora"), ("flux2_dev", "lora")]
 
 
 @pytest.mark.parametrize("editor,finetune", SNIPPET_CASES)

@@ -120,7 +120,21 @@ class Flux2Case(Case):
         return pipe._pack_latents((pipe._patchify_latents(out) - mean) / std)
 
 
-CASES = [FluxKontextCase(), QwenImageEditCase(), QwenImageEditPlusCase(), QwenImageEdit2511Case(), Flux2Case()]
+class Flux2DevCase(Flux2Case):
+    """FLUX.2 [dev]: the same references through Flux2Pipeline, a Mistral text encoder, embedded guidance."""
+
+    name = "flux2_dev_tiny"
+
+    def ode_reference(self, policy, cfg, batch, noise, monkeypatch=None):
+        """Flux2Pipeline's own __call__ (its latent output is the policy's token layout already)."""
+        pipe = policy.pipe
+        return pipe(image=[tensor_to_pil(r) for r in batch.references[0]], prompt=batch.instructions[0], height=32,
+                    width=32, num_inference_steps=cfg.sampler.num_steps, guidance_scale=cfg.policy.guidance_scale,
+                    max_sequence_length=cfg.policy.max_sequence_length, latents=noise, output_type="latent").images
+
+
+CASES = [FluxKontextCase(), QwenImageEditCase(), QwenImageEditPlusCase(), QwenImageEdit2511Case(), Flux2Case(),
+         Flux2DevCase()]
 
 
 def test_every_registered_editor_has_a_case():
