@@ -208,3 +208,14 @@ def test_the_report_and_the_card_show_every_reference(tmp_path):
     assert page.count("<small>reference 2</small>") == 4
     assert "Each prompt had 2 reference images, in order (the first is the source)." in \
         (run / "final" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "nft", "awm", "dgpo"])
+def test_every_objective_trains_a_multi_reference_editor(algorithm, tmp_path):
+    """The objectives that draw their own timesteps per sample (NFT, AWM, DGPO) or pair samples (DPO) call the
+    multi-reference editors as GRPO does: a tiny run completes and its loss is finite."""
+    run = Trainer(tiny_config(tmp_path, f"data.path={MULTI}", "policy.name=flux2_tiny",
+                              "policy.reference_resolution=96", f"algorithm.name={algorithm}", "sampler.num_steps=3",
+                              "train.steps=1"), progress=False).fit()
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["step"] == 1 and all(v is None or v == v for v in row.values() if isinstance(v, float))
