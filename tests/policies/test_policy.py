@@ -283,3 +283,31 @@ def test_offload_keeps_the_encoders_on_the_cpu_and_changes_nothing(case):
     b = offloaded.sample(case.batch(2), 2, torch.Generator().manual_seed(0))
     assert torch.equal(a.latents, b.latents) and torch.equal(a.images, b.images)
     assert all(next(getattr(offloaded.pipe, n).parameters()).device.type == "cpu" for n in offloaded.offloaded)
+
+
+def test_flux2_guidance_follows_the_pipeline_config(monkeypatch):
+    """FLUX.2 [klein]: the base model runs true CFG (the empty negative prompt, no rescaling) when
+    policy.true_cfg_scale > 1; the step-distilled model (the pipeline config's is_distilled) runs none, as its
+    stock pipeline ignores guidance_scale, and equals that pipeline's own call."""
+    from rlkit.policies.flux2 import Flux2Policy
+    from rlkit.policies.tiny import tiny_flux2_klein_pipeline
+
+    case = Flux2Case()
+    base, cfg = case.make("policy.true_cfg_scale=4.0", "sampler.noise_level=0.0", "algorithm.name=dpo")
+    batch = case.batch(1)
+    cond = base.encode(batch)
+    assert base.cfg_active and cond.negative_embeds is not None
+    x, t, idx = torch.randn(1, 16, 16), torch.tensor(0.6), torch.tensor([0])
+    with torch.no_grad():
+        guided = base.predict_velocity(x, t, cond, idx)
+        cond.negative_embeds = None
+        plain = base.predict_velocity(x, t, cond, idx)
+    assert not torch.allclose(guided, plain)
+
+    distilled = Flux2Policy(tiny_flux2_klein_pipeline(0, distilled=True), cfg.policy, cfg.sampler)
+    assert not distilled.cfg_active and distilled.encode(batch).negative_embeds is None
+    noise = torch.randn(*case.noise_shape, generator=torch.Generator().manual_seed(3))
+    ours = distilled.sample(batch, 1, torch.Generator().manual_seed(0), initial_noise=noise).latents[:, -1]
+    with torch.no_grad():
+        expected = case.ode_reference(distilled, cfg, batch, noise)  # guidance_scale 4: the pipeline ignores it
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
