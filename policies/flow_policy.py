@@ -164,6 +164,27 @@ class FlowEditPolicy:
         """Packed latents -> images [N, 3, H, W] in [0, 1] on the CPU (H, W: the edit's size in ``cond``)."""
         raise NotImplementedError
 
+    def velocity_by_reference_sizes(self, x: torch.Tensor, timestep: torch.Tensor, prompt_index: torch.Tensor,
+                                    sizes: list, velocity) -> torch.Tensor:
+        """``velocity(x, t, prompt_index)`` over one transformer batch per set of reference sizes (``sizes[p]``:
+        prompt p's): reference tokens are concatenated per sample, and the transformer reads one set of positions
+        for its whole batch. ``timestep``: one for all samples, or one each."""
+        n = x.shape[0]
+        t = timestep.reshape(-1).expand(n) if timestep.numel() == 1 else timestep.reshape(n)
+        idx = prompt_index.cpu()
+        groups: dict[tuple, list[int]] = {}
+        for row, p in enumerate(idx.tolist()):
+            groups.setdefault(tuple(sizes[p]), []).append(row)
+        if len(groups) == 1:
+            return velocity(x, t, idx)
+        out = None
+        for rows in groups.values():
+            sel = torch.tensor(rows)
+            v = velocity(x[sel], t[sel], idx[sel])
+            out = v.new_empty((n, *v.shape[1:])) if out is None else out
+            out[sel] = v
+        return out
+
     def noise_shape(self, cond) -> tuple[int, ...]:
         """One sample's initial noise, as its pipeline's `prepare_latents` draws it (before packing)."""
         h, w = cond.latent_hw

@@ -110,22 +110,8 @@ class Flux2Policy(FlowEditPolicy):
     # ----------------------------------------------------------------- model calls
     def predict_velocity(self, x: torch.Tensor, timestep: torch.Tensor, cond: Flux2Condition,
                          prompt_index: torch.Tensor) -> torch.Tensor:
-        """One transformer batch per set of reference sizes (the transformer reads one set of ids per batch)."""
-        n = x.shape[0]
-        t = timestep.reshape(-1).expand(n) if timestep.numel() == 1 else timestep.reshape(n)
-        idx = prompt_index.cpu()
-        groups: dict[tuple, list[int]] = {}
-        for row, p in enumerate(idx.tolist()):
-            groups.setdefault(cond.reference_sizes[p], []).append(row)
-        if len(groups) == 1:
-            return self._velocity(x, t, cond, idx)
-        out = None
-        for rows in groups.values():
-            sel = torch.tensor(rows)
-            v = self._velocity(x[sel], t[sel], cond, idx[sel])
-            out = v.new_empty((n, *v.shape[1:])) if out is None else out
-            out[sel] = v
-        return out
+        return self.velocity_by_reference_sizes(x, timestep, prompt_index, cond.reference_sizes,
+                                                lambda x, t, idx: self._velocity(x, t, cond, idx))
 
     def _velocity(self, x, t, cond: Flux2Condition, idx) -> torch.Tensor:
         n, length = x.shape[0], x.shape[1]

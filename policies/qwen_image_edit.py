@@ -102,8 +102,11 @@ class QwenImageEditPolicy(FlowEditPolicy):
         v = call(cond.prompt_embeds, cond.prompt_mask)
         if cond.negative_embeds is None:
             return v
-        neg = call(cond.negative_embeds, cond.negative_mask)
-        combined = neg + self.true_cfg_scale * (v - neg)
+        return self.true_cfg(v, call(cond.negative_embeds, cond.negative_mask))
+
+    def true_cfg(self, v: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        """The pipeline's true CFG: the combination rescaled to the conditional prediction's norm per token."""
+        combined = negative + self.true_cfg_scale * (v - negative)
         return combined * (v.norm(dim=-1, keepdim=True) / combined.norm(dim=-1, keepdim=True))
 
     @torch.no_grad()

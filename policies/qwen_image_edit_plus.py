@@ -86,23 +86,8 @@ class QwenImageEditPlusPolicy(QwenImageEditPolicy):
     # ----------------------------------------------------------------- model calls
     def predict_velocity(self, x: torch.Tensor, timestep: torch.Tensor, cond: QwenEditPlusCondition,
                          prompt_index: torch.Tensor) -> torch.Tensor:
-        """One transformer batch per set of reference sizes (their tokens are concatenated, and the transformer
-        reads one `img_shapes` for the whole batch)."""
-        n = x.shape[0]
-        t = timestep.reshape(-1).expand(n) if timestep.numel() == 1 else timestep.reshape(n)
-        idx = prompt_index.cpu()
-        groups: dict[tuple, list[int]] = {}
-        for row, p in enumerate(idx.tolist()):
-            groups.setdefault(tuple(cond.img_shapes[p]), []).append(row)
-        if len(groups) == 1:
-            return self._velocity(x, t, cond, idx)
-        out = None
-        for rows in groups.values():
-            sel = torch.tensor(rows)
-            v = self._velocity(x[sel], t[sel], cond, idx[sel])
-            out = v.new_empty((n, *v.shape[1:])) if out is None else out
-            out[sel] = v
-        return out
+        return self.velocity_by_reference_sizes(x, timestep, prompt_index, cond.img_shapes,
+                                                lambda x, t, idx: self._velocity(x, t, cond, idx))
 
     def _velocity(self, x, t, cond: QwenEditPlusCondition, idx) -> torch.Tensor:
         n, length = x.shape[0], x.shape[1]
@@ -125,9 +110,7 @@ class QwenImageEditPlusPolicy(QwenImageEditPolicy):
         v = call(cond.prompt_embeds, cond.prompt_mask)
         if cond.negative_embeds is None:
             return v
-        neg = call(cond.negative_embeds, cond.negative_mask)
-        combined = neg + self.true_cfg_scale * (v - neg)
-        return combined * (v.norm(dim=-1, keepdim=True) / combined.norm(dim=-1, keepdim=True))
+        return self.true_cfg(v, call(cond.negative_embeds, cond.negative_mask))
 
 
 def _padded(embeds: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
