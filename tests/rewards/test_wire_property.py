@@ -41,6 +41,11 @@ def requests(draw):
     if draw(st.booleans()):
         meta["metadata"] = draw(st.one_of(st.lists(st.dictionaries(st.text(max_size=3), JSON, max_size=2),
                                                    min_size=n, max_size=n), JSON))
+    if draw(st.integers(0, 3)) == 0:  # several reference images per group, or something like it
+        meta["references"] = draw(st.one_of(st.just({"0": 2}), st.just({"0": 1, "1": 1}), JSON))
+        for key in draw(st.lists(st.sampled_from(["reference/0/0", "reference/0/1", "reference/1/0"]), max_size=3)):
+            shape = draw(st.sampled_from([(3, 4, 6), (3, 5, 5), (1, 4, 4), (4, 4), (3, 0, 2)]))
+            tensors[key] = torch.full(shape, draw(st.sampled_from([0.0, 0.5, 2.0, float("nan")])))
     text = json.dumps(meta) if draw(st.integers(0, 4)) else draw(st.text(max_size=10))
     return save(tensors, metadata={"rlkit": text}) if tensors else draw(st.binary(max_size=40))
 
@@ -55,6 +60,8 @@ def _parses_or_names_the_problem(data: bytes) -> None:
     assert n >= 1 and batch.edited.shape == batch.source.shape and torch.isfinite(batch.edited).all()
     assert len(batch.instructions) == n and all(isinstance(t, str) for t in batch.instructions)
     assert len(batch.metadata) == n and all(isinstance(m, dict) for m in batch.metadata)
+    for refs in batch.all_references:
+        assert refs and all(r.ndim == 3 and r.shape[0] == 3 and torch.isfinite(r).all() for r in refs)
 
 
 @settings(max_examples=300, deadline=None)
@@ -99,3 +106,24 @@ def test_malformed_metadata_is_named(field, value, needle):
                  "group_ids": torch.zeros(2, dtype=torch.int64)}, metadata={"rlkit": json.dumps(meta)})
     with pytest.raises(WireError, match=needle):
         decode_input(data)
+
+
+def test_references_travel_once_per_group_and_come_back_in_order():
+    """A two-reference batch through the wire: every sample gets its group's references, in order, at their own
+    sizes (8-bit exact); a batch without references stays without."""
+    from rlkit.rewards import RewardInput, encode_input
+
+    g = torch.Generator().manual_seed(0)
+    img = lambda *s: (torch.rand(*s, generator=g) * 255).round() / 255  # noqa: E731
+    refs = [[img(3, 4, 6), img(3, 6, 4)], [img(3, 5, 5), img(3, 4, 4)]]
+    batch = RewardInput(img(4, 3, 4, 6), img(4, 3, 4, 6), ["a", "a", "b", "b"], torch.tensor([0, 0, 1, 1]),
+                        references=[refs[0], refs[0], refs[1], refs[1]])
+    data = encode_input(batch)
+    back = decode_input(data)
+    assert [[tuple(r.shape) for r in rs] for rs in back.references] == [[(3, 4, 6), (3, 6, 4)]] * 2 + \
+        [[(3, 5, 5), (3, 4, 4)]] * 2
+    assert all(torch.equal(a, b) for x, y in zip(back.references, batch.references) for a, b in zip(x, y))
+    assert decode_input(encode_input(RewardInput(batch.edited, batch.source, batch.instructions,
+                                                 batch.group_ids))).references is None
+    assert len(data) < len(encode_input(RewardInput(batch.edited, batch.source, batch.instructions,
+                                                    torch.arange(4), references=batch.references))) * 0.9
