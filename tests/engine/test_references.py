@@ -166,7 +166,12 @@ def test_the_new_editors_train_on_two_references_and_non_square_sources(editor, 
                               "algorithm.micro_batch=4", "train.report=false"], rewards=[keeps_the_source])
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert abs(rows[0]["ratio_mean"] - 1) < 1e-4
-    assert (run / "final" / "pytorch_lora_weights.safetensors").is_file()
+    from rlkit.policies import POLICIES
+    from rlkit.policies.registry import load
+
+    stock = load(POLICIES[editor].editor.tiny)(seed=0)  # final/ into the stock pipeline class (its output equals
+    stock.load_lora_weights(str(run / "final"))  # the trained policy's: tests/engine/test_export.py)
+    assert stock.transformer.peft_config["default"].r == 8
     shapes = {s[0][2:] for s in seen}
     assert all(s[0] == s[1] for s in seen) and all(h != w for h, w in shapes)  # non-square, one shape per batch
     assert all(counts == [2] * len(counts) for _, _, counts, _ in seen)
