@@ -171,7 +171,7 @@ def test_the_new_editors_train_on_two_references_and_non_square_sources(editor, 
 
     stock = load(POLICIES[editor].editor.tiny)(seed=0)  # final/ into the stock pipeline class (its output equals
     stock.load_lora_weights(str(run / "final"))  # the trained policy's: tests/engine/test_export.py)
-    assert stock.transformer.peft_config["default"].r == 8
+    assert [c.r for c in stock.transformer.peft_config.values()] == [8]  # the recipe's rank, one adapter
     shapes = {s[0][2:] for s in seen}
     assert all(s[0] == s[1] for s in seen) and all(h != w for h, w in shapes)  # non-square, one shape per batch
     assert all(counts == [2] * len(counts) for _, _, counts, _ in seen)
