@@ -65,7 +65,8 @@ def write_plots(run_dir: Path) -> list[Path]:
     out_dir.mkdir(exist_ok=True)
     written = []
     # the gold under its log_as names (e.g. gt_heldout) when the recipe gave any, else the gold total
-    log_as = sorted({k for r in rows for k in r if k in _log_as_keys(run_dir)})
+    named = _log_as_keys(run_dir)
+    log_as = sorted({k for r in rows for k in r if k in named})
     gold_plot = ("gold.png", "Gold (held-out, never trained on)",
                  [(k, k) for k in log_as] or [("gold/reward", "gold (held-out)")], [])
     for name, title, keys, thresholds in [PLOTS[0], gold_plot, *PLOTS[1:]]:
