@@ -7,11 +7,12 @@ alike. Compute is the run's own rollout + reward + update seconds (`time_*_s`, e
 slower than 1.5x the run's median counts as the median) and its transformer forwards (samples through the
 transformer). Runs go to OUT/ARM/seed_N, one after the other (two torch
 runs side by side on 2 cores are several times slower each, which would corrupt the seconds); a finished run is
-not run again. Prints per arm and seed: the gain over step 0 at the end and at the budget (a third of the same
-seed's reference compute), compute and forwards to +0.10, and whether the arm reached the reference's gain within
-the budget; writes OUT/learning_efficiency.png (truth against seconds and against forwards). "disturbed" is the
-time slow outlier steps added (other work on the machine) and that the compute leaves out: rerun a run where it
-is a large share of its compute.
+not run again. Prints per arm and seed: the gain over step 0 at the end, at the budget (a third of the same
+seed's reference compute seconds) and at a third of its transformer forwards (a count: unlike seconds it depends
+neither on the machine nor on other work on it), compute and forwards to +0.10, and whether the arm reached the
+reference's gain within each budget; writes OUT/learning_efficiency.png (truth against seconds and against
+forwards). "disturbed" is the time slow outlier steps added (other work on the machine) and that the compute
+leaves out: rerun a run where it is a large share of its compute.
 
     python benchmarks/learning_efficiency.py /tmp/le --arms grpo_150 grpo_50 fast_grpo nft dpo --seeds 0 1 2
     python benchmarks/learning_efficiency.py /tmp/le --arms nft_beta0.5 --seeds 0 -- sandbox.path=/tmp/sbx
@@ -134,11 +135,23 @@ def run_arm(arm: str, seed: int, out: Path, overrides: list[str], kept: Path | N
         keep(run, kept / arm / f"seed_{seed}.jsonl")
 
 
+def gain_within(ev, budget: float, column: int) -> float | None:
+    """The gain at the last evaluation within the budget (column 1: compute seconds, 2: forwards), as the
+    reference's gain is read at its last evaluation."""
+    within = [e[3] for e in ev if e[column] <= budget]
+    return within[-1] - ev[0][3] if within else None
+
+
+def reached(gain: float | None, ref_gain: float | None) -> str:
+    return "-" if gain is None or ref_gain is None else "yes" if gain >= ref_gain else "no"
+
+
 def report(out: Path, arms: list[str], seeds: list[int]) -> None:
     ref = {s: evaluations(out / REFERENCE / f"seed_{s}") for s in seeds
            if has_metrics(out / REFERENCE / f"seed_{s}")}
     print(f"{'arm':<18} {'seed':>4} {'steps':>5} {'compute s':>9} {'disturbed':>9} {'forwards':>9} {'gain':>7} "
-          f"{'gain@budget':>11} {'s to +0.10':>10} {'fw to +0.10':>11} {'ref gain':>8}  reached")
+          f"{'gain@budget':>11} {'gain@fw/3':>11} {'s to +0.10':>10} {'fw to +0.10':>11} {'ref gain':>8}  "
+          f"reached (s / fw)")
     for arm in arms:
         for seed in seeds:
             run = out / arm / f"seed_{seed}"
@@ -150,18 +163,17 @@ def report(out: Path, arms: list[str], seeds: list[int]) -> None:
             start = ev[0][3]
             last = ev[-1]
             hit = next(((sec, fw) for _, sec, fw, gt in ev if gt - start >= TARGET), None)
-            ref_gain = budget = at_budget = None
+            ref_gain = at_budget = at_fw_budget = None
             if seed in ref and len(ref[seed]) > 1:
                 ref_gain = ref[seed][-1][3] - ref[seed][0][3]
-                budget = ref[seed][-1][1] / 3
-                within = [gt for _, sec, _, gt in ev if sec <= budget]
-                at_budget = within[-1] - start if within else None  # the last evaluation, as for the reference
-            reached = ("-" if at_budget is None or ref_gain is None else
-                       "yes" if at_budget >= ref_gain else "no")
+                at_budget = gain_within(ev, ref[seed][-1][1] / 3, 1)
+                if ref[seed][-1][2] is not None and last[2] is not None:
+                    at_fw_budget = gain_within(ev, ref[seed][-1][2] / 3, 2)
             fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
             print(f"{arm:<18} {seed:>4} {last[0]:>5} {last[1]:>9.0f} {disturbed(run):>9.0f} {fmt(last[2], '.0f'):>9} "
-                  f"{last[3] - start:>+7.3f} {fmt(at_budget, '+.3f'):>11} {fmt(hit and hit[0], '.0f'):>10} "
-                  f"{fmt(hit and hit[1], '.0f'):>11} {fmt(ref_gain, '+.3f'):>8}  {reached}")
+                  f"{last[3] - start:>+7.3f} {fmt(at_budget, '+.3f'):>11} {fmt(at_fw_budget, '+.3f'):>11} "
+                  f"{fmt(hit and hit[0], '.0f'):>10} {fmt(hit and hit[1], '.0f'):>11} {fmt(ref_gain, '+.3f'):>8}  "
+                  f"{reached(at_budget, ref_gain)} / {reached(at_fw_budget, ref_gain)}")
     plot(out, arms, seeds)
 
 
