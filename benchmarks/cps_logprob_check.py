@@ -4,9 +4,9 @@ CPS's authors and Flow-Factory score a transition as -mean((x - mean)^2) (no 1 /
 rlkit scores the exact Gaussian density, mean over dims; GRPO-Guard (algorithm.grpo.ratio_norm) rescales rlkit's by
 the std and removes the mean-shift bias. For x drawn from the old transition the three log-ratios relate exactly:
     paper = 2 s^2 * gaussian,   guard = s * gaussian + mean((mu - mu_old)^2) / (2 s)
-with s the step's std. This script takes one rollout of a recipe with `sampler.kernel=cps`, one GRPO update,
-then for every SDE step prints s and, under each convention, the median |log-ratio| of the samples and the
-share the recipe's clip range would clip.
+with s the step's std. This script takes one rollout of a recipe with `sampler.kernel=cps`, one GRPO update
+(at noise 0.7 unless the overrides say otherwise), then for every SDE step prints s and, under each convention,
+the median |log-ratio| of the samples and the share the recipe's clip range would clip.
 
     python benchmarks/cps_logprob_check.py sandbox_edit sandbox.path=/tmp/sbx
 """
@@ -34,7 +34,9 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     out_dir = tempfile.mkdtemp(prefix="cps_logprob_check_")
-    cfg = load_recipe(args.recipe, [*args.overrides, "sampler.kernel=cps", f"output_dir={out_dir}", "eval.every=0"])
+    # GRPO at an SDE noise (sandbox_edit's default objective learns from ODE samples: nothing to clip there)
+    cfg = load_recipe(args.recipe, ["algorithm.name=grpo", "sampler.noise_level=0.7", *args.overrides,
+                                    "sampler.kernel=cps", f"output_dir={out_dir}", "eval.every=0"])
     prepare_recipe(cfg)
     trainer = Trainer(cfg, progress=False)
     batch = trainer.prompts.next_batch(cfg.train.prompts_per_step)

@@ -2,7 +2,7 @@
 
 Every arm is `rlkit run sandbox_edit` (the shipped judge as the only reward, `gt_heldout` as gold) with its own
 overrides and its own `train.steps`, sized so that it spends about a third of the reference's compute (the
-recipe's 150 GRPO steps). All arms evaluate with the same plain ODE (`eval.noise_level=0`), so the truth is read
+former default: 150 GRPO steps). All arms evaluate with the same plain ODE (`eval.noise_level=0`), so the truth is read
 alike. Compute is the run's own rollout + reward + update seconds (`time_*_s`, evaluations excluded; a step
 slower than 1.5x the run's median counts as the median) and its transformer forwards (samples through the
 transformer). Runs go to OUT/ARM/seed_N, one after the other (two torch
@@ -35,31 +35,36 @@ from pathlib import Path
 from rlkit.logs import read_rows
 
 ODE_EVAL = ["eval.noise_level=0"]
+# Every arm starts from the recipe as these arms were first measured (GRPO, Flow-SDE at 0.7, lr 2e-3), whatever
+# its default is now; each then states what it changes.
+FORMER = ["algorithm.name=grpo", "sampler.noise_level=0.7", "optim.lr=2e-3"]
+GRPO = [*FORMER, *ODE_EVAL]
+ODE = [*FORMER, "sampler.noise_level=0"]  # objectives that learn from ODE samples, evaluated alike
 # Step counts put each arm at or past a third of the reference's compute on 2 cores (the reference near 6 s a step
 # on the slower machine); the reading "at the budget" does not depend on them matching exactly.
 ARMS = {
-    "grpo_150": ODE_EVAL,  # the reference: the recipe as shipped
-    "grpo_50": [*ODE_EVAL, "train.steps=50"],
-    "grpo_50_lr4e-3": [*ODE_EVAL, "train.steps=50", "optim.lr=4e-3"],
-    "fast_grpo": [*ODE_EVAL, "sampler.sde_window=2", "sampler.sde_window_placement=random", "train.steps=100"],
-    "fast_grpo_lr4e-3": [*ODE_EVAL, "sampler.sde_window=2", "sampler.sde_window_placement=random",
+    "grpo_150": [*GRPO, "train.steps=150"],  # the reference: the recipe's former default
+    "grpo_50": [*GRPO, "train.steps=50"],
+    "grpo_50_lr4e-3": [*GRPO, "train.steps=50", "optim.lr=4e-3"],
+    "fast_grpo": [*GRPO, "sampler.sde_window=2", "sampler.sde_window_placement=random", "train.steps=100"],
+    "fast_grpo_lr4e-3": [*GRPO, "sampler.sde_window=2", "sampler.sde_window_placement=random",
                          "train.steps=100", "optim.lr=4e-3"],
-    "nft": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130"],
-    "nft_lr1e-3": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130", "optim.lr=1e-3"],
-    "nft_lr4e-3": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130", "optim.lr=4e-3"],
-    "nft_beta0.5": ["algorithm.name=nft", "sampler.noise_level=0", "train.steps=130", "algorithm.nft.beta=0.5"],
+    "nft": [*ODE, "algorithm.name=nft", "train.steps=130"],
+    "nft_lr1e-3": [*ODE, "algorithm.name=nft", "train.steps=130", "optim.lr=1e-3"],
+    "nft_lr4e-3": [*ODE, "algorithm.name=nft", "train.steps=130", "optim.lr=4e-3"],
+    "nft_beta0.5": [*ODE, "algorithm.name=nft", "train.steps=130", "algorithm.nft.beta=0.5"],
     # the authors' NFT (old policy blended once per update, 7 of the 8 timesteps per sample, global std): 6.6 s a step
-    "nft_authors": ["algorithm.name=nft", "sampler.noise_level=0", "algorithm.nft.old_update=epoch_blend",
+    "nft_authors": [*ODE, "algorithm.name=nft", "algorithm.nft.old_update=epoch_blend",
                     "algorithm.nft.timesteps=schedule", "algorithm.std_scope=global", "train.steps=50"],
-    # AWM (5.5 s a step) and DGPO (6 s a step) at their authors' defaults, ODE rollouts
-    "awm": ["algorithm.name=awm", "sampler.noise_level=0", "train.steps=60"],
-    "awm_lr1e-3": ["algorithm.name=awm", "sampler.noise_level=0", "train.steps=60", "optim.lr=1e-3"],
-    "awm_lr4e-3": ["algorithm.name=awm", "sampler.noise_level=0", "train.steps=60", "optim.lr=4e-3"],
-    "dgpo": ["algorithm.name=dgpo", "sampler.noise_level=0", "train.steps=55"],
-    "dgpo_lr1e-3": ["algorithm.name=dgpo", "sampler.noise_level=0", "train.steps=55", "optim.lr=1e-3"],
-    "dgpo_lr4e-3": ["algorithm.name=dgpo", "sampler.noise_level=0", "train.steps=55", "optim.lr=4e-3"],
-    "dpo": [*ODE_EVAL, "algorithm.name=dpo", "train.steps=140"],
-    "dpo_lr5e-4": [*ODE_EVAL, "algorithm.name=dpo", "train.steps=140", "optim.lr=5e-4"],
+    # AWM (5.5 s a step) and DGPO (6 s a step) at their authors' defaults
+    "awm": [*ODE, "algorithm.name=awm", "train.steps=60"],
+    "awm_lr1e-3": [*ODE, "algorithm.name=awm", "train.steps=60", "optim.lr=1e-3"],  # sandbox_edit's default
+    "awm_lr4e-3": [*ODE, "algorithm.name=awm", "train.steps=60", "optim.lr=4e-3"],
+    "dgpo": [*ODE, "algorithm.name=dgpo", "train.steps=55"],
+    "dgpo_lr1e-3": [*ODE, "algorithm.name=dgpo", "train.steps=55", "optim.lr=1e-3"],
+    "dgpo_lr4e-3": [*ODE, "algorithm.name=dgpo", "train.steps=55", "optim.lr=4e-3"],
+    "dpo": [*GRPO, "algorithm.name=dpo", "train.steps=140"],
+    "dpo_lr5e-4": [*GRPO, "algorithm.name=dpo", "train.steps=140", "optim.lr=5e-4"],
 }
 REFERENCE, TARGET = "grpo_150", 0.10
 

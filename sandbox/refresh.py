@@ -13,6 +13,29 @@ from pathlib import Path
 from rlkit.sandbox.judge import agreement_on, check_samples, judge_folder, kept_judges, train_judges, write_editor_pairs
 from rlkit.sandbox.seeds import stream_seed
 
+# The refresh run's objective, pinned: the shipped preparation's judges were refreshed on GRPO policies with
+# these settings (and the recipe's other `algorithm.*`), whatever objective the recipe itself trains with.
+REFRESH_OBJECTIVE = ("algorithm.name=grpo", "sampler.noise_level=0.7", "optim.lr=2.0e-3")
+
+
+def refresh_recipe(out: Path, run: Path, cfg, round_: int):
+    """The refresh run: sandbox_edit on the preparation being built (its paths resolved, nothing left to prepare),
+    `judge_refresh_steps` steps of REFRESH_OBJECTIVE against all of the kept judges, nothing saved."""
+    from omegaconf import OmegaConf
+
+    from rlkit.config import build_config, load_recipe
+
+    rcfg = load_recipe("sandbox_edit", [
+        *REFRESH_OBJECTIVE,
+        f"sandbox.path={out}", f"output_dir={run}", f"seed={stream_seed(cfg.seed, 'refresh_run', round_)}",
+        f"train.steps={cfg.judge_refresh_steps}", "train.save_every=0", "train.grid_every=0", "train.report=false",
+        "eval.every=0", f"policy.device={cfg.device}"])
+    # the recipe's one reward is the jrm judge: all of the kept judges
+    rcfg.rewards[0].kwargs.path = [str(out / judge_folder(i) / "final") for i in range(cfg.judge_ensemble)]
+    plain = OmegaConf.to_container(rcfg, resolve=True)
+    plain.pop("sandbox")
+    return build_config(plain | {"prepare": None}, [], where="the judge refresh run")
+
 
 def refresh_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, held: list, prompts, first: dict,
                    log, round_: int = 0) -> dict:
@@ -22,23 +45,11 @@ def refresh_judges(out: Path, cfg, pairs_train: Path, pairs_eval: Path, held: li
     report for the new judge, with the previous stage's under `judge_refresh`
     ("first_judge"). With `judge_refresh_rounds` > 1 it runs again against the judge it made (`round_` 1, 2, ...:
     its own seeds and image names; the pairs of every round are kept)."""
-    from omegaconf import OmegaConf
-
-    from rlkit.config import build_config, load_recipe
     from rlkit.trainer import Trainer
 
     t0 = time.time()
     run = out / "refresh_run"
-    rcfg = load_recipe("sandbox_edit", [
-        f"sandbox.path={out}", f"output_dir={run}", f"seed={stream_seed(cfg.seed, 'refresh_run', round_)}",
-        f"train.steps={cfg.judge_refresh_steps}", "train.save_every=0", "train.grid_every=0", "train.report=false",
-        "eval.every=0", f"policy.device={cfg.device}"])
-    # the recipe's one reward is the jrm judge: all of the kept judges
-    rcfg.rewards[0].kwargs.path = [str(out / judge_folder(i) / "final") for i in range(cfg.judge_ensemble)]
-    # a plain recipe on the preparation being built (its paths resolved): nothing left to prepare
-    plain = OmegaConf.to_container(rcfg, resolve=True)
-    plain.pop("sandbox")
-    rcfg = build_config(plain | {"prepare": None}, [], where="the judge refresh run")
+    rcfg = refresh_recipe(out, run, cfg, round_)
     prev = "first judge" if round_ == 0 else f"judge of refresh round {round_}"
     log(f"judge refresh: {cfg.judge_refresh_steps} GRPO steps against the {prev}")
     trainer = Trainer(rcfg, progress=False)

@@ -434,6 +434,22 @@ def test_the_default_recipe_starts_from_the_shipped_preparation():
     assert shipped_preparation(load_recipe("sandbox_edit", ["sandbox.seed=1"]).sandbox) is None
 
 
+def test_the_judge_refresh_trains_the_shipped_preparations_grpo_whatever_the_recipe_trains(tmp_path):
+    """The shipped judges were refreshed on GRPO policies (Flow-SDE at 0.7, lr 2e-3, the recipe's GRPO section):
+    the refresh run keeps that objective though the recipe's own default is another, so preparing anew makes
+    the same kind of judge."""
+    from rlkit.config import load_recipe
+    from rlkit.sandbox.refresh import refresh_recipe
+
+    cfg = load_recipe("sandbox_edit", [f"sandbox.path={tmp_path}"])
+    assert cfg.algorithm.name != "grpo"  # else this test checks nothing
+    run = refresh_recipe(tmp_path, tmp_path / "refresh_run", cfg.sandbox, 0)
+    assert run.algorithm.name == "grpo" and run.sampler.kernel == "flow_sde" and run.sampler.noise_level == 0.7
+    assert run.optim.lr == 2e-3 and run.algorithm.kl_coef == 0.04 and run.algorithm.grpo.timestep_fraction == 1.0
+    assert run.train.steps == cfg.sandbox.judge_refresh_steps == 100 and run.eval.every == 0
+    assert run.rewards[0].kwargs.path == [str(tmp_path / "jrm" / "final")]
+
+
 def test_prepare_copies_the_shipped_preparation_that_then_edits(tmp_path):
     from rlkit.config import load_recipe
     from rlkit.data import read_items
@@ -476,15 +492,16 @@ def test_the_prompt_draws_of_a_preparation_never_share_a_seed():
 
 @pytest.mark.slow
 def test_the_shipped_default_learns(tmp_path):
-    """`rlkit run sandbox_edit` as shipped (seed 0, about 10 minutes on 2 cores): the judge as the only reward
+    """`rlkit run sandbox_edit` as shipped (seed 0, about 4 minutes on 2 cores): the judge as the only reward
     raises the held-out ground truth by at least 0.10, and final/ holds the best evaluation's weights."""
     from rlkit.cli import main
+    from rlkit.config import load_recipe
     from rlkit.logs import read_rows
 
     run = tmp_path / "run"
     assert main(["run", "sandbox_edit", f"sandbox.path={tmp_path / 'world'}", f"output_dir={run}"]) == 0
     gold = [(r["step"], r["gt_heldout"]) for r in read_rows(run / "metrics.jsonl") if r.get("gt_heldout") is not None]
-    assert gold[0][0] == 0 and gold[-1][0] == 150
+    assert gold[0][0] == 0 and gold[-1][0] == load_recipe("sandbox_edit", []).train.steps
     assert gold[-1][1] - gold[0][1] >= 0.10, gold
     best = max(g[1] for g in gold)
     final = json.loads((run / "final" / "rlkit_final.json").read_text())
