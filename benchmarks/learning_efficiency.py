@@ -33,11 +33,12 @@ import time
 from pathlib import Path
 
 from rlkit.logs import read_rows
+from rlkit.sandbox.refresh import GRPO_SETTINGS
 
 ODE_EVAL = ["eval.noise_level=0"]
 # Every arm starts from the recipe as these arms were first measured (GRPO, Flow-SDE at 0.7, lr 2e-3), whatever
 # its default is now; each then states what it changes.
-FORMER = ["algorithm.name=grpo", "sampler.noise_level=0.7", "optim.lr=2e-3"]
+FORMER = list(GRPO_SETTINGS)
 GRPO = [*FORMER, *ODE_EVAL]
 ODE = [*FORMER, "sampler.noise_level=0"]  # objectives that learn from ODE samples, evaluated alike
 # Step counts put each arm at or past a third of the reference's compute on 2 cores (the reference near 6 s a step

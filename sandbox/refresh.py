@@ -13,20 +13,20 @@ from pathlib import Path
 from rlkit.sandbox.judge import agreement_on, check_samples, judge_folder, kept_judges, train_judges, write_editor_pairs
 from rlkit.sandbox.seeds import stream_seed
 
-# The refresh run's objective, pinned: the shipped preparation's judges were refreshed on GRPO policies with
-# these settings (and the recipe's other `algorithm.*`), whatever objective the recipe itself trains with.
-REFRESH_OBJECTIVE = ("algorithm.name=grpo", "sampler.noise_level=0.7", "optim.lr=2.0e-3")
+# sandbox_edit's GRPO: its default before AWM, and the refresh run's objective whatever the recipe trains with
+# (the shipped preparation's judges were refreshed on GRPO policies with these and the recipe's other settings).
+GRPO_SETTINGS = ("algorithm.name=grpo", "sampler.noise_level=0.7", "optim.lr=2.0e-3")
 
 
 def refresh_recipe(out: Path, run: Path, cfg, round_: int):
     """The refresh run: sandbox_edit on the preparation being built (its paths resolved, nothing left to prepare),
-    `judge_refresh_steps` steps of REFRESH_OBJECTIVE against all of the kept judges, nothing saved."""
+    `judge_refresh_steps` steps of GRPO_SETTINGS against all of the kept judges, nothing saved."""
     from omegaconf import OmegaConf
 
     from rlkit.config import build_config, load_recipe
 
     rcfg = load_recipe("sandbox_edit", [
-        *REFRESH_OBJECTIVE,
+        *GRPO_SETTINGS,
         f"sandbox.path={out}", f"output_dir={run}", f"seed={stream_seed(cfg.seed, 'refresh_run', round_)}",
         f"train.steps={cfg.judge_refresh_steps}", "train.save_every=0", "train.grid_every=0", "train.report=false",
         "eval.every=0", f"policy.device={cfg.device}"])
