@@ -16,8 +16,8 @@ leaves out: rerun a run where it is a large share of its compute.
 
     python benchmarks/learning_efficiency.py /tmp/le --arms grpo_150 grpo_50 fast_grpo nft dpo --seeds 0 1 2
     python benchmarks/learning_efficiency.py /tmp/le --arms nft_beta0.5 --seeds 0 -- sandbox.path=/tmp/sbx
-    python benchmarks/learning_efficiency.py /tmp/le --arms grpo_150 nft nft_authors awm dgpo --seeds 0 1 2 3 4 \
-        --keep benchmarks/results/learning_efficiency
+    python benchmarks/learning_efficiency.py /tmp/le --arms grpo_150 awm_lr1e-3 nft_lr1e-3 nft nft_authors \
+        dgpo_lr1e-3 --seeds 0 1 2 3 4 --keep benchmarks/results/learning_efficiency
     python benchmarks/learning_efficiency.py benchmarks/results/learning_efficiency --only-report --arms grpo_150 nft
     python benchmarks/learning_efficiency.py /tmp/le --only-report
 """
